@@ -1,0 +1,285 @@
+/*
+ * client.c - a blocking echo client with timeouts.
+ *
+ * The client runs the server's framing (echo_scan) over what it sends, so
+ * echo() knows how many bytes to wait for and whether the quit word will end
+ * the connection. A call interrupted by a signal returns -EINTR and keeps its
+ * progress: calling it again with the same arguments resumes it, which lets
+ * Python run signal handlers (Ctrl+C) in between.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "net.h"
+#include "pyecho.h"
+
+#define TRACK_CHUNK (64 * 1024)
+
+enum op { OP_NONE, OP_SEND, OP_ECHO };
+
+struct echo_client {
+    echo_config cfg;
+    uint8_t quit_word[256];
+    int fd;
+    int timeout_ms;
+    /* the server's framing state, mirrored */
+    int cont;
+    size_t held_len;    /* line mode: sent bytes of an unfinished line, */
+    uint8_t *scratch;   /* kept at the start of this, then one chunk */
+    /* the operation in progress, if a signal interrupted it */
+    enum op op;
+    const uint8_t *op_buf;
+    size_t op_len, sent, got, expect;
+    int expect_quit, eof;
+};
+
+/* Feed sent bytes through the framing; returns the reply bytes they cause. */
+static size_t track(echo_client *cli, const uint8_t *buf, size_t len, int *quit)
+{
+    size_t total = 0;
+    size_t piece = cli->cfg.mode == ECHO_MODE_SEED ? cli->cfg.bufsize : TRACK_CHUNK;
+
+    *quit = 0;
+    if (cli->cfg.mode == ECHO_MODE_RAW)
+        return len;
+    while (len > 0 && !*quit) {
+        size_t n = len < piece ? len : piece;
+        size_t all = cli->held_len + n, emit;
+
+        memcpy(cli->scratch + cli->held_len, buf, n);
+        emit = echo_scan(&cli->cfg, &cli->cont, cli->scratch, all, quit);
+        total += emit;
+        if (cli->cfg.mode == ECHO_MODE_LINE && !*quit) {
+            cli->held_len = all - emit;
+            memmove(cli->scratch, cli->scratch + emit, cli->held_len);
+        }
+        buf += n;
+        len -= n;
+    }
+    return total;
+}
+
+static void op_reset(echo_client *cli)
+{
+    cli->op = OP_NONE;
+    cli->sent = cli->got = cli->expect = 0;
+    cli->expect_quit = 0;
+}
+
+/* Is this call the resumption of the interrupted one? */
+static int op_resumes(const echo_client *cli, enum op op, const uint8_t *buf,
+                      size_t len)
+{
+    return cli->op == op && cli->op_buf == buf && cli->op_len == len;
+}
+
+static void op_begin(echo_client *cli, enum op op, const uint8_t *buf, size_t len)
+{
+    op_reset(cli);
+    cli->op = op;
+    cli->op_buf = buf;
+    cli->op_len = len;
+    cli->expect = track(cli, buf, len, &cli->expect_quit);
+}
+
+/* Finish an operation with rc, keeping its progress only for -EINTR. */
+static int op_end(echo_client *cli, int rc)
+{
+    if (rc != -EINTR)
+        op_reset(cli);
+    return rc;
+}
+
+int echo_client_new(const echo_config *cfg, const char *host, int port,
+                    int timeout_ms, echo_client **out)
+{
+    echo_client *cli;
+    int rc = echo_config_check(cfg);
+
+    if (rc != 0 || host == NULL || out == NULL || port < 1 || port > 65535)
+        return -EINVAL;
+    cli = calloc(1, sizeof *cli);
+    if (cli == NULL)
+        return -ENOMEM;
+    cli->cfg = *cfg;
+    if (cfg->quit_word != NULL) {
+        memcpy(cli->quit_word, cfg->quit_word, cfg->quit_len);
+        cli->cfg.quit_word = cli->quit_word;
+    }
+    cli->fd = -1;
+    cli->timeout_ms = timeout_ms;
+    if (cfg->mode != ECHO_MODE_RAW) {
+        size_t piece = cfg->mode == ECHO_MODE_SEED ? cfg->bufsize : TRACK_CHUNK;
+        cli->scratch = malloc(cfg->max_line + piece);
+        if (cli->scratch == NULL) {
+            free(cli);
+            return -ENOMEM;
+        }
+    }
+    rc = net_connect(host, port, timeout_ms, &cli->fd);
+    if (rc != 0) {
+        echo_client_free(cli);
+        return rc;
+    }
+    *out = cli;
+    return 0;
+}
+
+int echo_client_set_timeout(echo_client *cli, int timeout_ms)
+{
+    if (cli == NULL)
+        return -EINVAL;
+    cli->timeout_ms = timeout_ms;
+    return 0;
+}
+
+int echo_client_fileno(const echo_client *cli)
+{
+    return cli == NULL ? -1 : cli->fd;
+}
+
+/* One non-blocking send of the rest of the operation's buffer. */
+static int send_some(echo_client *cli)
+{
+    ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->op_len - cli->sent,
+                     MSG_NOSIGNAL);
+
+    if (n >= 0) {
+        cli->sent += (size_t)n;
+        return 0;
+    }
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+}
+
+int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
+{
+    if (cli == NULL || (buf == NULL && len > 0) || cli->fd < 0)
+        return -EINVAL;
+    if (!op_resumes(cli, OP_SEND, buf, len))
+        op_begin(cli, OP_SEND, buf, len);
+    while (cli->sent < len) {
+        int rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
+
+        if (rc > 0)
+            rc = send_some(cli);
+        if (rc != 0)
+            return op_end(cli, rc);
+    }
+    return op_end(cli, 0);
+}
+
+int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
+{
+    ssize_t n;
+    int rc;
+
+    if (cli == NULL || buf == NULL || got == NULL || cli->fd < 0)
+        return -EINVAL;
+    *got = 0;
+    for (;;) {
+        rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
+        if (rc < 0)
+            return rc;
+        n = recv(cli->fd, buf, cap, 0);
+        if (n >= 0) {
+            *got = (size_t)n;
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -errno;
+    }
+}
+
+/* One non-blocking receive into the reply; sets cli->eof at end of stream. */
+static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
+{
+    uint8_t extra;
+    uint8_t *into = cli->got < cap ? reply + cli->got : &extra;
+    size_t room = cli->got < cap ? cap - cli->got : 1;
+    ssize_t n = recv(cli->fd, into, room, 0);
+
+    if (n > 0) {
+        cli->got += (size_t)n;
+        /* More than the framing said the server would send. */
+        return cli->got > cli->expect ? -EPROTO : 0;
+    }
+    if (n == 0) {
+        cli->eof = 1;
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return 0;
+    /* After the quit word the server may reset instead of closing cleanly
+     * if it had unread input: the connection is over either way. */
+    if (cli->expect_quit && cli->got == cli->expect && errno == ECONNRESET) {
+        cli->eof = 1;
+        return 0;
+    }
+    return -errno;
+}
+
+int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
+                     uint8_t *reply, size_t cap, size_t *got)
+{
+    if (cli == NULL || (buf == NULL && len > 0) || reply == NULL ||
+        got == NULL || cli->fd < 0)
+        return -EINVAL;
+    if (cap < len + cli->cfg.max_line)
+        return -EINVAL;
+    if (!op_resumes(cli, OP_ECHO, buf, len))
+        op_begin(cli, OP_ECHO, buf, len);
+    for (;;) {
+        int sending = cli->sent < len;
+        int receiving = !cli->eof && (cli->got < cli->expect || cli->expect_quit);
+        short events = (short)((sending ? POLLOUT : 0) | (receiving ? POLLIN : 0));
+        int ready, rc = 0;
+
+        *got = cli->got;
+        if (!receiving && cli->got < cli->expect)
+            return op_end(cli, ECHO_REPLY_SHORT);
+        if (!receiving && !sending)
+            return op_end(cli, cli->eof ? ECHO_REPLY_CLOSED : ECHO_REPLY_OPEN);
+        ready = net_wait(cli->fd, events, cli->timeout_ms);
+        if (ready < 0)
+            return op_end(cli, ready);
+        /* Errors and hang-ups show up through send() and recv(). */
+        if (ready & (POLLERR | POLLHUP))
+            ready |= events;
+        if (sending && (ready & POLLOUT)) {
+            rc = send_some(cli);
+            /* The server may close on the quit word before taking the rest. */
+            if ((rc == -EPIPE || rc == -ECONNRESET) && cli->expect_quit) {
+                cli->sent = len;
+                rc = 0;
+            }
+        }
+        if (rc == 0 && receiving && (ready & POLLIN))
+            rc = recv_some(cli, reply, cap);
+        if (rc != 0) {
+            *got = cli->got;
+            return op_end(cli, rc);
+        }
+    }
+}
+
+int echo_client_shutdown_write(echo_client *cli)
+{
+    if (cli == NULL || cli->fd < 0)
+        return -EINVAL;
+    return shutdown(cli->fd, SHUT_WR) == 0 ? 0 : -errno;
+}
+
+void echo_client_free(echo_client *cli)
+{
+    if (cli == NULL)
+        return;
+    if (cli->fd >= 0)
+        close(cli->fd);
+    free(cli->scratch);
+    free(cli);
+}

@@ -1,0 +1,37 @@
+/*
+ * net.h - small socket helpers shared by the server, the client and the load
+ * generator. Every function returns 0 or a negative errno.
+ */
+#ifndef PYECHO_NET_H
+#define PYECHO_NET_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Big enough for any peer we accept: IPv4 or IPv6. */
+typedef union net_addr {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} net_addr;
+
+/* Resolve a numeric host and port (no DNS: Python resolves names). */
+int net_resolve(const char *host, int port, net_addr *addr, socklen_t *len);
+/* A non-blocking listening socket with SO_REUSEADDR, as the original had. */
+int net_listen(const char *host, int port, int backlog, int *fd);
+/* Connect with a timeout (< 0: none); the socket is left non-blocking. */
+int net_connect(const char *host, int port, int timeout_ms, int *fd);
+/* Numeric host and port of addr; host gets at most hostlen bytes. */
+int net_format(const net_addr *addr, char *host, size_t hostlen, int *port);
+/*
+ * poll() one fd for events: the events that occurred (> 0), -ETIMEDOUT when
+ * time runs out, -EINTR when a signal arrives, so the caller can let Python
+ * run its handlers.
+ */
+int net_wait(int fd, short events, int timeout_ms);
+/* Milliseconds on the monotonic clock. */
+uint64_t net_now_ms(void);
+
+#endif

@@ -1,0 +1,146 @@
+/*
+ * pyecho.h - public interface of the pyecho C core.
+ *
+ * This header is the single source of truth for the declarations Python
+ * uses: pyecho/_native.py feeds it to cffi after dropping preprocessor lines,
+ * so keep it to plain C declarations (no macros, no inline code).
+ *
+ * Conventions: every function that can fail returns an int, 0 (or a positive
+ * status) on success and a negative errno value on failure (-EINVAL for a bad
+ * argument). Nothing here prints, exits or raises SIGPIPE.
+ */
+#ifndef PYECHO_H
+#define PYECHO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- protocol ---------------------------------------------------------- */
+
+enum echo_mode {
+    ECHO_MODE_RAW = 0,  /* RFC 862: every byte echoed, no commands */
+    ECHO_MODE_LINE = 1, /* newline-terminated lines, quit word, max_line */
+    ECHO_MODE_SEED = 2  /* the original server.c: one read is one message */
+};
+
+/* Why a connection was closed; also the index into echo_stats.closed. */
+enum echo_close_reason {
+    ECHO_CLOSE_PEER = 0,     /* the peer closed (EOF) after its echo drained */
+    ECHO_CLOSE_QUIT = 1,     /* the peer sent the quit word */
+    ECHO_CLOSE_RESET = 2,    /* the connection was reset or failed */
+    ECHO_CLOSE_SHUTDOWN = 3, /* the server stopped while it was open */
+    ECHO_CLOSE_IDLE = 4,     /* silent for longer than idle_timeout */
+    ECHO_CLOSE_REASONS = 5
+};
+
+typedef struct echo_config {
+    int mode;                  /* enum echo_mode */
+    const uint8_t *quit_word;  /* NULL: no quit word */
+    size_t quit_len;
+    size_t bufsize;            /* seed mode: bytes per read (the original: 99) */
+    size_t max_line;           /* line mode: longest line echoed whole */
+    size_t max_pending;        /* output queued per connection before reading pauses */
+    uint32_t max_clients;      /* 0: no limit */
+    uint32_t idle_timeout_ms;  /* 0: never */
+    int backlog;
+} echo_config;
+
+/* Fill cfg with the documented defaults (seed mode, quit word "exit"). */
+void echo_config_default(echo_config *cfg);
+/* 0 if cfg is usable, -EINVAL otherwise. */
+int echo_config_check(const echo_config *cfg);
+
+/*
+ * Framing, as a pure function (no I/O). buf holds the bytes a connection has
+ * received and not yet echoed; *cont is 1 while inside a line longer than
+ * max_line. Returns how many leading bytes of buf to echo now; the rest stay
+ * pending (line mode only, always fewer than max_line bytes). *quit is set to
+ * 1 when the quit word ends the connection: the returned prefix is still
+ * echoed, everything after it is dropped.
+ */
+size_t echo_scan(const echo_config *cfg, int *cont, const uint8_t *buf,
+                 size_t len, int *quit);
+
+/* ---- server ------------------------------------------------------------ */
+
+typedef struct echo_server echo_server;
+
+typedef struct echo_stats {
+    uint64_t accepted;   /* connections accepted and served */
+    uint64_t open;       /* connections open now */
+    uint64_t rejected;   /* closed at once because max_clients were open */
+    uint64_t bytes_in;   /* bytes read from clients */
+    uint64_t bytes_out;  /* bytes written to clients */
+    uint64_t closed[5];  /* closes by enum echo_close_reason */
+} echo_stats;
+
+enum echo_event_kind { ECHO_EVENT_OPEN = 0, ECHO_EVENT_CLOSE = 1 };
+
+typedef struct echo_event {
+    int kind;          /* enum echo_event_kind */
+    uint64_t conn_id;  /* 1, 2, ... in accept order */
+    int reason;        /* enum echo_close_reason, for ECHO_EVENT_CLOSE */
+    char host[64];     /* peer address, numeric */
+    int port;
+} echo_event;
+
+/* Called on the serving thread when a connection opens or closes. */
+typedef void (*echo_event_fn)(void *ctx, const echo_event *event);
+
+/*
+ * Create a server listening on a numeric host ("127.0.0.1", "::1",
+ * "0.0.0.0") and port (0: any free port). cfg is copied, quit word included.
+ */
+int echo_server_new(const echo_config *cfg, const char *host, int port,
+                    echo_server **out);
+/* The address actually bound, numeric. */
+int echo_server_address(const echo_server *srv, char *host, size_t hostlen,
+                        int *port);
+void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
+
+/*
+ * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
+ * out while still serving, 0 once echo_server_stop() was called (every client
+ * connection is then closed), or a negative errno on failure.
+ */
+int echo_server_run(echo_server *srv, int timeout_ms);
+/* Ask a running server to stop; safe from any thread or a signal handler. */
+int echo_server_stop(echo_server *srv);
+/* A consistent-enough snapshot, safe from any thread while serving. */
+void echo_server_stats(const echo_server *srv, echo_stats *out);
+/* Close every socket and free. Not while echo_server_run() is running. */
+void echo_server_free(echo_server *srv);
+
+/* ---- client ------------------------------------------------------------ */
+
+typedef struct echo_client echo_client;
+
+/* Connect to a numeric host and port; timeout_ms < 0 waits forever. */
+int echo_client_new(const echo_config *cfg, const char *host, int port,
+                    int timeout_ms, echo_client **out);
+/* Send all of buf (it counts towards the line framing echo() tracks). */
+int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len);
+/* Receive up to cap bytes into buf; *got is 0 at end of stream. */
+int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
+/*
+ * Send buf and receive the reply the server's framing produces for it (in
+ * line mode that includes earlier sent bytes of the same line), sending and
+ * receiving at once so a large buf cannot deadlock. reply needs room for
+ * len + max_line bytes. When the framing says the quit word ends the
+ * connection, waits for the server to close it. Returns an echo_reply, or a
+ * negative errno.
+ */
+enum echo_reply {
+    ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */
+    ECHO_REPLY_CLOSED = 1, /* the whole reply, then the server closed */
+    ECHO_REPLY_SHORT = 2   /* the server closed before all of it (*got) */
+};
+int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
+                     uint8_t *reply, size_t cap, size_t *got);
+int echo_client_set_timeout(echo_client *cli, int timeout_ms);
+/* Half-close: no more sends; replies can still be received. */
+int echo_client_shutdown_write(echo_client *cli);
+int echo_client_fileno(const echo_client *cli);
+void echo_client_free(echo_client *cli);
+
+#endif

@@ -1,0 +1,617 @@
+/*
+ * server.c - the echo server: one thread, one epoll loop, many clients.
+ *
+ * Each connection echoes what echo_scan() releases. Output the client does
+ * not take yet is queued per connection up to max_pending; past that the
+ * connection is not read until it drains (backpressure), so memory stays
+ * bounded and nothing is lost. pyecho/_pyengine.py is the same loop in Python.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "net.h"
+#include "pyecho.h"
+
+#define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
+#define MAX_EVENTS 256         /* epoll events handled per wake-up */
+#define ACCEPT_BURST 64        /* connections accepted per readiness event */
+#define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
+
+typedef struct conn {
+    int fd;
+    uint32_t events;   /* what epoll watches now */
+    int closing;       /* 0, or 1 + the close reason once the peer is done */
+    int cont;          /* line mode: inside a line longer than max_line */
+    uint64_t id;
+    uint64_t last_active_ms;
+    struct conn *prev, *next; /* every connection, least recently active first */
+    uint8_t *held;     /* line mode: a partial line, fewer than max_line bytes */
+    size_t held_len;
+    uint8_t *out;      /* echo the client has not taken yet */
+    size_t out_head, out_len, out_cap;
+    net_addr peer;
+} conn;
+
+/* Counters have one writer (the serving thread) and readers anywhere. */
+typedef struct counters {
+    _Atomic uint64_t accepted, open, rejected, bytes_in, bytes_out;
+    _Atomic uint64_t closed[ECHO_CLOSE_REASONS];
+} counters;
+
+struct echo_server {
+    echo_config cfg;
+    uint8_t quit_word[256];
+    int epfd, listen_fd, wake_fd;
+    uint64_t accept_resume_ms; /* 0: accepting */
+    uint64_t now_ms;
+    uint64_t next_id;
+    conn *oldest, *newest;
+    uint8_t *scratch;          /* held line + one read */
+    size_t scratch_cap;
+    echo_event_fn event_fn;
+    void *event_ctx;
+    atomic_int stop;
+    counters stats;
+    struct epoll_event events[MAX_EVENTS];
+};
+
+/* Tags for the two non-connection descriptors in epoll's data.ptr. */
+static char listen_tag, wake_tag;
+
+static void count(_Atomic uint64_t *c, uint64_t n)
+{
+    /* Single writer: a relaxed load and store, no locked instruction. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static void uncount(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - 1,
+                          memory_order_relaxed);
+}
+
+/* ---- connection list (ordered by last activity, for idle timeouts) ---- */
+
+static void list_unlink(echo_server *srv, conn *c)
+{
+    if (c->prev) c->prev->next = c->next; else srv->oldest = c->next;
+    if (c->next) c->next->prev = c->prev; else srv->newest = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_append(echo_server *srv, conn *c)
+{
+    c->prev = srv->newest;
+    c->next = NULL;
+    if (srv->newest) srv->newest->next = c; else srv->oldest = c;
+    srv->newest = c;
+}
+
+static void touch(echo_server *srv, conn *c)
+{
+    if (srv->cfg.idle_timeout_ms == 0)
+        return;
+    c->last_active_ms = srv->now_ms;
+    if (srv->newest != c) {
+        list_unlink(srv, c);
+        list_append(srv, c);
+    }
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void notify(echo_server *srv, conn *c, int kind, int reason)
+{
+    echo_event ev;
+
+    if (srv->event_fn == NULL)
+        return;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = kind;
+    ev.conn_id = c->id;
+    ev.reason = reason;
+    if (net_format(&c->peer, ev.host, sizeof ev.host, &ev.port) != 0)
+        ev.host[0] = '\0';
+    srv->event_fn(srv->event_ctx, &ev);
+}
+
+static void conn_close(echo_server *srv, conn *c, int reason)
+{
+    close(c->fd); /* also drops it from epoll: the fd is never duplicated */
+    list_unlink(srv, c);
+    uncount(&srv->stats.open);
+    count(&srv->stats.closed[reason], 1);
+    notify(srv, c, ECHO_EVENT_CLOSE, reason);
+    free(c->held);
+    free(c->out);
+    free(c);
+}
+
+/* Watch for input while the peer may still send and the queue has room; for
+ * output while anything is queued. */
+static int update_interest(echo_server *srv, conn *c)
+{
+    uint32_t want = 0;
+    struct epoll_event ev;
+
+    if (!c->closing && c->out_len < srv->cfg.max_pending)
+        want |= EPOLLIN;
+    if (c->out_len > 0)
+        want |= EPOLLOUT;
+    if (want == c->events)
+        return 0;
+    ev.events = want;
+    ev.data.ptr = c;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
+        return -errno;
+    c->events = want;
+    return 0;
+}
+
+/* The peer is done (EOF or quit): close now or once the queue drains. */
+static void finish(echo_server *srv, conn *c, int reason)
+{
+    c->closing = 1 + reason;
+    if (c->out_len == 0)
+        conn_close(srv, c, reason);
+    else if (update_interest(srv, c) != 0)
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+}
+
+static int is_reset(int err)
+{
+    return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
+}
+
+/* Write what can go now; 0, or -1 if the connection failed. */
+static int flush_out(echo_server *srv, conn *c)
+{
+    while (c->out_len > 0) {
+        ssize_t n = send(c->fd, c->out + c->out_head, c->out_len,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0)
+            return is_reset(errno) ? -1 : 0;
+        count(&srv->stats.bytes_out, (uint64_t)n);
+        c->out_head += (size_t)n;
+        c->out_len -= (size_t)n;
+    }
+    /* Drained: give the memory back, idle connections should cost little. */
+    free(c->out);
+    c->out = NULL;
+    c->out_head = c->out_cap = 0;
+    return 0;
+}
+
+static int queue_out(conn *c, const uint8_t *data, size_t len)
+{
+    if (c->out_head + c->out_len + len > c->out_cap) {
+        if (c->out_head > 0) {
+            memmove(c->out, c->out + c->out_head, c->out_len);
+            c->out_head = 0;
+        }
+        if (c->out_len + len > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 4096;
+            uint8_t *grown;
+
+            while (cap < c->out_len + len)
+                cap *= 2;
+            grown = realloc(c->out, cap);
+            if (grown == NULL)
+                return -1;
+            c->out = grown;
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_head + c->out_len, data, len);
+    c->out_len += len;
+    return 0;
+}
+
+/* Echo data: straight to the socket when nothing is queued before it. */
+static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
+{
+    if (c->out_len == 0 && len > 0) {
+        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0) {
+            if (is_reset(errno))
+                return -1;
+            n = 0;
+        }
+        count(&srv->stats.bytes_out, (uint64_t)n);
+        data += n;
+        len -= (size_t)n;
+    }
+    return len > 0 ? queue_out(c, data, len) : 0;
+}
+
+static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
+{
+    if (len > 0 && c->held == NULL) {
+        c->held = malloc(srv->cfg.max_line);
+        if (c->held == NULL)
+            return -1;
+    }
+    if (len > 0)
+        memcpy(c->held, rest, len);
+    c->held_len = len;
+    if (len == 0) {
+        free(c->held);
+        c->held = NULL;
+    }
+    return 0;
+}
+
+static void on_readable(echo_server *srv, conn *c)
+{
+    size_t held = c->held_len;
+    size_t want = srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
+    uint8_t *buf = srv->scratch;
+    size_t emit;
+    int quit;
+    ssize_t n;
+
+    if (held > 0)
+        memcpy(buf, c->held, held);
+    n = recv(c->fd, buf + held, want, 0);
+    if (n < 0) {
+        if (is_reset(errno))
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (n == 0) {
+        /* Half-close: a partial line is still echoed, nothing is lost. */
+        if (echo_out(srv, c, buf, held) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        else
+            finish(srv, c, ECHO_CLOSE_PEER);
+        return;
+    }
+    count(&srv->stats.bytes_in, (uint64_t)n);
+    touch(srv, c);
+    emit = echo_scan(&srv->cfg, &c->cont, buf, held + (size_t)n, &quit);
+    if (echo_out(srv, c, buf, emit) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (quit) {
+        free(c->held);
+        c->held = NULL;
+        c->held_len = 0;
+        finish(srv, c, ECHO_CLOSE_QUIT);
+        return;
+    }
+    if (srv->cfg.mode == ECHO_MODE_LINE &&
+        keep_held(srv, c, buf + emit, held + (size_t)n - emit) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (update_interest(srv, c) != 0)
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+}
+
+/* Returns 1 if the connection was closed. */
+static int on_writable(echo_server *srv, conn *c)
+{
+    size_t before = c->out_len;
+
+    if (flush_out(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (c->out_len < before)
+        touch(srv, c);
+    if (c->closing && c->out_len == 0) {
+        conn_close(srv, c, c->closing - 1);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static int set_listening(echo_server *srv, uint32_t events)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = &listen_tag};
+
+    return epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listen_fd, &ev) ? -errno : 0;
+}
+
+static void pause_accepting(echo_server *srv)
+{
+    if (set_listening(srv, 0) == 0)
+        srv->accept_resume_ms = srv->now_ms + ACCEPT_PAUSE_MS;
+}
+
+static void add_conn(echo_server *srv, int fd, const net_addr *peer)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    conn *c = calloc(1, sizeof *c);
+    int one = 1;
+
+    /* Echoes go out as they are made: do not hold them back to coalesce. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (c == NULL) {
+        close(fd);
+        pause_accepting(srv);
+        return;
+    }
+    c->fd = fd;
+    c->events = EPOLLIN;
+    c->peer = *peer;
+    c->id = ++srv->next_id;
+    c->last_active_ms = srv->now_ms;
+    ev.data.ptr = c;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        close(fd);
+        free(c);
+        pause_accepting(srv);
+        return;
+    }
+    list_append(srv, c);
+    count(&srv->stats.accepted, 1);
+    count(&srv->stats.open, 1);
+    notify(srv, c, ECHO_EVENT_OPEN, 0);
+}
+
+static void on_acceptable(echo_server *srv)
+{
+    for (int i = 0; i < ACCEPT_BURST; i++) {
+        net_addr peer;
+        socklen_t len = sizeof peer;
+        int fd = accept4(srv->listen_fd, &peer.sa, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+                continue;
+            pause_accepting(srv); /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
+            return;
+        }
+        if (srv->cfg.max_clients != 0 &&
+            atomic_load_explicit(&srv->stats.open, memory_order_relaxed) >=
+                srv->cfg.max_clients) {
+            close(fd);
+            count(&srv->stats.rejected, 1);
+            continue;
+        }
+        add_conn(srv, fd, &peer);
+    }
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+static void close_idle(echo_server *srv)
+{
+    uint32_t idle = srv->cfg.idle_timeout_ms;
+
+    while (idle != 0 && srv->oldest != NULL &&
+           srv->oldest->last_active_ms + idle <= srv->now_ms)
+        conn_close(srv, srv->oldest, ECHO_CLOSE_IDLE);
+}
+
+static void close_all(echo_server *srv, int reason)
+{
+    while (srv->oldest != NULL)
+        conn_close(srv, srv->oldest, reason);
+}
+
+#define FOREVER UINT64_MAX
+#define LONGEST_WAIT_MS 3600000 /* keeps the int for epoll_wait in range */
+
+/* How long epoll may sleep: until the deadline, the next idle expiry or the
+ * end of an accept pause, whichever is first; -1 for none of them. */
+static int next_wait(const echo_server *srv, uint64_t deadline)
+{
+    uint64_t until = deadline;
+
+    if (srv->cfg.idle_timeout_ms != 0 && srv->oldest != NULL) {
+        uint64_t t = srv->oldest->last_active_ms + srv->cfg.idle_timeout_ms;
+        if (t < until)
+            until = t;
+    }
+    if (srv->accept_resume_ms != 0 && srv->accept_resume_ms < until)
+        until = srv->accept_resume_ms;
+    if (until == FOREVER)
+        return -1;
+    if (until <= srv->now_ms)
+        return 0;
+    return until - srv->now_ms > LONGEST_WAIT_MS ? LONGEST_WAIT_MS
+                                                 : (int)(until - srv->now_ms);
+}
+
+static void dispatch(echo_server *srv, struct epoll_event *ev)
+{
+    conn *c = ev->data.ptr;
+
+    if (ev->data.ptr == &listen_tag) {
+        on_acceptable(srv);
+        return;
+    }
+    if (ev->data.ptr == &wake_tag)
+        return; /* the stop flag is checked by the loop */
+    /* Errors and hang-ups surface through recv() or send(). */
+    if (ev->events & (EPOLLERR | EPOLLHUP))
+        ev->events |= c->events;
+    if ((ev->events & EPOLLOUT) && on_writable(srv, c))
+        return;
+    if ((ev->events & EPOLLIN) && (c->events & EPOLLIN))
+        on_readable(srv, c);
+}
+
+static int stopped(echo_server *srv)
+{
+    uint64_t drain;
+
+    if (!atomic_load(&srv->stop))
+        return 0;
+    while (read(srv->wake_fd, &drain, sizeof drain) > 0)
+        ;
+    atomic_store(&srv->stop, 0);
+    close_all(srv, ECHO_CLOSE_SHUTDOWN);
+    return 1;
+}
+
+int echo_server_run(echo_server *srv, int timeout_ms)
+{
+    uint64_t deadline;
+
+    if (srv == NULL)
+        return -EINVAL;
+    srv->now_ms = net_now_ms();
+    deadline = timeout_ms >= 0 ? srv->now_ms + (uint64_t)timeout_ms : FOREVER;
+    for (;;) {
+        int n;
+
+        if (stopped(srv))
+            return 0;
+        n = epoll_wait(srv->epfd, srv->events, MAX_EVENTS,
+                       next_wait(srv, deadline));
+        if (n < 0) {
+            if (errno == EINTR)
+                return 1; /* let the caller handle the signal */
+            return -errno;
+        }
+        srv->now_ms = net_now_ms();
+        /* A connection is only ever closed from its own event here (an fd
+         * appears once per batch) or after the batch, so no event in the
+         * batch can point at a freed connection. */
+        for (int i = 0; i < n; i++)
+            dispatch(srv, &srv->events[i]);
+        close_idle(srv);
+        if (srv->accept_resume_ms != 0 && srv->now_ms >= srv->accept_resume_ms) {
+            if (set_listening(srv, EPOLLIN) == 0)
+                srv->accept_resume_ms = 0;
+        }
+        if (srv->now_ms >= deadline)
+            return 1;
+    }
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+int echo_server_new(const echo_config *cfg, const char *host, int port,
+                    echo_server **out)
+{
+    struct epoll_event ev = {.events = EPOLLIN};
+    echo_server *srv;
+    int rc = echo_config_check(cfg);
+
+    if (rc != 0 || host == NULL || out == NULL || port < 0 || port > 65535)
+        return -EINVAL;
+    srv = calloc(1, sizeof *srv);
+    if (srv == NULL)
+        return -ENOMEM;
+    srv->cfg = *cfg;
+    if (cfg->quit_word != NULL) {
+        memcpy(srv->quit_word, cfg->quit_word, cfg->quit_len);
+        srv->cfg.quit_word = srv->quit_word;
+    }
+    srv->epfd = srv->listen_fd = srv->wake_fd = -1;
+    srv->scratch_cap = READ_CHUNK + (cfg->mode == ECHO_MODE_LINE ? cfg->max_line : 0);
+    if (cfg->mode == ECHO_MODE_SEED && cfg->bufsize > srv->scratch_cap)
+        srv->scratch_cap = cfg->bufsize;
+    srv->scratch = malloc(srv->scratch_cap);
+    if (srv->scratch == NULL) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
+    srv->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (srv->epfd < 0 || srv->wake_fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = net_listen(host, port, cfg->backlog, &srv->listen_fd);
+    if (rc != 0)
+        goto fail;
+    ev.data.ptr = &listen_tag;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    ev.data.ptr = &wake_tag;
+    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->wake_fd, &ev) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    *out = srv;
+    return 0;
+fail:
+    echo_server_free(srv);
+    return rc;
+}
+
+int echo_server_address(const echo_server *srv, char *host, size_t hostlen,
+                        int *port)
+{
+    net_addr addr;
+    socklen_t len = sizeof addr;
+
+    if (srv == NULL || host == NULL || port == NULL)
+        return -EINVAL;
+    if (getsockname(srv->listen_fd, &addr.sa, &len) != 0)
+        return -errno;
+    return net_format(&addr, host, hostlen, port);
+}
+
+void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx)
+{
+    srv->event_fn = fn;
+    srv->event_ctx = ctx;
+}
+
+int echo_server_stop(echo_server *srv)
+{
+    uint64_t one = 1;
+
+    if (srv == NULL)
+        return -EINVAL;
+    atomic_store(&srv->stop, 1);
+    /* write() is async-signal-safe; a full counter still wakes the loop. */
+    if (write(srv->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+        return -errno;
+    return 0;
+}
+
+void echo_server_stats(const echo_server *srv, echo_stats *out)
+{
+    const counters *s = &srv->stats;
+
+    out->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
+    out->open = atomic_load_explicit(&s->open, memory_order_relaxed);
+    out->rejected = atomic_load_explicit(&s->rejected, memory_order_relaxed);
+    out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
+    out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+    for (int i = 0; i < ECHO_CLOSE_REASONS; i++)
+        out->closed[i] = atomic_load_explicit(&s->closed[i], memory_order_relaxed);
+}
+
+void echo_server_free(echo_server *srv)
+{
+    if (srv == NULL)
+        return;
+    close_all(srv, ECHO_CLOSE_SHUTDOWN);
+    if (srv->listen_fd >= 0)
+        close(srv->listen_fd);
+    if (srv->wake_fd >= 0)
+        close(srv->wake_fd);
+    if (srv->epfd >= 0)
+        close(srv->epfd);
+    free(srv->scratch);
+    free(srv);
+}

@@ -1,0 +1,241 @@
+"""The native engine: the C core (csrc/) loaded through cffi in ABI mode.
+
+The declarations come from the installed copy of csrc/pyecho.h, the one
+source of truth, so importing needs no compiler. cffi releases the GIL for
+every call into the library, so Python threads run while the server serves.
+Set PYECHO_LIBRARY to load another build of the library (a sanitizer build,
+say) instead of the installed one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, idle_timeout_ms
+
+_HERE = Path(__file__).resolve().parent
+HEADER = _HERE / "pyecho.h"
+LIBRARY = _HERE / "libpyecho_core.so"
+
+EINTR = 4
+
+
+class NativeUnavailableError(ImportError):
+    """The C core is not built or cannot be loaded."""
+
+
+def _load() -> tuple[Any, Any]:
+    try:
+        from cffi import FFI
+    except ImportError as e:  # pragma: no cover - cffi is a dependency
+        raise NativeUnavailableError(f"cffi is not installed ({e})") from e
+    library = Path(os.environ.get("PYECHO_LIBRARY") or LIBRARY)
+    if not HEADER.exists() or not library.exists():
+        raise NativeUnavailableError(
+            f"pyecho's native engine is not built: {library} is missing. "
+            "Install the package with `pip install .` (it compiles csrc/), "
+            "or use engine='python'."
+        )
+    header = HEADER.read_text()
+    ffi = FFI()
+    # cffi takes plain declarations: drop the include guard and #includes.
+    ffi.cdef("\n".join(l for l in header.splitlines() if not l.lstrip().startswith("#")))
+    try:
+        lib = ffi.dlopen(str(library))
+    except OSError as e:
+        raise NativeUnavailableError(f"cannot load {library}: {e}") from e
+    return ffi, lib
+
+
+_loaded: tuple[Any, Any] | None = None
+_load_error: NativeUnavailableError | None = None
+
+
+def load() -> tuple[Any, Any]:
+    """(ffi, lib), loaded once; NativeUnavailableError if it cannot be."""
+    global _loaded, _load_error
+    if _loaded is None:
+        if _load_error is not None:
+            raise _load_error
+        try:
+            _loaded = _load()
+        except NativeUnavailableError as e:
+            _load_error = e
+            raise
+    return _loaded
+
+
+def available() -> bool:
+    try:
+        load()
+    except NativeUnavailableError:
+        return False
+    return True
+
+
+def _check(rc: int) -> int:
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
+class _CConfig:
+    """A C echo_config for a Config, keeping the quit word's buffer alive."""
+
+    def __init__(self, cfg: Config) -> None:
+        ffi, lib = load()
+        self.struct = ffi.new("echo_config *")
+        lib.echo_config_default(self.struct)
+        c = self.struct
+        c.mode = MODES.index(cfg.mode)
+        if cfg.quit_word is None:
+            c.quit_word = ffi.NULL
+            c.quit_len = 0
+        else:
+            self._quit = ffi.new("uint8_t[]", cfg.quit_word)
+            c.quit_word = self._quit
+            c.quit_len = len(cfg.quit_word)
+        c.bufsize = cfg.bufsize
+        c.max_line = cfg.max_line
+        c.max_pending = cfg.max_pending
+        c.max_clients = cfg.max_clients
+        c.idle_timeout_ms = idle_timeout_ms(cfg)
+        c.backlog = cfg.backlog
+        _check(lib.echo_config_check(c))
+
+
+class NativeServer:
+    """Same interface as _pyengine.PyServer, over echo_server."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        family: int,
+        host: str,
+        port: int,
+        on_event: Callable[[Event], None] | None,
+    ) -> None:
+        self._ffi, self._lib = ffi, lib = load()
+        self.cfg = cfg
+        ccfg = _CConfig(cfg)
+        out = ffi.new("echo_server **")
+        _check(lib.echo_server_new(ccfg.struct, host.encode(), port, out))
+        self._srv = out[0]
+        self._callback = None
+        if on_event is not None:
+            self._callback = ffi.callback("echo_event_fn", self._event_trampoline(on_event))
+            lib.echo_server_set_event_fn(self._srv, self._callback, ffi.NULL)
+
+    def _event_trampoline(self, on_event: Callable[[Event], None]) -> Callable:
+        ffi = self._ffi
+
+        def trampoline(_ctx: Any, ev: Any) -> None:
+            kind = "open" if ev.kind == 0 else "close"
+            reason = CLOSE_REASONS[ev.reason] if kind == "close" else None
+            peer = (ffi.string(ev.host).decode(), ev.port)
+            try:
+                on_event(Event(kind, ev.conn_id, peer, reason))
+            except BaseException:  # noqa: BLE001 - cffi cannot propagate it
+                sys.excepthook(*sys.exc_info())
+
+        return trampoline
+
+    def address(self) -> tuple[str, int]:
+        host = self._ffi.new("char[64]")
+        port = self._ffi.new("int *")
+        _check(self._lib.echo_server_address(self._srv, host, 64, port))
+        return self._ffi.string(host).decode(), port[0]
+
+    def run(self, timeout: float | None) -> int:
+        ms = -1 if timeout is None else max(0, round(timeout * 1000))
+        return _check(self._lib.echo_server_run(self._srv, ms))
+
+    def stop(self) -> None:
+        _check(self._lib.echo_server_stop(self._srv))
+
+    def stats(self) -> Stats:
+        s = self._ffi.new("echo_stats *")
+        self._lib.echo_server_stats(self._srv, s)
+        return Stats(
+            accepted=s.accepted,
+            open=s.open,
+            rejected=s.rejected,
+            bytes_in=s.bytes_in,
+            bytes_out=s.bytes_out,
+            closed={r: s.closed[i] for i, r in enumerate(CLOSE_REASONS)},
+        )
+
+    def free(self) -> None:
+        if self._srv is not None:
+            self._lib.echo_server_free(self._srv)
+            self._srv = None
+
+
+class NativeClient:
+    """Same interface as _pyengine.PyClient, over echo_client."""
+
+    def __init__(
+        self, cfg: Config, family: int, host: str, port: int, timeout: float | None
+    ) -> None:
+        self._ffi, self._lib = ffi, lib = load()
+        self.cfg = cfg
+        self._timeout_ms = self._ms(timeout)
+        ccfg = _CConfig(cfg)
+        out = ffi.new("echo_client **")
+        while True:
+            rc = lib.echo_client_new(ccfg.struct, host.encode(), port, self._timeout_ms, out)
+            if rc != -EINTR:  # on a signal, Python runs its handler, then we retry
+                break
+        _check(rc)
+        self._cli = out[0]
+        self._got = ffi.new("size_t *")
+
+    @staticmethod
+    def _ms(timeout: float | None) -> int:
+        return -1 if timeout is None else max(0, round(timeout * 1000))
+
+    @property
+    def timeout(self) -> float | None:
+        return None if self._timeout_ms < 0 else self._timeout_ms / 1000
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._timeout_ms = self._ms(value)
+        _check(self._lib.echo_client_set_timeout(self._cli, self._timeout_ms))
+
+    def _call(self, fn: Callable[..., int], *args: Any) -> int:
+        """Call fn, resuming it after each signal once Python ran its handler."""
+        while True:
+            rc = fn(self._cli, *args)
+            if rc != -EINTR:
+                return _check(rc)
+
+    def send(self, data: bytes) -> None:
+        self._call(self._lib.echo_client_send, self._ffi.from_buffer(data), len(data))
+
+    def recv(self, bufsize: int) -> bytes:
+        buf = self._ffi.new("uint8_t[]", bufsize)
+        self._call(self._lib.echo_client_recv, buf, bufsize, self._got)
+        return self._ffi.buffer(buf, self._got[0])[:]
+
+    def echo(self, data: bytes) -> tuple[bytes, int]:
+        cap = len(data) + self.cfg.max_line
+        reply = self._ffi.new("uint8_t[]", cap)
+        rc = self._call(
+            self._lib.echo_client_echo, self._ffi.from_buffer(data), len(data), reply, cap, self._got
+        )
+        return self._ffi.buffer(reply, self._got[0])[:], rc
+
+    def shutdown_write(self) -> None:
+        _check(self._lib.echo_client_shutdown_write(self._cli))
+
+    def fileno(self) -> int:
+        return self._lib.echo_client_fileno(self._cli)
+
+    def close(self) -> None:
+        if self._cli is not None:
+            self._lib.echo_client_free(self._cli)
+            self._cli = None

@@ -1,0 +1,265 @@
+"""The one API over both engines, in the shape of ``socketserver``.
+
+``engine="native"`` runs the C core (csrc/), ``engine="python"`` the
+pure-Python reference (pyecho/_pyengine.py); both behave identically, which
+tests/ checks scenario by scenario.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any, Callable
+
+from . import _native, _pyengine
+from ._config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    REPLY_OPEN,
+    REPLY_SHORT,
+    ConnectionClosedError,
+    Event,
+    Stats,
+    check_data,
+    check_engine,
+    check_timeout,
+    make_config,
+    resolve,
+    _int,
+)
+
+
+def _engine_classes(engine: str) -> tuple[type, type]:
+    if check_engine(engine) == "native":
+        _native.load()  # NativeUnavailableError, with what to do about it
+        return _native.NativeServer, _native.NativeClient
+    return _pyengine.PyServer, _pyengine.PyClient
+
+
+class EchoServer:
+    """An echo server listening on ``server_address`` from construction on.
+
+    >>> with EchoServer(("127.0.0.1", 0), mode="line").start() as server:
+    ...     host, port = server.server_address
+
+    ``serve_forever()`` serves on the calling thread until ``shutdown()``;
+    ``start()`` does it on a background thread. ``on_event`` is called on the
+    serving thread with an :class:`Event` when a connection opens or closes;
+    if it raises, the server stops and ``serve_forever()`` re-raises it.
+    """
+
+    def __init__(
+        self,
+        server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
+        *,
+        engine: str = "native",
+        mode: str = "seed",
+        quit_word: bytes | str | None = b"exit",
+        bufsize: int = 99,
+        max_line: int = 64 * 1024,
+        max_pending: int = 256 * 1024,
+        max_clients: int | None = None,
+        idle_timeout: float | None = None,
+        backlog: int = 128,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        if on_event is not None and not callable(on_event):
+            raise TypeError("on_event must be callable or None")
+        self.config = make_config(
+            mode, quit_word, bufsize, max_line, max_pending, max_clients, idle_timeout, backlog
+        )
+        server_cls, _ = _engine_classes(engine)
+        family, host, port = resolve(server_address, server=True)
+        self.engine = engine
+        self.mode = mode
+        self._user_on_event = on_event
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._serving_thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._done.set()
+        self._thread: threading.Thread | None = None
+        self._core: Any = server_cls(
+            self.config, family, host, port, self._on_event if on_event else None
+        )
+        self.server_address: tuple[str, int] = self._core.address()
+
+    def _on_event(self, event: Event) -> None:
+        try:
+            self._user_on_event(event)  # type: ignore[misc]
+        except BaseException as e:  # noqa: BLE001 - re-raised by serve_forever
+            if self._error is None:
+                self._error = e
+                self._core.stop()
+
+    def serve_forever(self, poll_interval: float = 0.1) -> None:
+        """Serve until shutdown(). Signals (Ctrl+C) are handled at least every
+        poll_interval seconds, at once when the server is idle."""
+        poll_interval = check_timeout(poll_interval) or 0.1
+        with self._lock:
+            if self._core is None:
+                raise ValueError("serve_forever() on a closed server")
+            if self._serving_thread is not None:
+                raise RuntimeError("the server is already serving")
+            self._serving_thread = threading.current_thread()
+            self._done.clear()
+        try:
+            while self._core.run(poll_interval) == 1:
+                pass
+        finally:
+            with self._lock:
+                self._serving_thread = None
+                self._done.set()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def start(self) -> EchoServer:
+        """Serve on a background (daemon) thread; returns self."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the server is already serving")
+        self._thread = threading.Thread(
+            target=self.serve_forever, name=f"pyecho-{self.engine}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() and wait for it: every client connection is
+        closed (reason "shutdown"). The listening socket stays open until
+        close()."""
+        with self._lock:
+            serving = self._serving_thread
+            if serving is None or self._core is None:
+                return
+            self._core.stop()
+        if serving is not threading.current_thread():
+            self._done.wait()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """shutdown(), then close every socket. Safe to call twice."""
+        self.shutdown()
+        with self._lock:
+            core, self._core = self._core, None
+        if core is not None:
+            core.free()
+
+    server_close = close  # socketserver's name
+
+    @property
+    def stats(self) -> Stats:
+        core = self._core
+        if core is None:
+            raise ValueError("stats of a closed server")
+        return core.stats()
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<EchoServer {self.engine} {self.mode} on {self.server_address}>"
+
+
+class EchoClient:
+    """A blocking client for an echo server.
+
+    ``echo(data)`` sends data and returns its echo as the server's framing
+    produces it (the client runs the same framing to know how much to wait
+    for). ``timeout`` bounds each wait for the server, in seconds.
+    """
+
+    def __init__(
+        self,
+        server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
+        *,
+        engine: str = "native",
+        mode: str = "seed",
+        quit_word: bytes | str | None = b"exit",
+        bufsize: int = 99,
+        max_line: int = 64 * 1024,
+        timeout: float | None = None,
+    ) -> None:
+        self.config = make_config(mode, quit_word, bufsize, max_line)
+        _, client_cls = _engine_classes(engine)
+        family, host, port = resolve(server_address, server=False)
+        self.engine = engine
+        self.mode = mode
+        self.server_address = (host, port)
+        self.server_closed = False  # the server closed the connection
+        self._core: Any = client_cls(self.config, family, host, port, check_timeout(timeout))
+
+    def _open(self) -> Any:
+        if self._core is None:
+            raise ValueError("I/O on a closed client")
+        return self._core
+
+    @property
+    def timeout(self) -> float | None:
+        return self._open().timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._open().timeout = check_timeout(value)
+
+    def echo(self, data: bytes) -> bytes:
+        """Send data and return its echo. After the quit word, waits for the
+        server to close and returns what came before it. Raises
+        ConnectionClosedError (with ``.partial``) if the server closed the
+        connection before the whole echo arrived."""
+        data = check_data(data)
+        reply, status = self._open().echo(data)
+        if status != REPLY_OPEN:
+            self.server_closed = True
+        if status == REPLY_SHORT:
+            raise ConnectionClosedError(reply)
+        return reply
+
+    def send(self, data: bytes) -> None:
+        """Send all of data."""
+        self._open().send(check_data(data))
+
+    def recv(self, bufsize: int = 65536) -> bytes:
+        """Receive up to bufsize bytes; b"" when the server closed."""
+        bufsize = _int("bufsize", bufsize, 1, 1 << 30)
+        data = self._open().recv(bufsize)
+        if not data:
+            self.server_closed = True
+        return data
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the server nothing more is coming; its remaining
+        echo can still be received."""
+        self._open().shutdown_write()
+
+    def fileno(self) -> int:
+        return self._open().fileno()
+
+    def close(self) -> None:
+        core, self._core = self._core, None
+        if core is not None:
+            core.close()
+
+    def __enter__(self) -> EchoClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<EchoClient {self.engine} {self.mode} to {self.server_address}>"
