@@ -1,0 +1,59 @@
+"""Shared fixtures: every behaviour test runs against both engines."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+import pytest
+
+import pyecho
+
+ENGINES = list(pyecho.ENGINES)
+LOOPBACK = "127.0.0.1"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"pyecho {pyecho.__version__} from {os.path.dirname(pyecho.__file__)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _native_must_load() -> None:
+    # A missing native library is a failed install, not a reason to skip.
+    pyecho._native.load()
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll predicate until true; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.005)
+
+
+class Recorder:
+    """Collects server events (thread-safe) without the peer's port."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: list[pyecho.Event] = []
+
+    def __call__(self, event: pyecho.Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def summary(self) -> list[tuple]:
+        with self._lock:
+            return [(e.kind, e.conn_id, e.peer[0], e.reason) for e in self.events]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))

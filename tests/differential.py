@@ -1,0 +1,58 @@
+"""Run one scenario over {native, python} server x {native, python} client and
+check that the four transcripts are identical."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any, Callable
+
+import pyecho
+from conftest import ENGINES, LOOPBACK, Recorder, wait_for
+
+COMBOS = [(s, c) for s in ENGINES for c in ENGINES]
+
+ClientFactory = Callable[..., pyecho.EchoClient]
+Scenario = Callable[[pyecho.EchoServer, ClientFactory], Any]
+
+CLIENT_KEYS = ("mode", "quit_word", "bufsize", "max_line")
+
+
+def run_one(
+    server_engine: str,
+    client_engine: str,
+    scenario: Scenario,
+    *,
+    ordered_events: bool = True,
+    **server_kw: Any,
+) -> dict[str, Any]:
+    """Run scenario against a fresh server; its transcript, events and stats."""
+    rec = Recorder()
+    client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
+
+    def client(**kw: Any) -> pyecho.EchoClient:
+        opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
+        return pyecho.EchoClient(server.server_address, **opts)
+
+    with pyecho.EchoServer((LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw) as server:
+        server.start()
+        transcript = scenario(server, client)
+        wait_for(lambda: server.stats.open == 0, 20, "every connection to close")
+        server.shutdown()
+        stats = asdict(server.stats)
+    events = rec.summary()
+    if not ordered_events:  # concurrent clients: accept order is not fixed
+        events = sorted(Counter((kind, host, reason) for kind, _, host, reason in events).items())
+    return {"transcript": transcript, "events": events, "stats": stats}
+
+
+def run_matrix(scenario: Scenario, **kw: Any) -> dict[str, Any]:
+    """All four combinations; asserts they match and returns the transcript."""
+    results = {combo: run_one(*combo, scenario, **kw) for combo in COMBOS}
+    reference = results[COMBOS[0]]
+    for combo, result in results.items():
+        assert result == reference, (
+            f"server={combo[0]} client={combo[1]} differs from "
+            f"server={COMBOS[0][0]} client={COMBOS[0][1]}:\n{result}\n!=\n{reference}"
+        )
+    return reference
