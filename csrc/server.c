@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "net.h"
+#include "outbuf.h"
 #include "pyecho.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
@@ -34,8 +35,7 @@ typedef struct conn {
     struct conn *prev, *next; /* every connection, least recently active first */
     uint8_t *held;     /* line mode: a partial line, fewer than max_line bytes */
     size_t held_len;
-    uint8_t *out;      /* echo the client has not taken yet */
-    size_t out_head, out_len, out_cap;
+    outbuf out;        /* echo the client has not taken yet */
     net_addr peer;
 } conn;
 
@@ -131,7 +131,7 @@ static void conn_close(echo_server *srv, conn *c, int reason)
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
     free(c->held);
-    free(c->out);
+    outbuf_free(&c->out);
     free(c);
 }
 
@@ -142,9 +142,9 @@ static int update_interest(echo_server *srv, conn *c)
     uint32_t want = 0;
     struct epoll_event ev;
 
-    if (!c->closing && c->out_len < srv->cfg.max_pending)
+    if (!c->closing && c->out.len < srv->cfg.max_pending)
         want |= EPOLLIN;
-    if (c->out_len > 0)
+    if (c->out.len > 0)
         want |= EPOLLOUT;
     if (want == c->events)
         return 0;
@@ -160,7 +160,7 @@ static int update_interest(echo_server *srv, conn *c)
 static void finish(echo_server *srv, conn *c, int reason)
 {
     c->closing = 1 + reason;
-    if (c->out_len == 0)
+    if (c->out.len == 0)
         conn_close(srv, c, reason);
     else if (update_interest(srv, c) != 0)
         conn_close(srv, c, ECHO_CLOSE_RESET);
@@ -174,51 +174,21 @@ static int is_reset(int err)
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
-    while (c->out_len > 0) {
-        ssize_t n = send(c->fd, c->out + c->out_head, c->out_len,
+    while (c->out.len > 0) {
+        ssize_t n = send(c->fd, outbuf_begin(&c->out), c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
         count(&srv->stats.bytes_out, (uint64_t)n);
-        c->out_head += (size_t)n;
-        c->out_len -= (size_t)n;
+        outbuf_consume(&c->out, (size_t)n);
     }
-    /* Drained: give the memory back, idle connections should cost little. */
-    free(c->out);
-    c->out = NULL;
-    c->out_head = c->out_cap = 0;
-    return 0;
-}
-
-static int queue_out(conn *c, const uint8_t *data, size_t len)
-{
-    if (c->out_head + c->out_len + len > c->out_cap) {
-        if (c->out_head > 0) {
-            memmove(c->out, c->out + c->out_head, c->out_len);
-            c->out_head = 0;
-        }
-        if (c->out_len + len > c->out_cap) {
-            size_t cap = c->out_cap ? c->out_cap : 4096;
-            uint8_t *grown;
-
-            while (cap < c->out_len + len)
-                cap *= 2;
-            grown = realloc(c->out, cap);
-            if (grown == NULL)
-                return -1;
-            c->out = grown;
-            c->out_cap = cap;
-        }
-    }
-    memcpy(c->out + c->out_head + c->out_len, data, len);
-    c->out_len += len;
     return 0;
 }
 
 /* Echo data: straight to the socket when nothing is queued before it. */
 static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 {
-    if (c->out_len == 0 && len > 0) {
+    if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
@@ -230,7 +200,7 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
         data += n;
         len -= (size_t)n;
     }
-    return len > 0 ? queue_out(c, data, len) : 0;
+    return outbuf_append(&c->out, data, len);
 }
 
 static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
@@ -301,15 +271,15 @@ static void on_readable(echo_server *srv, conn *c)
 /* Returns 1 if the connection was closed. */
 static int on_writable(echo_server *srv, conn *c)
 {
-    size_t before = c->out_len;
+    size_t before = c->out.len;
 
     if (flush_out(srv, c) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
-    if (c->out_len < before)
+    if (c->out.len < before)
         touch(srv, c);
-    if (c->closing && c->out_len == 0) {
+    if (c->closing && c->out.len == 0) {
         conn_close(srv, c, c->closing - 1);
         return 1;
     }
