@@ -1,0 +1,165 @@
+"""The C load generator (csrc/loadgen.c) through cffi.
+
+The call into C releases the GIL and runs the whole closed loop there, so
+what is measured is the server, not Python. Every echoed byte is verified: a
+wrong byte, an extra byte or an early close raises :class:`LoadGenError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .._native import load
+
+MODES = {"raw": 0, "line": 1, "seed": 2}
+ERROR_KINDS = ("ok", "connect", "mismatch", "closed", "io", "timeout", "extra", "usage")
+
+
+class LoadGenError(RuntimeError):
+    """The load generator found the server at fault or could not run."""
+
+    def __init__(self, rc: int, kind: str, conn: int, offset: int, detail: str = "") -> None:
+        self.errno = -rc
+        self.kind = kind
+        self.conn = conn
+        self.offset = offset
+        what = {
+            "connect": "could not open a connection",
+            "mismatch": "an echoed byte differs from the byte sent",
+            "closed": "the server closed a connection early",
+            "io": "a socket call failed",
+            "timeout": "no progress for the timeout",
+            "extra": "the server sent more bytes than it was sent",
+            "usage": "bad argument or call order",
+        }.get(kind, kind)
+        msg = f"load generator: {what} (connection {conn}, stream offset {offset}"
+        msg += f"{detail}): {os.strerror(-rc)}"
+        if kind == "connect" and -rc in (errno.EMFILE, errno.ENFILE):
+            msg += " - raise the open-file limit (ulimit -n) or use fewer connections"
+        super().__init__(msg)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One closed-loop run's figures (latencies in nanoseconds)."""
+
+    round_trips: int
+    bytes: int
+    elapsed_ns: int
+    lat_min_ns: int
+    lat_mean_ns: int
+    lat_p50_ns: int
+    lat_p90_ns: int
+    lat_p99_ns: int
+    lat_p999_ns: int
+    lat_max_ns: int
+
+    @property
+    def seconds(self) -> float:
+        return self.elapsed_ns / 1e9
+
+
+class LoadGen:
+    """``connections`` connections with ``depth`` messages of ``msg_size``
+    bytes in flight each, against a server in ``mode`` (messages are made so
+    that it echoes them unchanged)."""
+
+    def __init__(
+        self,
+        connections: int,
+        msg_size: int,
+        depth: int = 1,
+        mode: str = "raw",
+        *,
+        connect_window: int = 64,
+        timeout: float = 10.0,
+    ) -> None:
+        self._lg: Any = None
+        self._ffi, self._lib = ffi, lib = load()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        cfg = ffi.new("echo_loadgen_config *")
+        cfg.connections = connections
+        cfg.depth = depth
+        cfg.msg_size = msg_size
+        cfg.mode = MODES[mode]
+        cfg.connect_window = connect_window
+        cfg.timeout_ms = max(1, round(timeout * 1000))
+        out = ffi.new("echo_loadgen **")
+        rc = lib.echo_loadgen_new(cfg, out)
+        if rc < 0:
+            raise OSError(-rc, f"echo_loadgen_new: {os.strerror(-rc)}")
+        self._lg = out[0]
+        self._res = ffi.new("echo_loadgen_result *")
+        self.connections = connections
+        self.msg_size = msg_size
+        self.depth = depth
+        self.mode = mode
+
+    def _raise(self, rc: int) -> None:
+        r = self._res
+        kind = ERROR_KINDS[r.error_kind] if 0 <= r.error_kind < len(ERROR_KINDS) else "?"
+        if rc == -errno.EINTR:
+            # A signal arrived: Python runs its handler (KeyboardInterrupt) now.
+            raise InterruptedError(errno.EINTR, "load generator interrupted")
+        detail = ""
+        if kind == "mismatch":
+            detail = f", sent 0x{r.error_expected:02x}, echoed 0x{r.error_got:02x}"
+        raise LoadGenError(rc, kind, r.error_conn, r.error_offset, detail)
+
+    def connect(self, host: str, port: int) -> None:
+        """Open every connection and do one verified round trip on each."""
+        rc = self._lib.echo_loadgen_connect(self._open(), host.encode(), port, self._res)
+        if rc < 0:
+            self._raise(rc)
+
+    def run(self, seconds: float) -> RunResult:
+        """Run the closed loop for ``seconds``, then drain what is in flight."""
+        rc = self._lib.echo_loadgen_run(self._open(), max(0, round(seconds * 1000)), self._res)
+        if rc < 0:
+            self._raise(rc)
+        r = self._res
+        return RunResult(
+            round_trips=r.round_trips,
+            bytes=r.bytes,
+            elapsed_ns=r.elapsed_ns,
+            lat_min_ns=r.lat_min_ns,
+            lat_mean_ns=r.lat_mean_ns,
+            lat_p50_ns=r.lat_p50_ns,
+            lat_p90_ns=r.lat_p90_ns,
+            lat_p99_ns=r.lat_p99_ns,
+            lat_p999_ns=r.lat_p999_ns,
+            lat_max_ns=r.lat_max_ns,
+        )
+
+    @property
+    def open_connections(self) -> int:
+        return int(self._lib.echo_loadgen_open(self._open()))
+
+    def _open(self) -> Any:
+        if self._lg is None:
+            raise ValueError("the load generator is closed")
+        return self._lg
+
+    def close(self) -> None:
+        lg, self._lg = self._lg, None
+        if lg is not None:
+            self._lib.echo_loadgen_free(lg)
+
+    def __enter__(self) -> LoadGen:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

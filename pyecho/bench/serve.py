@@ -1,0 +1,108 @@
+"""One benchmark server in its own process, so the OS can tell its CPU time
+and memory apart from the load generator's.
+
+    python -m pyecho.bench.serve {native,python,asyncio,uvloop} [--mode raw]
+
+prints ``PORT <n>`` on stdout once listening on 127.0.0.1 and serves until
+killed (SIGTERM); it also dies with its parent. The floor server is the C
+program floor_server.c (see servers.py), with the same protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import resource
+import signal
+import socket
+import sys
+
+HOST = "127.0.0.1"
+BACKLOG = 1024
+PR_SET_PDEATHSIG = 1
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft open-file limit to the hard one; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def _announce(port: int) -> None:
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+
+
+def serve_pyecho(engine: str, mode: str) -> None:
+    from pyecho import EchoServer
+
+    server = EchoServer((HOST, 0), engine=engine, mode=mode, backlog=BACKLOG)
+    _announce(server.server_address[1])
+    server.serve_forever(poll_interval=0.5)
+
+
+class EchoProtocol(asyncio.Protocol):
+    """The standard library's echo server, as its documentation writes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # asyncio and uvloop set it already; say so anyway
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+async def _serve_asyncio() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoProtocol, HOST, 0, backlog=BACKLOG)
+    _announce(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+def serve_asyncio(use_uvloop: bool) -> None:
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(_serve_asyncio())
+    else:
+        asyncio.run(_serve_asyncio())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyecho.bench.serve")
+    parser.add_argument("server", choices=["native", "python", "asyncio", "uvloop"])
+    parser.add_argument("--mode", default="raw", choices=["raw", "line", "seed"])
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    raise_nofile_limit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if args.server in ("native", "python"):
+        serve_pyecho(args.server, args.mode)
+    else:
+        if args.mode != "raw":
+            parser.error(f"{args.server} serves raw mode only")
+        serve_asyncio(args.server == "uvloop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Smoke test of the benchmark: benchmarks/native_vs_python.py --quick runs
+every scenario on every server briefly, as a user would start it, and its
+outputs must exist, parse and hold positive figures. uvloop and matplotlib
+are optional (the bench extra): their parts skip, with the reason, when they
+are not installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyecho.bench.runner import SCENARIOS, TARGETS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
+HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+ALWAYS = ("floor", "native", "python", "asyncio")
+POSITIVE = (
+    "rt_per_s", "mib_per_s", "lat_p50_us", "lat_p99_us", "lat_p999_us", "cpu_us_per_rt",
+    "peak_rss_bytes", "round_trips", "bytes", "seconds",
+)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout}\n{proc.stderr}"
+    return {"out": out, "stdout": proc.stdout, "stderr": proc.stderr,
+            "json": json.loads((out / "results.json").read_text())}
+
+
+def test_every_scenario_on_every_server(bench: dict[str, Any]) -> None:
+    summary = bench["json"]["summary"]
+    for sc in SCENARIOS:
+        servers = ALWAYS if sc.mode == "raw" else ("native", "python")
+        for server in servers:
+            assert server in summary[sc.name], f"{server} missing from {sc.name}"
+    assert bench["json"]["errors"] == []
+
+
+def test_every_figure_is_a_positive_number(bench: dict[str, Any]) -> None:
+    records = bench["json"]["records"]
+    assert records
+    for rec in records:
+        where = f"{rec['server']} {rec['scenario']}"
+        if rec["scenario"] == "idle":
+            assert rec["connections"] == 1000
+            assert rec["peak_rss_bytes"] > 0 and rec["rss_held_bytes"] > 0, where
+            assert math.isfinite(rec["rss_per_conn_bytes"]), where
+            continue
+        for key in POSITIVE:
+            value = rec[key]
+            assert isinstance(value, (int, float)) and math.isfinite(value), (where, key)
+            assert value > 0, (where, key, value)
+        assert rec["bytes"] == rec["round_trips"] * rec["msg_size"], where
+        assert rec["lat_p50_us"] <= rec["lat_p99_us"] <= rec["lat_p999_us"], where
+        for key in ("server_cpu_cores", "loadgen_cpu_cores", "other_cpu_cores"):
+            assert rec[key] >= 0, (where, key)
+
+
+def test_progress_table_and_markdown(bench: dict[str, Any]) -> None:
+    assert "[  1/" in bench["stderr"]  # progress while it runs
+    assert "round trips/s" in bench["stdout"] and "Targets" in bench["stdout"]
+    md = (bench["out"] / "results.md").read_text()
+    assert md.startswith("# pyecho benchmark")
+    assert "| scenario | server |" in md
+    assert "## Targets" in md
+
+
+def test_targets_are_evaluated(bench: dict[str, Any]) -> None:
+    targets = {t["name"]: t for t in bench["json"]["targets"]}
+    assert set(targets) == {t.name for t in TARGETS}
+    for t in targets.values():
+        if "uvloop" in t["name"] and not HAVE_UVLOOP:
+            assert t["status"] == "not measured"
+        elif "idle" in t["name"]:
+            assert t["status"].startswith("not evaluated")  # 1000 < 10,000 held
+        else:
+            assert t["status"] in ("met", "missed"), t
+            assert t["value"] > 0
+
+
+@pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (pip install '.[bench]')")
+def test_uvloop_is_measured(bench: dict[str, Any]) -> None:
+    for sc in SCENARIOS:
+        if sc.mode == "raw":
+            assert "uvloop" in bench["json"]["summary"][sc.name]
+
+
+@pytest.mark.skipif(
+    not HAVE_MATPLOTLIB, reason="matplotlib is not installed (pip install '.[bench]')"
+)
+def test_plot_is_written(bench: dict[str, Any]) -> None:
+    png = bench["out"] / "native_vs_python.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "native_vs_python.png" in (bench["out"] / "results.md").read_text()
+
+
+@pytest.mark.skipif(HAVE_MATPLOTLIB, reason="matplotlib is installed")
+def test_no_plot_without_matplotlib(bench: dict[str, Any]) -> None:
+    assert not (bench["out"] / "native_vs_python.png").exists()
+    assert "matplotlib is not installed" in bench["stderr"]
+
+
+def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--servers", "nginx", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown nginx" in proc.stderr
