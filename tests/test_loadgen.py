@@ -7,12 +7,12 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from conftest import LOOPBACK
 
 import pyecho
-from conftest import LOOPBACK
 from pyecho.bench.loadgen import LoadGen, LoadGenError
 
 Handler = Callable[[socket.socket], None]

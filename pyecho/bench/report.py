@@ -76,12 +76,13 @@ def _target_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def _text_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
+        cells = zip(r, widths, strict=True)
         lines.append("  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells)
         ))
     return "\n".join(lines)
 
@@ -166,7 +167,7 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
     ]
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     flat = list(axes.flat)
-    for ax, (metric, title, scale) in zip(flat, panels):
+    for ax, (metric, title, scale) in zip(flat[:3], panels, strict=True):
         servers = [s for s in SERVER_ORDER if any(s in summary[sc] for sc in scenarios)]
         width = 0.8 / max(1, len(servers))
         for i, server in enumerate(servers):
