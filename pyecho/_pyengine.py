@@ -173,6 +173,8 @@ class PyServer:
             n = self._send(c, data)
             if n is None:
                 return False
+            if n == len(data):
+                return True  # the common case: all sent, nothing to queue
             data = data[n:]
         c.out += data
         return True
@@ -196,7 +198,8 @@ class PyServer:
                 self._finish(c, PEER)
             return
         self._counts["bytes_in"] += len(chunk)
-        self._touch(c)
+        if self._idle_ms:
+            self._touch(c)
         buf = c.held + chunk if c.held else chunk
         emit, c.cont, quit_ = scan(cfg, c.cont, buf)
         if not self._echo_out(c, buf[:emit]):
