@@ -31,6 +31,7 @@ struct echo_client {
     int cont;
     size_t held_len;    /* line mode: sent bytes of an unfinished line, */
     uint8_t *scratch;   /* kept at the start of this, then one chunk */
+    size_t owed;        /* echo the server will send that was not received */
     /* the operation in progress, if a signal interrupted it */
     enum op op;
     const uint8_t *op_buf;
@@ -84,7 +85,8 @@ static void op_begin(echo_client *cli, enum op op, const uint8_t *buf, size_t le
     cli->op = op;
     cli->op_buf = buf;
     cli->op_len = len;
-    cli->expect = track(cli, buf, len, &cli->expect_quit);
+    cli->owed += track(cli, buf, len, &cli->expect_quit);
+    cli->expect = cli->owed;
 }
 
 /* Finish an operation with rc, keeping its progress only for -EINTR. */
@@ -188,6 +190,7 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
         n = recv(cli->fd, buf, cap, 0);
         if (n >= 0) {
             *got = (size_t)n;
+            cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
             return 0;
         }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -205,6 +208,7 @@ static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
 
     if (n > 0) {
         cli->got += (size_t)n;
+        cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
         /* More than the framing said the server would send. */
         return cli->got > cli->expect ? -EPROTO : 0;
     }
@@ -229,10 +233,11 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
     if (cli == NULL || (buf == NULL && len > 0) || reply == NULL ||
         got == NULL || cli->fd < 0)
         return -EINVAL;
-    if (cap < len + cli->cfg.max_line)
-        return -EINVAL;
-    if (!op_resumes(cli, OP_ECHO, buf, len))
+    if (!op_resumes(cli, OP_ECHO, buf, len)) {
+        if (cap < echo_client_reply_room(cli, len))
+            return -EINVAL;
         op_begin(cli, OP_ECHO, buf, len);
+    }
     for (;;) {
         int sending = cli->sent < len;
         int receiving = !cli->eof && (cli->got < cli->expect || cli->expect_quit);
@@ -265,6 +270,12 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             return op_end(cli, rc);
         }
     }
+}
+
+size_t echo_client_reply_room(const echo_client *cli, size_t len)
+{
+    /* The framing releases at most the held line and len new bytes. */
+    return cli->owed + cli->held_len + len;
 }
 
 int echo_client_shutdown_write(echo_client *cli)

@@ -222,7 +222,7 @@ class NativeClient:
         return self._ffi.buffer(buf, self._got[0])[:]
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
-        cap = len(data) + self.cfg.max_line
+        cap = self._lib.echo_client_reply_room(self._cli, len(data))
         reply = self._ffi.new("uint8_t[]", cap)
         rc = self._call(
             self._lib.echo_client_echo, self._ffi.from_buffer(data), len(data), reply, cap, self._got

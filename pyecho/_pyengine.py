@@ -367,6 +367,7 @@ class PyClient:
         self.timeout = timeout
         self._cont = False
         self._held = b""  # line mode: sent bytes of an unfinished line
+        self._owed = 0  # echo the server will send that was not received
         self._eof = False
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -392,22 +393,23 @@ class PyClient:
             raise _oserror(errno.ETIMEDOUT)
         return ready[0][1]
 
-    def _track(self, data: bytes) -> tuple[int, bool]:
-        """Feed sent bytes through the framing: (reply bytes, quit)."""
+    def _track(self, data: bytes) -> bool:
+        """Feed sent bytes through the framing: add the echo they cause to
+        what is owed; True if they end with the quit word."""
         cfg = self.cfg
         if cfg.mode == "raw":
-            return len(data), False
+            self._owed += len(data)
+            return False
         piece = cfg.bufsize if cfg.mode == "seed" else TRACK_CHUNK
-        total = 0
         for start in range(0, len(data), piece):
             buf = self._held + data[start : start + piece]
             emit, self._cont, quit_ = scan(cfg, self._cont, buf)
-            total += emit
+            self._owed += emit
             if quit_:
-                return total, True
+                return True
             if cfg.mode == "line":
                 self._held = buf[emit:]
-        return total, False
+        return False
 
     def _send_some(self, view: memoryview) -> int:
         try:
@@ -427,9 +429,11 @@ class PyClient:
         while True:
             self._wait(select.POLLIN)
             try:
-                return self._sock.recv(bufsize)
+                data = self._sock.recv(bufsize)
             except _RETRY:
                 continue
+            self._owed = max(0, self._owed - len(data))
+            return data
 
     def _recv_some(self, reply: bytearray, expect: int, quit_: bool) -> None:
         try:
@@ -447,12 +451,15 @@ class PyClient:
             self._eof = True
             return
         reply += chunk
+        self._owed = max(0, self._owed - len(chunk))
         if len(reply) > expect:  # more than the framing said the server would send
             raise _oserror(errno.EPROTO)
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
-        """Send data and receive its echo: (reply, one of REPLY_*)."""
-        expect, quit_ = self._track(data)
+        """Send data and receive every echo still owed (for data and earlier
+        sends not yet received): (reply, one of REPLY_*)."""
+        quit_ = self._track(data)
+        expect = self._owed
         view = memoryview(data)
         reply = bytearray()
         sent = 0
