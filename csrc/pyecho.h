@@ -118,7 +118,11 @@ typedef struct echo_client echo_client;
 /* Connect to a numeric host and port; timeout_ms < 0 waits forever. */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
-/* Send all of buf (it counts towards the line framing echo() tracks). */
+/*
+ * Send all of buf; its echo is owed until received. Once the quit word was
+ * sent (by this or echo()), sending more fails with -EPIPE: the server is
+ * closing the connection.
+ */
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len);
 /* Receive up to cap bytes into buf (paying off the owed echo); *got is 0
  * at end of stream. */

@@ -368,6 +368,7 @@ class PyClient:
         self._cont = False
         self._held = b""  # line mode: sent bytes of an unfinished line
         self._owed = 0  # echo the server will send that was not received
+        self._quit_sent = False  # the quit word went out: the server is closing
         self._eof = False
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -393,23 +394,27 @@ class PyClient:
             raise _oserror(errno.ETIMEDOUT)
         return ready[0][1]
 
-    def _track(self, data: bytes) -> bool:
-        """Feed sent bytes through the framing: add the echo they cause to
-        what is owed; True if they end with the quit word."""
+    def _track(self, data: bytes) -> None:
+        """Feed bytes about to be sent through the framing: add the echo they
+        cause to what is owed; refuse to send after the quit word."""
         cfg = self.cfg
+        if self._quit_sent:
+            if data:
+                raise _oserror(errno.EPIPE)
+            return
         if cfg.mode == "raw":
             self._owed += len(data)
-            return False
+            return
         piece = cfg.bufsize if cfg.mode == "seed" else TRACK_CHUNK
         for start in range(0, len(data), piece):
             buf = self._held + data[start : start + piece]
             emit, self._cont, quit_ = scan(cfg, self._cont, buf)
             self._owed += emit
             if quit_:
-                return True
+                self._quit_sent = True
+                return
             if cfg.mode == "line":
                 self._held = buf[emit:]
-        return False
 
     def _send_some(self, view: memoryview) -> int:
         try:
@@ -435,7 +440,7 @@ class PyClient:
             self._owed = max(0, self._owed - len(data))
             return data
 
-    def _recv_some(self, reply: bytearray, expect: int, quit_: bool) -> None:
+    def _recv_some(self, reply: bytearray, expect: int) -> None:
         try:
             chunk = self._sock.recv(max(1, expect - len(reply) + self.cfg.max_line))
         except _RETRY:
@@ -443,7 +448,7 @@ class PyClient:
         except ConnectionResetError:
             # After the quit word the server may reset instead of closing
             # cleanly if it had unread input: the connection is over either way.
-            if quit_ and len(reply) == expect:
+            if self._quit_sent and len(reply) == expect:
                 self._eof = True
                 return
             raise
@@ -458,14 +463,14 @@ class PyClient:
     def echo(self, data: bytes) -> tuple[bytes, int]:
         """Send data and receive every echo still owed (for data and earlier
         sends not yet received): (reply, one of REPLY_*)."""
-        quit_ = self._track(data)
+        self._track(data)
         expect = self._owed
         view = memoryview(data)
         reply = bytearray()
         sent = 0
         while True:
             sending = sent < len(view)
-            receiving = not self._eof and (len(reply) < expect or quit_)
+            receiving = not self._eof and (len(reply) < expect or self._quit_sent)
             if not receiving and len(reply) < expect:
                 return bytes(reply), REPLY_SHORT
             if not receiving and not sending:
@@ -479,11 +484,11 @@ class PyClient:
                     sent += self._send_some(view[sent:])
                 except (BrokenPipeError, ConnectionResetError):
                     # The server may close on the quit word before taking the rest.
-                    if not quit_:
+                    if not self._quit_sent:
                         raise
                     sent = len(view)
             if receiving and ready & select.POLLIN:
-                self._recv_some(reply, expect, quit_)
+                self._recv_some(reply, expect)
 
     def shutdown_write(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
