@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from ._config import (
     CLOSE_REASONS,
@@ -51,8 +51,15 @@ def _oserror(code: int) -> OSError:
 
 class _Conn:
     __slots__ = (
-        "sock", "events", "closing", "cont", "id", "last_active_ms",
-        "held", "out", "peer",
+        "sock",
+        "events",
+        "closing",
+        "cont",
+        "id",
+        "last_active_ms",
+        "held",
+        "out",
+        "peer",
     )
 
     def __init__(self, sock: socket.socket, conn_id: int, peer: tuple, now: int):

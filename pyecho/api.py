@@ -8,8 +8,9 @@ tests/ checks scenario by scenario.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from . import _native, _pyengine
 from ._config import (
@@ -20,12 +21,12 @@ from ._config import (
     ConnectionClosedError,
     Event,
     Stats,
+    _int,
     check_data,
     check_engine,
     check_timeout,
     make_config,
     resolve,
-    _int,
 )
 
 

@@ -12,10 +12,9 @@ import errno
 import os
 import re
 import select
-import signal
 import socket
 import sys
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ._config import DEFAULT_HOST, DEFAULT_PORT, ENGINES, MODES, ConnectionClosedError, Event
 from ._native import NativeUnavailableError
@@ -157,23 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- serve ----
 
 
-def _log_event(event: Event) -> None:
-    host, port = event.peer
-    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if event.kind == "open":
-        say(f"INFO :: Connect with client {peer}")
-    elif event.reason == "peer":
-        say(f"{MSG_PEER_CLOSED} ({peer})")
-    elif event.reason == "quit":
-        say(f"{MSG_CLIENT_QUIT} ({peer})")
-    elif event.reason == "reset":
-        say(f"INFO :: Connection reset by client... BYE ({peer})")
-    elif event.reason == "idle":
-        say(f"INFO :: Client idle too long, closing... BYE ({peer})")
-    # "shutdown" closes are summed up once, at Ctrl+C
+class _ServeLog:
+    """Prints the original server's lines for connection events."""
+
+    def __init__(self) -> None:
+        self.closed_at_shutdown = 0
+
+    def __call__(self, event: Event) -> None:
+        host, port = event.peer
+        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if event.kind == "open":
+            say(f"INFO :: Connect with client {peer}")
+        elif event.reason == "peer":
+            say(f"{MSG_PEER_CLOSED} ({peer})")
+        elif event.reason == "quit":
+            say(f"{MSG_CLIENT_QUIT} ({peer})")
+        elif event.reason == "reset":
+            say(f"INFO :: Connection reset by client... BYE ({peer})")
+        elif event.reason == "idle":
+            say(f"INFO :: Client idle too long, closing... BYE ({peer})")
+        else:  # "shutdown": summed up once, at Ctrl+C
+            self.closed_at_shutdown += 1
 
 
 def serve(args: argparse.Namespace) -> int:
+    log = _ServeLog()
     try:
         server = EchoServer(
             (args.host, args.port),
@@ -186,24 +193,23 @@ def serve(args: argparse.Namespace) -> int:
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
             backlog=args.backlog,
-            on_event=_log_event,
+            on_event=log,
         )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
     host, port = server.server_address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     say(
-        f"pyecho: serving on {shown} ({args.mode} mode, {args.engine} engine); "
-        "press Ctrl+C to stop"
+        f"pyecho: serving on {shown} ({args.mode} mode, {args.engine} engine); press Ctrl+C to stop"
     )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        open_now = server.stats.open
         server.close()  # every client socket, then the listening one
         say(MSG_CTRL_C)
-        if open_now:
-            say(f"INFO :: closed {open_now} client connection{'s' * (open_now != 1)}")
+        n = log.closed_at_shutdown
+        if n:
+            say(f"INFO :: closed {n} client connection{'s' * (n != 1)}")
         return 0
     finally:
         server.close()

@@ -4,8 +4,9 @@ check that the four transcripts are identical."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import pyecho
 from conftest import ENGINES, LOOPBACK, Recorder, wait_for
@@ -38,12 +39,16 @@ def run_one(
         connected += 1
         return c
 
-    with pyecho.EchoServer((LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw) as server:
+    with pyecho.EchoServer(
+        (LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw
+    ) as server:
         server.start()
         transcript = scenario(server, client)
         wait_for(
-            lambda: server.stats.accepted + server.stats.rejected >= connected
-            and server.stats.open == 0,
+            lambda: (
+                server.stats.accepted + server.stats.rejected >= connected
+                and server.stats.open == 0
+            ),
             20,
             "every connection to be accepted and closed",
         )

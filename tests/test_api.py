@@ -19,9 +19,10 @@ from conftest import LOOPBACK, Recorder, open_fds, wait_for
 def test_default_engine_is_native() -> None:
     with pyecho.EchoServer((LOOPBACK, 0)) as server:
         assert server.engine == "native"
-    with pyecho.EchoServer((LOOPBACK, 0), engine="python") as server, pyecho.EchoClient(
-        server.server_address
-    ) as client:
+    with (
+        pyecho.EchoServer((LOOPBACK, 0), engine="python") as server,
+        pyecho.EchoClient(server.server_address) as client,
+    ):
         assert client.engine == "native"
 
 
@@ -97,7 +98,9 @@ def test_python_threads_run_while_the_server_serves(engine: str) -> None:
 def test_close_releases_every_descriptor(engine: str) -> None:
     before = open_fds()
     with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start() as server:
-        clients = [pyecho.EchoClient(server.server_address, engine=engine, timeout=10) for _ in range(5)]
+        clients = [
+            pyecho.EchoClient(server.server_address, engine=engine, timeout=10) for _ in range(5)
+        ]
         for c in clients:
             assert c.echo(b"x") == b"x"
         wait_for(lambda: server.stats.open == 5)
@@ -227,7 +230,12 @@ def test_native_engine_missing_is_a_clear_error(tmp_path) -> None:
     )
     env = {**os.environ, "PYECHO_LIBRARY": str(tmp_path / "missing.so")}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert "ERR pyecho's native engine is not built" in out.stdout

@@ -89,7 +89,6 @@ def play(ops: list):
 def test_random_sessions_are_identical_on_every_engine_pair(session) -> None:
     server_settings, ops = session
     result = run_matrix(play(ops), **server_settings)
-    sent = b"".join(data for kind, data in ops if kind in ("echo", "send"))
     received = b"".join(e[1] for e in result["transcript"] if e[0] != "refused")
     if ops[-1][0] == "half_close":
         # Nothing is lost: everything the server sent arrived, and it is what
