@@ -10,15 +10,26 @@ say) instead of the installed one.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, idle_timeout_ms
 
-_HERE = Path(__file__).resolve().parent
-HEADER = _HERE / "pyecho.h"
-LIBRARY = _HERE / "libpyecho_core.so"
+LIBRARY_NAME = "libpyecho_core.so"
+HEADER_NAME = "pyecho.h"
+
+
+def _installed(name: str) -> Path:
+    """A file installed into the package. An editable install keeps the built
+    files apart from the sources, both on the package's __path__."""
+    package = sys.modules[__package__]
+    for folder in package.__path__:
+        path = Path(folder) / name
+        if path.exists():
+            return path
+    return Path(package.__path__[0]) / name
 
 EINTR = 4
 
@@ -32,14 +43,15 @@ def _load() -> tuple[Any, Any]:
         from cffi import FFI
     except ImportError as e:  # pragma: no cover - cffi is a dependency
         raise NativeUnavailableError(f"cffi is not installed ({e})") from e
-    library = Path(os.environ.get("PYECHO_LIBRARY") or LIBRARY)
-    if not HEADER.exists() or not library.exists():
+    library = Path(os.environ.get("PYECHO_LIBRARY") or _installed(LIBRARY_NAME))
+    header_file = _installed(HEADER_NAME)
+    if not header_file.exists() or not library.exists():
         raise NativeUnavailableError(
             f"pyecho's native engine is not built: {library} is missing. "
             "Install the package with `pip install .` (it compiles csrc/), "
             "or use engine='python'."
         )
-    header = HEADER.read_text()
+    header = header_file.read_text()
     ffi = FFI()
     # cffi takes plain declarations: drop the include guard and #includes.
     ffi.cdef("\n".join(ln for ln in header.splitlines() if not ln.lstrip().startswith("#")))
