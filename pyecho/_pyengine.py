@@ -125,7 +125,10 @@ class PyServer:
             self._on_event(Event(kind, c.id, c.peer, reason))
 
     def _conn_close(self, c: _Conn, reason: str) -> None:
-        self._sel.unregister(c.sock)
+        try:
+            self._sel.unregister(c.sock)
+        except KeyError:  # a KeyboardInterrupt came between accept and register
+            pass
         c.sock.close()
         del self._conns[c.id]
         self._counts["open"] -= 1

@@ -142,6 +142,8 @@ class EchoServer:
 
     def close(self) -> None:
         """shutdown(), then close every socket. Safe to call twice."""
+        if self._serving_thread is threading.current_thread():
+            raise RuntimeError("close() from the serving thread (on_event): call shutdown()")
         self.shutdown()
         with self._lock:
             core, self._core = self._core, None

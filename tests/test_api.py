@@ -241,3 +241,23 @@ def test_native_engine_missing_is_a_clear_error(tmp_path) -> None:
     assert "ERR pyecho's native engine is not built" in out.stdout
     assert "engine='python'" in out.stdout
     assert "python engine ok 127.0.0.1" in out.stdout
+
+
+def test_close_from_an_event_handler_is_refused(engine: str) -> None:
+    errors: list[BaseException] = []
+
+    def handler(event: pyecho.Event) -> None:
+        try:
+            server.close()
+        except RuntimeError as e:
+            errors.append(e)
+            server.shutdown()  # the supported way, from inside
+
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=handler) as server:
+        server.start()
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            assert c.recv() == b""  # shutdown() from the handler closed it
+        wait_for(lambda: server._serving_thread is None)
+    assert [str(e) for e in errors][:1] == [
+        "close() from the serving thread (on_event): call shutdown()"
+    ]
