@@ -9,6 +9,7 @@ say) instead of the installed one.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -31,7 +32,8 @@ def _installed(name: str) -> Path:
             return path
     return Path(package.__path__[0]) / name
 
-EINTR = 4
+
+EINTR = errno.EINTR
 
 
 class NativeUnavailableError(ImportError):
