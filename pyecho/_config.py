@@ -155,11 +155,12 @@ def check_data(data: Any) -> bytes | memoryview:
     raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
 
 
-def resolve(address: Any, *, server: bool) -> tuple[int, str, int]:
-    """(family, numeric host, port) for a (host, port) pair.
+def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
+    """[(family, numeric host, port)] for a (host, port) pair, best first.
 
     Names are resolved here, once, for both engines; "" means all IPv4
-    interfaces for a server, as the original's INADDR_ANY did.
+    interfaces for a server, as the original's INADDR_ANY did. A server binds
+    the first address; a client tries each in turn.
     """
     if not isinstance(address, tuple) or len(address) != 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
@@ -172,8 +173,13 @@ def resolve(address: Any, *, server: bool) -> tuple[int, str, int]:
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
     )
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[0], port
+    found = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, sockaddr[0], port) not in found:
+            found.append((family, sockaddr[0], port))
+    if not found:
+        raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+    return found
 
 
 def idle_timeout_ms(cfg: Config) -> int:

@@ -261,3 +261,11 @@ def test_close_from_an_event_handler_is_refused(engine: str) -> None:
     assert [str(e) for e in errors][:1] == [
         "close() from the serving thread (on_event): call shutdown()"
     ]
+
+
+def test_client_resolves_names_and_tries_each_address(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start() as server:
+        port = server.server_address[1]
+        with pyecho.EchoClient(("localhost", port), engine=engine, timeout=10) as c:
+            assert c.server_address == (LOOPBACK, port)
+            assert c.echo(b"by name") == b"by name"
