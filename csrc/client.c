@@ -31,11 +31,13 @@ struct echo_client {
     int cont;
     size_t held_len;    /* line mode: sent bytes of an unfinished line, */
     uint8_t *scratch;   /* kept at the start of this, then one chunk */
+    size_t owed;        /* echo the server will send that was not received */
+    int quit_sent;      /* the quit word went out: the server is closing */
     /* the operation in progress, if a signal interrupted it */
     enum op op;
     const uint8_t *op_buf;
     size_t op_len, sent, got, expect;
-    int expect_quit, eof;
+    int eof;
 };
 
 /* Feed sent bytes through the framing; returns the reply bytes they cause. */
@@ -68,7 +70,6 @@ static void op_reset(echo_client *cli)
 {
     cli->op = OP_NONE;
     cli->sent = cli->got = cli->expect = 0;
-    cli->expect_quit = 0;
 }
 
 /* Is this call the resumption of the interrupted one? */
@@ -78,13 +79,23 @@ static int op_resumes(const echo_client *cli, enum op op, const uint8_t *buf,
     return cli->op == op && cli->op_buf == buf && cli->op_len == len;
 }
 
-static void op_begin(echo_client *cli, enum op op, const uint8_t *buf, size_t len)
+/* Start an operation; -EPIPE if it would send after the quit word. */
+static int op_begin(echo_client *cli, enum op op, const uint8_t *buf, size_t len)
 {
+    int quit = 0;
+
     op_reset(cli);
+    if (cli->quit_sent && len > 0)
+        return -EPIPE;
     cli->op = op;
     cli->op_buf = buf;
     cli->op_len = len;
-    cli->expect = track(cli, buf, len, &cli->expect_quit);
+    if (!cli->quit_sent) {
+        cli->owed += track(cli, buf, len, &quit);
+        cli->quit_sent = quit;
+    }
+    cli->expect = cli->owed;
+    return 0;
 }
 
 /* Finish an operation with rc, keeping its progress only for -EINTR. */
@@ -160,8 +171,11 @@ int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
 {
     if (cli == NULL || (buf == NULL && len > 0) || cli->fd < 0)
         return -EINVAL;
-    if (!op_resumes(cli, OP_SEND, buf, len))
-        op_begin(cli, OP_SEND, buf, len);
+    if (!op_resumes(cli, OP_SEND, buf, len)) {
+        int rc = op_begin(cli, OP_SEND, buf, len);
+        if (rc != 0)
+            return rc;
+    }
     while (cli->sent < len) {
         int rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
 
@@ -188,6 +202,7 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
         n = recv(cli->fd, buf, cap, 0);
         if (n >= 0) {
             *got = (size_t)n;
+            cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
             return 0;
         }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
@@ -205,6 +220,7 @@ static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
 
     if (n > 0) {
         cli->got += (size_t)n;
+        cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
         /* More than the framing said the server would send. */
         return cli->got > cli->expect ? -EPROTO : 0;
     }
@@ -216,7 +232,7 @@ static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
         return 0;
     /* After the quit word the server may reset instead of closing cleanly
      * if it had unread input: the connection is over either way. */
-    if (cli->expect_quit && cli->got == cli->expect && errno == ECONNRESET) {
+    if (cli->quit_sent && cli->got == cli->expect && errno == ECONNRESET) {
         cli->eof = 1;
         return 0;
     }
@@ -229,13 +245,15 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
     if (cli == NULL || (buf == NULL && len > 0) || reply == NULL ||
         got == NULL || cli->fd < 0)
         return -EINVAL;
-    if (cap < len + cli->cfg.max_line)
-        return -EINVAL;
-    if (!op_resumes(cli, OP_ECHO, buf, len))
-        op_begin(cli, OP_ECHO, buf, len);
+    if (!op_resumes(cli, OP_ECHO, buf, len)) {
+        int rc = cap < echo_client_reply_room(cli, len) ? -EINVAL
+                                                         : op_begin(cli, OP_ECHO, buf, len);
+        if (rc != 0)
+            return rc;
+    }
     for (;;) {
         int sending = cli->sent < len;
-        int receiving = !cli->eof && (cli->got < cli->expect || cli->expect_quit);
+        int receiving = !cli->eof && (cli->got < cli->expect || cli->quit_sent);
         short events = (short)((sending ? POLLOUT : 0) | (receiving ? POLLIN : 0));
         int ready, rc = 0;
 
@@ -253,7 +271,7 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
         if (sending && (ready & POLLOUT)) {
             rc = send_some(cli);
             /* The server may close on the quit word before taking the rest. */
-            if ((rc == -EPIPE || rc == -ECONNRESET) && cli->expect_quit) {
+            if ((rc == -EPIPE || rc == -ECONNRESET) && cli->quit_sent) {
                 cli->sent = len;
                 rc = 0;
             }
@@ -265,6 +283,12 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             return op_end(cli, rc);
         }
     }
+}
+
+size_t echo_client_reply_room(const echo_client *cli, size_t len)
+{
+    /* The framing releases at most the held line and len new bytes. */
+    return cli->owed + cli->held_len + len;
 }
 
 int echo_client_shutdown_write(echo_client *cli)

@@ -118,17 +118,22 @@ typedef struct echo_client echo_client;
 /* Connect to a numeric host and port; timeout_ms < 0 waits forever. */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
-/* Send all of buf (it counts towards the line framing echo() tracks). */
+/*
+ * Send all of buf; its echo is owed until received. Once the quit word was
+ * sent (by this or echo()), sending more fails with -EPIPE: the server is
+ * closing the connection.
+ */
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len);
-/* Receive up to cap bytes into buf; *got is 0 at end of stream. */
+/* Receive up to cap bytes into buf (paying off the owed echo); *got is 0
+ * at end of stream. */
 int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
 /*
- * Send buf and receive the reply the server's framing produces for it (in
- * line mode that includes earlier sent bytes of the same line), sending and
- * receiving at once so a large buf cannot deadlock. reply needs room for
- * len + max_line bytes. When the framing says the quit word ends the
- * connection, waits for the server to close it. Returns an echo_reply, or a
- * negative errno.
+ * Send buf and receive every echo still owed: what the server's framing
+ * releases for buf and for earlier sends not yet received (in line mode,
+ * earlier sent bytes of the same line). Sends and receives at once, so a
+ * large buf cannot deadlock. reply needs echo_client_reply_room(cli, len)
+ * bytes. When the framing says the quit word ends the connection, waits for
+ * the server to close it. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */
@@ -138,6 +143,8 @@ enum echo_reply {
 int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
                      uint8_t *reply, size_t cap, size_t *got);
 int echo_client_set_timeout(echo_client *cli, int timeout_ms);
+/* The most bytes echo_client_echo() of len bytes can return. */
+size_t echo_client_reply_room(const echo_client *cli, size_t len);
 /* Half-close: no more sends; replies can still be received. */
 int echo_client_shutdown_write(echo_client *cli);
 int echo_client_fileno(const echo_client *cli);

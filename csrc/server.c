@@ -48,7 +48,8 @@ typedef struct counters {
 struct echo_server {
     echo_config cfg;
     uint8_t quit_word[256];
-    int epfd, listen_fd, wake_fd;
+    int epfd;
+    int listen_fd, wake_fd; /* epoll's data.ptr: &listen_fd, &wake_fd or a conn */
     uint64_t accept_resume_ms; /* 0: accepting */
     uint64_t now_ms;
     uint64_t next_id;
@@ -61,9 +62,6 @@ struct echo_server {
     counters stats;
     struct epoll_event events[MAX_EVENTS];
 };
-
-/* Tags for the two non-connection descriptors in epoll's data.ptr. */
-static char listen_tag, wake_tag;
 
 static void count(_Atomic uint64_t *c, uint64_t n)
 {
@@ -294,7 +292,7 @@ static int on_writable(echo_server *srv, conn *c)
 
 static int set_listening(echo_server *srv, uint32_t events)
 {
-    struct epoll_event ev = {.events = events, .data.ptr = &listen_tag};
+    struct epoll_event ev = {.events = events, .data.ptr = &srv->listen_fd};
 
     return epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listen_fd, &ev) ? -errno : 0;
 }
@@ -408,11 +406,11 @@ static void dispatch(echo_server *srv, struct epoll_event *ev)
 {
     conn *c = ev->data.ptr;
 
-    if (ev->data.ptr == &listen_tag) {
+    if (ev->data.ptr == &srv->listen_fd) {
         on_acceptable(srv);
         return;
     }
-    if (ev->data.ptr == &wake_tag)
+    if (ev->data.ptr == &srv->wake_fd)
         return; /* the stop flag is checked by the loop */
     /* Errors and hang-ups surface through recv() or send(). */
     if (ev->events & (EPOLLERR | EPOLLHUP))
@@ -509,12 +507,12 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
     rc = net_listen(host, port, cfg->backlog, &srv->listen_fd);
     if (rc != 0)
         goto fail;
-    ev.data.ptr = &listen_tag;
+    ev.data.ptr = &srv->listen_fd;
     if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0) {
         rc = -errno;
         goto fail;
     }
-    ev.data.ptr = &wake_tag;
+    ev.data.ptr = &srv->wake_fd;
     if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->wake_fd, &ev) != 0) {
         rc = -errno;
         goto fail;

@@ -1,10 +1,10 @@
 """pyecho: a TCP echo server and client with a C engine and a pure-Python one.
 
-    >>> import pyecho
-    >>> with pyecho.EchoServer(("127.0.0.1", 0)).start() as server:
-    ...     with pyecho.EchoClient(server.server_address) as client:
-    ...         client.echo(b"hello")
-    b'hello'
+>>> import pyecho
+>>> with pyecho.EchoServer(("127.0.0.1", 0)).start() as server:
+...     with pyecho.EchoClient(server.server_address) as client:
+...         client.echo(b"hello")
+b'hello'
 """
 
 from ._config import (

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12345  # the original server.c's port
@@ -54,9 +55,7 @@ class Stats:
     rejected: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    closed: Mapping[str, int] = field(
-        default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0)
-    )
+    closed: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,7 @@ class ConnectionClosedError(ConnectionError):
     """The server closed the connection before the whole echo arrived."""
 
     def __init__(self, partial: bytes) -> None:
-        super().__init__(
-            f"the server closed the connection after {len(partial)} bytes of the echo"
-        )
+        super().__init__(f"the server closed the connection after {len(partial)} bytes of the echo")
         self.partial = partial
 
 
@@ -114,9 +111,7 @@ def make_config(
         quit_word = quit_word.encode()
     if quit_word is not None:
         if not isinstance(quit_word, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"quit_word must be bytes, str or None, not {type(quit_word).__name__}"
-            )
+            raise TypeError(f"quit_word must be bytes, str or None, not {type(quit_word).__name__}")
         quit_word = bytes(quit_word)
         if not 1 <= len(quit_word) <= MAX_QUIT_LEN:
             raise ValueError(f"quit_word must be 1 to {MAX_QUIT_LEN} bytes long")
@@ -160,11 +155,12 @@ def check_data(data: Any) -> bytes | memoryview:
     raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
 
 
-def resolve(address: Any, *, server: bool) -> tuple[int, str, int]:
-    """(family, numeric host, port) for a (host, port) pair.
+def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
+    """[(family, numeric host, port)] for a (host, port) pair, best first.
 
     Names are resolved here, once, for both engines; "" means all IPv4
-    interfaces for a server, as the original's INADDR_ANY did.
+    interfaces for a server, as the original's INADDR_ANY did. A server binds
+    the first address; a client tries each in turn.
     """
     if not isinstance(address, tuple) or len(address) != 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
@@ -177,8 +173,13 @@ def resolve(address: Any, *, server: bool) -> tuple[int, str, int]:
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
     )
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[0], port
+    found = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, sockaddr[0], port) not in found:
+            found.append((family, sockaddr[0], port))
+    if not found:
+        raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
+    return found
 
 
 def idle_timeout_ms(cfg: Config) -> int:

@@ -9,18 +9,31 @@ say) instead of the installed one.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, idle_timeout_ms
 
-_HERE = Path(__file__).resolve().parent
-HEADER = _HERE / "pyecho.h"
-LIBRARY = _HERE / "libpyecho_core.so"
+LIBRARY_NAME = "libpyecho_core.so"
+HEADER_NAME = "pyecho.h"
 
-EINTR = 4
+
+def _installed(name: str) -> Path:
+    """A file installed into the package. An editable install keeps the built
+    files apart from the sources, both on the package's __path__."""
+    package = sys.modules[__package__]
+    for folder in package.__path__:
+        path = Path(folder) / name
+        if path.exists():
+            return path
+    return Path(package.__path__[0]) / name
+
+
+EINTR = errno.EINTR
 
 
 class NativeUnavailableError(ImportError):
@@ -32,17 +45,18 @@ def _load() -> tuple[Any, Any]:
         from cffi import FFI
     except ImportError as e:  # pragma: no cover - cffi is a dependency
         raise NativeUnavailableError(f"cffi is not installed ({e})") from e
-    library = Path(os.environ.get("PYECHO_LIBRARY") or LIBRARY)
-    if not HEADER.exists() or not library.exists():
+    library = Path(os.environ.get("PYECHO_LIBRARY") or _installed(LIBRARY_NAME))
+    header_file = _installed(HEADER_NAME)
+    if not header_file.exists() or not library.exists():
         raise NativeUnavailableError(
             f"pyecho's native engine is not built: {library} is missing. "
             "Install the package with `pip install .` (it compiles csrc/), "
             "or use engine='python'."
         )
-    header = HEADER.read_text()
+    header = header_file.read_text()
     ffi = FFI()
     # cffi takes plain declarations: drop the include guard and #includes.
-    ffi.cdef("\n".join(l for l in header.splitlines() if not l.lstrip().startswith("#")))
+    ffi.cdef("\n".join(ln for ln in header.splitlines() if not ln.lstrip().startswith("#")))
     try:
         lib = ffi.dlopen(str(library))
     except OSError as e:
@@ -125,8 +139,11 @@ class NativeServer:
         _check(lib.echo_server_new(ccfg.struct, host.encode(), port, out))
         self._srv = out[0]
         self._callback = None
+        self._callback_error: BaseException | None = None
         if on_event is not None:
-            self._callback = ffi.callback("echo_event_fn", self._event_trampoline(on_event))
+            self._callback = ffi.callback(
+                "echo_event_fn", self._event_trampoline(on_event), onerror=self._on_callback_error
+            )
             lib.echo_server_set_event_fn(self._srv, self._callback, ffi.NULL)
 
     def _event_trampoline(self, on_event: Callable[[Event], None]) -> Callable:
@@ -135,13 +152,16 @@ class NativeServer:
         def trampoline(_ctx: Any, ev: Any) -> None:
             kind = "open" if ev.kind == 0 else "close"
             reason = CLOSE_REASONS[ev.reason] if kind == "close" else None
-            peer = (ffi.string(ev.host).decode(), ev.port)
-            try:
-                on_event(Event(kind, ev.conn_id, peer, reason))
-            except BaseException:  # noqa: BLE001 - cffi cannot propagate it
-                sys.excepthook(*sys.exc_info())
+            on_event(Event(kind, ev.conn_id, (ffi.string(ev.host).decode(), ev.port), reason))
 
         return trampoline
+
+    def _on_callback_error(self, _type: Any, error: BaseException, _tb: Any) -> None:
+        """An exception cannot cross the C loop (a KeyboardInterrupt landing
+        in a callback, say): stop serving and raise it from run()."""
+        if self._callback_error is None:
+            self._callback_error = error
+            self._lib.echo_server_stop(self._srv)
 
     def address(self) -> tuple[str, int]:
         host = self._ffi.new("char[64]")
@@ -151,7 +171,11 @@ class NativeServer:
 
     def run(self, timeout: float | None) -> int:
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
-        return _check(self._lib.echo_server_run(self._srv, ms))
+        rc = self._lib.echo_server_run(self._srv, ms)
+        if self._callback_error is not None:
+            error, self._callback_error = self._callback_error, None
+            raise error
+        return _check(rc)
 
     def stop(self) -> None:
         _check(self._lib.echo_server_stop(self._srv))
@@ -222,10 +246,15 @@ class NativeClient:
         return self._ffi.buffer(buf, self._got[0])[:]
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
-        cap = len(data) + self.cfg.max_line
+        cap = self._lib.echo_client_reply_room(self._cli, len(data))
         reply = self._ffi.new("uint8_t[]", cap)
         rc = self._call(
-            self._lib.echo_client_echo, self._ffi.from_buffer(data), len(data), reply, cap, self._got
+            self._lib.echo_client_echo,
+            self._ffi.from_buffer(data),
+            len(data),
+            reply,
+            cap,
+            self._got,
         )
         return self._ffi.buffer(reply, self._got[0])[:], rc
 

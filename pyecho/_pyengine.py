@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from ._config import (
     CLOSE_REASONS,
@@ -51,8 +51,15 @@ def _oserror(code: int) -> OSError:
 
 class _Conn:
     __slots__ = (
-        "sock", "events", "closing", "cont", "id", "last_active_ms",
-        "held", "out", "peer",
+        "sock",
+        "events",
+        "closing",
+        "cont",
+        "id",
+        "last_active_ms",
+        "held",
+        "out",
+        "peer",
     )
 
     def __init__(self, sock: socket.socket, conn_id: int, peer: tuple, now: int):
@@ -118,7 +125,10 @@ class PyServer:
             self._on_event(Event(kind, c.id, c.peer, reason))
 
     def _conn_close(self, c: _Conn, reason: str) -> None:
-        self._sel.unregister(c.sock)
+        try:
+            self._sel.unregister(c.sock)
+        except KeyError:  # a KeyboardInterrupt came between accept and register
+            pass
         c.sock.close()
         del self._conns[c.id]
         self._counts["open"] -= 1
@@ -370,6 +380,8 @@ class PyClient:
         self.timeout = timeout
         self._cont = False
         self._held = b""  # line mode: sent bytes of an unfinished line
+        self._owed = 0  # echo the server will send that was not received
+        self._quit_sent = False  # the quit word went out: the server is closing
         self._eof = False
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -395,22 +407,27 @@ class PyClient:
             raise _oserror(errno.ETIMEDOUT)
         return ready[0][1]
 
-    def _track(self, data: bytes) -> tuple[int, bool]:
-        """Feed sent bytes through the framing: (reply bytes, quit)."""
+    def _track(self, data: bytes) -> None:
+        """Feed bytes about to be sent through the framing: add the echo they
+        cause to what is owed; refuse to send after the quit word."""
         cfg = self.cfg
+        if self._quit_sent:
+            if data:
+                raise _oserror(errno.EPIPE)
+            return
         if cfg.mode == "raw":
-            return len(data), False
+            self._owed += len(data)
+            return
         piece = cfg.bufsize if cfg.mode == "seed" else TRACK_CHUNK
-        total = 0
         for start in range(0, len(data), piece):
             buf = self._held + data[start : start + piece]
             emit, self._cont, quit_ = scan(cfg, self._cont, buf)
-            total += emit
+            self._owed += emit
             if quit_:
-                return total, True
+                self._quit_sent = True
+                return
             if cfg.mode == "line":
                 self._held = buf[emit:]
-        return total, False
 
     def _send_some(self, view: memoryview) -> int:
         try:
@@ -430,11 +447,13 @@ class PyClient:
         while True:
             self._wait(select.POLLIN)
             try:
-                return self._sock.recv(bufsize)
+                data = self._sock.recv(bufsize)
             except _RETRY:
                 continue
+            self._owed = max(0, self._owed - len(data))
+            return data
 
-    def _recv_some(self, reply: bytearray, expect: int, quit_: bool) -> None:
+    def _recv_some(self, reply: bytearray, expect: int) -> None:
         try:
             chunk = self._sock.recv(max(1, expect - len(reply) + self.cfg.max_line))
         except _RETRY:
@@ -442,7 +461,7 @@ class PyClient:
         except ConnectionResetError:
             # After the quit word the server may reset instead of closing
             # cleanly if it had unread input: the connection is over either way.
-            if quit_ and len(reply) == expect:
+            if self._quit_sent and len(reply) == expect:
                 self._eof = True
                 return
             raise
@@ -450,18 +469,21 @@ class PyClient:
             self._eof = True
             return
         reply += chunk
+        self._owed = max(0, self._owed - len(chunk))
         if len(reply) > expect:  # more than the framing said the server would send
             raise _oserror(errno.EPROTO)
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
-        """Send data and receive its echo: (reply, one of REPLY_*)."""
-        expect, quit_ = self._track(data)
+        """Send data and receive every echo still owed (for data and earlier
+        sends not yet received): (reply, one of REPLY_*)."""
+        self._track(data)
+        expect = self._owed
         view = memoryview(data)
         reply = bytearray()
         sent = 0
         while True:
             sending = sent < len(view)
-            receiving = not self._eof and (len(reply) < expect or quit_)
+            receiving = not self._eof and (len(reply) < expect or self._quit_sent)
             if not receiving and len(reply) < expect:
                 return bytes(reply), REPLY_SHORT
             if not receiving and not sending:
@@ -475,11 +497,11 @@ class PyClient:
                     sent += self._send_some(view[sent:])
                 except (BrokenPipeError, ConnectionResetError):
                     # The server may close on the quit word before taking the rest.
-                    if not quit_:
+                    if not self._quit_sent:
                         raise
                     sent = len(view)
             if receiving and ready & select.POLLIN:
-                self._recv_some(reply, expect, quit_)
+                self._recv_some(reply, expect)
 
     def shutdown_write(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)

@@ -8,8 +8,9 @@ tests/ checks scenario by scenario.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from . import _native, _pyengine
 from ._config import (
@@ -20,12 +21,12 @@ from ._config import (
     ConnectionClosedError,
     Event,
     Stats,
+    _int,
     check_data,
     check_engine,
     check_timeout,
     make_config,
     resolve,
-    _int,
 )
 
 
@@ -69,7 +70,7 @@ class EchoServer:
             mode, quit_word, bufsize, max_line, max_pending, max_clients, idle_timeout, backlog
         )
         server_cls, _ = _engine_classes(engine)
-        family, host, port = resolve(server_address, server=True)
+        family, host, port = resolve(server_address, server=True)[0]
         self.engine = engine
         self.mode = mode
         self._user_on_event = on_event
@@ -141,6 +142,8 @@ class EchoServer:
 
     def close(self) -> None:
         """shutdown(), then close every socket. Safe to call twice."""
+        if self._serving_thread is threading.current_thread():
+            raise RuntimeError("close() from the serving thread (on_event): call shutdown()")
         self.shutdown()
         with self._lock:
             core, self._core = self._core, None
@@ -192,12 +195,22 @@ class EchoClient:
     ) -> None:
         self.config = make_config(mode, quit_word, bufsize, max_line)
         _, client_cls = _engine_classes(engine)
-        family, host, port = resolve(server_address, server=False)
+        timeout = check_timeout(timeout)
         self.engine = engine
         self.mode = mode
-        self.server_address = (host, port)
         self.server_closed = False  # the server closed the connection
-        self._core: Any = client_cls(self.config, family, host, port, check_timeout(timeout))
+        # Try each address the name has, as socket.create_connection() does.
+        error: OSError | None = None
+        for family, host, port in resolve(server_address, server=False):
+            try:
+                self._core: Any = client_cls(self.config, family, host, port, timeout)
+            except OSError as e:
+                error = e
+                continue
+            self.server_address = (host, port)
+            return
+        assert error is not None
+        raise error
 
     def _open(self) -> Any:
         if self._core is None:

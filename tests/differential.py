@@ -4,8 +4,9 @@ check that the four transcripts are identical."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import pyecho
 from conftest import ENGINES, LOOPBACK, Recorder, wait_for
@@ -28,16 +29,29 @@ def run_one(
 ) -> dict[str, Any]:
     """Run scenario against a fresh server; its transcript, events and stats."""
     rec = Recorder()
+    connected = 0
     client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
 
     def client(**kw: Any) -> pyecho.EchoClient:
+        nonlocal connected
         opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
-        return pyecho.EchoClient(server.server_address, **opts)
+        c = pyecho.EchoClient(server.server_address, **opts)
+        connected += 1
+        return c
 
-    with pyecho.EchoServer((LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw) as server:
+    with pyecho.EchoServer(
+        (LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw
+    ) as server:
         server.start()
         transcript = scenario(server, client)
-        wait_for(lambda: server.stats.open == 0, 20, "every connection to close")
+        wait_for(
+            lambda: (
+                server.stats.accepted + server.stats.rejected >= connected
+                and server.stats.open == 0
+            ),
+            20,
+            "every connection to be accepted and closed",
+        )
         server.shutdown()
         stats = asdict(server.stats)
     events = rec.summary()

@@ -27,7 +27,11 @@ def closes(stats: dict) -> dict:
     "mode, messages, replies",
     [
         ("raw", [b"a", b"", b"hello world", b"exit"], [b"a", b"", b"hello world", b"exit"]),
-        ("line", [b"a\n", b"\n", b"hello\r\n", b"exit now\n"], [b"a\n", b"\n", b"hello\r\n", b"exit now\n"]),
+        (
+            "line",
+            [b"a\n", b"\n", b"hello\r\n", b"exit now\n"],
+            [b"a\n", b"\n", b"hello\r\n", b"exit now\n"],
+        ),
         ("seed", [b"a", b"hello\n", b"exit now"], [b"a", b"hello", b"exit now"]),
     ],
 )

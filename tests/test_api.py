@@ -1,0 +1,271 @@
+"""The public API's shape and life cycle, on both engines."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import pyecho
+from conftest import LOOPBACK, Recorder, open_fds, wait_for
+
+
+def test_default_engine_is_native() -> None:
+    with pyecho.EchoServer((LOOPBACK, 0)) as server:
+        assert server.engine == "native"
+    with (
+        pyecho.EchoServer((LOOPBACK, 0), engine="python") as server,
+        pyecho.EchoClient(server.server_address) as client,
+    ):
+        assert client.engine == "native"
+
+
+def test_port_zero_picks_a_free_port(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine) as server:
+        host, port = server.server_address
+        assert host == LOOPBACK and 0 < port < 65536
+        # The port really is bound: nobody else can have it.
+        with socket.socket() as s, pytest.raises(OSError) as exc:
+            s.bind((LOOPBACK, port))
+        assert exc.value.errno == errno.EADDRINUSE
+
+
+def test_context_manager_and_start(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="raw").start() as server:
+        with pyecho.EchoClient(server.server_address, engine=engine, mode="raw", timeout=10) as c:
+            assert c.echo(b"ping") == b"ping"
+    with pytest.raises(ValueError):
+        server.stats  # noqa: B018 - closed
+    with pytest.raises(ConnectionRefusedError):
+        pyecho.EchoClient(server.server_address, engine=engine, timeout=5)
+
+
+def test_serve_forever_and_shutdown_from_another_thread(engine: str) -> None:
+    server = pyecho.EchoServer((LOOPBACK, 0), engine=engine)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            assert c.echo(b"hi") == b"hi"
+            started = time.monotonic()
+            server.shutdown()
+            stopped_in = time.monotonic() - started
+            assert c.recv() == b""  # shutdown closed our connection
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        # The requirement is 100 ms; the bound here leaves room for a loaded CI box.
+        assert stopped_in < 1.0, f"shutdown took {stopped_in:.3f}s"
+        assert server.stats.closed["shutdown"] == 1
+        # The listening socket is still open: serving can resume.
+        server.start()
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            assert c.echo(b"again") == b"again"
+    finally:
+        server.close()
+
+
+def test_shutdown_when_not_serving_returns_at_once(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine) as server:
+        server.shutdown()
+        server.shutdown()
+
+
+def test_serve_forever_twice_is_refused(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start() as server:
+        wait_for(lambda: server._serving_thread is not None)
+        with pytest.raises(RuntimeError):
+            server.serve_forever()
+
+
+def test_python_threads_run_while_the_server_serves(engine: str) -> None:
+    """The native engine releases the GIL while it waits for clients."""
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start():
+        counted = 0
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            counted += 1
+        # A server holding the GIL would leave this thread a few iterations
+        # per switch interval (5 ms); free, it counts far more.
+        assert counted > 100_000
+
+
+def test_close_releases_every_descriptor(engine: str) -> None:
+    before = open_fds()
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start() as server:
+        clients = [
+            pyecho.EchoClient(server.server_address, engine=engine, timeout=10) for _ in range(5)
+        ]
+        for c in clients:
+            assert c.echo(b"x") == b"x"
+        wait_for(lambda: server.stats.open == 5)
+    for c in clients:
+        assert c.recv() == b""
+        c.close()
+    assert open_fds() == before
+
+
+def test_ipv6_loopback(engine: str) -> None:
+    try:
+        server = pyecho.EchoServer(("::1", 0), engine=engine, mode="line")
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback on this machine: {e}")
+    with server.start():
+        host, port = server.server_address
+        assert host == "::1"
+        with pyecho.EchoClient(("::1", port), engine=engine, mode="line", timeout=10) as c:
+            assert c.echo(b"six\n") == b"six\n"
+
+
+def test_events_report_peer_and_reason(engine: str) -> None:
+    rec = Recorder()
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=rec).start() as server:
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            local_port = socket.socket(fileno=os.dup(c.fileno())).getsockname()[1]
+            c.echo(b"exit")
+        wait_for(lambda: len(rec.events) == 2)
+    opened, closed = rec.events
+    assert opened == pyecho.Event("open", 1, (LOOPBACK, local_port), None)
+    assert closed == pyecho.Event("close", 1, (LOOPBACK, local_port), "quit")
+
+
+def test_an_event_handler_error_stops_the_server_and_is_raised(engine: str) -> None:
+    def handler(event: pyecho.Event) -> None:
+        raise RuntimeError("handler failed")
+
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=handler) as server:
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                server.serve_forever()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        c = pyecho.EchoClient(server.server_address, engine=engine, timeout=10)
+        t.join(timeout=10)
+        assert not t.is_alive()
+        assert [str(e) for e in errors] == ["handler failed"]
+        assert c.recv() == b""  # the server stopped and closed the connection
+        c.close()
+
+
+def test_port_already_in_use(engine: str) -> None:
+    for other in ("native", "python"):
+        with pyecho.EchoServer((LOOPBACK, 0), engine=other) as first:
+            with pytest.raises(OSError) as exc:
+                pyecho.EchoServer(first.server_address, engine=engine)
+            assert exc.value.errno == errno.EADDRINUSE
+            assert "Address already in use" in str(exc.value)
+
+
+def test_unknown_host(engine: str) -> None:
+    with pytest.raises(socket.gaierror):
+        pyecho.EchoServer(("no-such-host.invalid", 0), engine=engine)
+    with pytest.raises(socket.gaierror):
+        pyecho.EchoClient(("no-such-host.invalid", 1), engine=engine)
+
+
+def test_connection_refused(engine: str) -> None:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(ConnectionRefusedError) as exc:
+            pyecho.EchoClient((LOOPBACK, port), engine=engine, timeout=5)
+    assert exc.value.errno == errno.ECONNREFUSED
+
+
+def test_client_timeout(engine: str) -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        # A peer that accepts (in the backlog) and never answers.
+        with pyecho.EchoClient(listener.getsockname(), engine=engine, timeout=0.2) as c:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                c.echo(b"hello?")
+            assert time.monotonic() - started >= 0.19
+            assert c.timeout == pytest.approx(0.2)
+
+
+def test_echo_reports_a_server_that_closes_mid_reply(engine: str) -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+
+        def half_an_echo() -> None:
+            peer, _ = listener.accept()
+            with peer:
+                got = b""
+                while len(got) < 5:
+                    got += peer.recv(5 - len(got))
+                peer.sendall(got[:3])
+
+        t = threading.Thread(target=half_an_echo)
+        t.start()
+        with pyecho.EchoClient(listener.getsockname(), engine=engine, mode="raw", timeout=10) as c:
+            with pytest.raises(pyecho.ConnectionClosedError) as exc:
+                c.echo(b"hello")
+            assert exc.value.partial == b"hel"
+            assert c.server_closed
+        t.join(timeout=10)
+
+
+def test_native_engine_missing_is_a_clear_error(tmp_path) -> None:
+    code = (
+        "import pyecho\n"
+        "try:\n"
+        "    pyecho.EchoServer(('127.0.0.1', 0), engine='native')\n"
+        "except pyecho.NativeUnavailableError as e:\n"
+        "    print('ERR', e)\n"
+        "with pyecho.EchoServer(('127.0.0.1', 0), engine='python') as s:\n"
+        "    print('python engine ok', s.server_address[0])\n"
+    )
+    env = {**os.environ, "PYECHO_LIBRARY": str(tmp_path / "missing.so")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ERR pyecho's native engine is not built" in out.stdout
+    assert "engine='python'" in out.stdout
+    assert "python engine ok 127.0.0.1" in out.stdout
+
+
+def test_close_from_an_event_handler_is_refused(engine: str) -> None:
+    errors: list[BaseException] = []
+
+    def handler(event: pyecho.Event) -> None:
+        try:
+            server.close()
+        except RuntimeError as e:
+            errors.append(e)
+            server.shutdown()  # the supported way, from inside
+
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=handler) as server:
+        server.start()
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            assert c.recv() == b""  # shutdown() from the handler closed it
+        wait_for(lambda: server._serving_thread is None)
+    assert [str(e) for e in errors][:1] == [
+        "close() from the serving thread (on_event): call shutdown()"
+    ]
+
+
+def test_client_resolves_names_and_tries_each_address(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine).start() as server:
+        port = server.server_address[1]
+        with pyecho.EchoClient(("localhost", port), engine=engine, timeout=10) as c:
+            assert c.server_address == (LOOPBACK, port)
+            assert c.echo(b"by name") == b"by name"
