@@ -13,7 +13,7 @@ import sys
 try:
     from pyecho.bench import main
 except ImportError as e:  # pragma: no cover - depends on the install
-    sys.exit(f"pyecho is not installed ({e}): run `pip install \".[bench]\"` first")
+    sys.exit(f'pyecho is not installed ({e}): run `pip install ".[bench]"` first')
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

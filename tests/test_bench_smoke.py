@@ -23,8 +23,16 @@ HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 ALWAYS = ("floor", "native", "python", "asyncio")
 POSITIVE = (
-    "rt_per_s", "mib_per_s", "lat_p50_us", "lat_p99_us", "lat_p999_us", "cpu_us_per_rt",
-    "peak_rss_bytes", "round_trips", "bytes", "seconds",
+    "rt_per_s",
+    "mib_per_s",
+    "lat_p50_us",
+    "lat_p99_us",
+    "lat_p999_us",
+    "cpu_us_per_rt",
+    "peak_rss_bytes",
+    "round_trips",
+    "bytes",
+    "seconds",
 )
 
 
@@ -38,8 +46,12 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         timeout=300,
     )
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout}\n{proc.stderr}"
-    return {"out": out, "stdout": proc.stdout, "stderr": proc.stderr,
-            "json": json.loads((out / "results.json").read_text())}
+    return {
+        "out": out,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+        "json": json.loads((out / "results.json").read_text()),
+    }
 
 
 def test_every_scenario_on_every_server(bench: dict[str, Any]) -> None:
@@ -118,7 +130,9 @@ def test_no_plot_without_matplotlib(bench: dict[str, Any]) -> None:
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--servers", "nginx", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "unknown nginx" in proc.stderr

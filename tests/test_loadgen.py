@@ -10,9 +10,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from conftest import LOOPBACK
 
 import pyecho
+from conftest import LOOPBACK
 from pyecho.bench.loadgen import LoadGen, LoadGenError
 
 Handler = Callable[[socket.socket], None]

@@ -30,19 +30,34 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
             m = by_server.get(server)
             if m is None:
                 continue
-            rows.append([
-                labels.get(scenario, scenario), server,
-                f"{m['rt_per_s']:,.0f}", f"{m['mib_per_s']:,.1f}",
-                f"{m['lat_p50_us']:,.1f}", f"{m['lat_p99_us']:,.1f}",
-                f"{m['lat_p999_us']:,.1f}", f"{m['cpu_us_per_rt']:.2f}",
-                f"{m['peak_rss_bytes'] / MiB:,.1f}", f"{m['other_cpu_cores']:.2f}",
-            ])
+            rows.append(
+                [
+                    labels.get(scenario, scenario),
+                    server,
+                    f"{m['rt_per_s']:,.0f}",
+                    f"{m['mib_per_s']:,.1f}",
+                    f"{m['lat_p50_us']:,.1f}",
+                    f"{m['lat_p99_us']:,.1f}",
+                    f"{m['lat_p999_us']:,.1f}",
+                    f"{m['cpu_us_per_rt']:.2f}",
+                    f"{m['peak_rss_bytes'] / MiB:,.1f}",
+                    f"{m['other_cpu_cores']:.2f}",
+                ]
+            )
     return rows
 
 
 THROUGHPUT_HEAD = [
-    "scenario", "server", "round trips/s", "MiB/s", "p50 us", "p99 us", "p99.9 us",
-    "server CPU us/rt", "peak RSS MiB", "other load (cores)",
+    "scenario",
+    "server",
+    "round trips/s",
+    "MiB/s",
+    "p50 us",
+    "p99 us",
+    "p99.9 us",
+    "server CPU us/rt",
+    "peak RSS MiB",
+    "other load (cores)",
 ]
 IDLE_HEAD = ["server", "idle connections", "RSS per connection (B)", "peak RSS MiB"]
 TARGET_HEAD = ["target", "bound", "measured (median)", "per run", "status"]
@@ -51,8 +66,12 @@ TARGET_HEAD = ["target", "bound", "measured (median)", "per run", "status"]
 def _idle_rows(result: dict[str, Any]) -> list[list[str]]:
     by_server = result["summary"].get("idle", {})
     return [
-        [server, f"{m['connections']:,}", f"{m['rss_per_conn_bytes']:,.0f}",
-         f"{m['peak_rss_bytes'] / MiB:,.1f}"]
+        [
+            server,
+            f"{m['connections']:,}",
+            f"{m['rss_per_conn_bytes']:,.0f}",
+            f"{m['peak_rss_bytes'] / MiB:,.1f}",
+        ]
         for server in SERVER_ORDER
         if (m := by_server.get(server)) is not None
     ]
@@ -68,10 +87,15 @@ def _target_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t in result["targets"]:
         per_run = ", ".join(_fmt(v, t["ratio"]) for v in t["per_run"])
-        rows.append([
-            t["name"], f"{t['op']} {_fmt(t['bound'], t['ratio'])}",
-            _fmt(t["value"], t["ratio"]), per_run or "-", t["status"],
-        ])
+        rows.append(
+            [
+                t["name"],
+                f"{t['op']} {_fmt(t['bound'], t['ratio'])}",
+                _fmt(t["value"], t["ratio"]),
+                per_run or "-",
+                t["status"],
+            ]
+        )
     return rows
 
 
@@ -81,9 +105,9 @@ def _text_table(head: list[str], rows: list[list[str]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
         cells = zip(r, widths, strict=True)
-        lines.append("  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells)
-        ))
+        lines.append(
+            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(cells))
+        )
     return "\n".join(lines)
 
 
@@ -97,14 +121,16 @@ def _md_table(head: list[str], rows: list[list[str]], left: int = 2) -> str:
 def render_table(result: dict[str, Any]) -> str:
     """The console version: medians, idle memory, targets."""
     parts = [
-        f"Medians of {result['options']['runs']} run(s), "
-        f"{result['options']['duration']:g} s each",
+        f"Medians of {result['options']['runs']} run(s), {result['options']['duration']:g} s each",
         _text_table(THROUGHPUT_HEAD, _throughput_rows(result)),
     ]
     if _idle_rows(result):
         parts += ["", _text_table(IDLE_HEAD, _idle_rows(result))]
-    parts += ["", "Targets (ratios taken inside each run, then the median):",
-              _text_table(TARGET_HEAD, _target_rows(result))]
+    parts += [
+        "",
+        "Targets (ratios taken inside each run, then the median):",
+        _text_table(TARGET_HEAD, _target_rows(result)),
+    ]
     return "\n".join(parts)
 
 
@@ -127,22 +153,35 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     ]
     out += [f"- **{name}**: {desc}" for name, desc in result["servers"].items()]
     out += [f"- **{name}**: skipped, {why}" for name, why in result["skipped"].items()]
-    out += ["", "## Throughput, latency, CPU", "",
-            _md_table(THROUGHPUT_HEAD, _throughput_rows(result))]
+    out += [
+        "",
+        "## Throughput, latency, CPU",
+        "",
+        _md_table(THROUGHPUT_HEAD, _throughput_rows(result)),
+    ]
     if _idle_rows(result):
         out += ["", "## Idle connections held", "", _md_table(IDLE_HEAD, _idle_rows(result), 1)]
     out += ["", "## Targets", "", _md_table(TARGET_HEAD, _target_rows(result), 1)]
     if result["ratios"]:
-        out += ["", "## Other ratios (same run, median)", "",
-                _md_table(["ratio", "median", "per run"], [
-                    [r["name"], f"{r['value']:.3f}",
-                     ", ".join(f"{v:.3f}" for v in r["per_run"])]
+        out += [
+            "",
+            "## Other ratios (same run, median)",
+            "",
+            _md_table(
+                ["ratio", "median", "per run"],
+                [
+                    [r["name"], f"{r['value']:.3f}", ", ".join(f"{v:.3f}" for v in r["per_run"])]
                     for r in result["ratios"]
-                ], 1)]
+                ],
+                1,
+            ),
+        ]
     if result["errors"]:
         out += ["", "## Failed measurements", ""]
-        out += [f"- run {e['run'] + 1}, {e['scenario']}, {e['server']}: {e['error']}"
-                for e in result["errors"]]
+        out += [
+            f"- run {e['run'] + 1}, {e['scenario']}, {e['server']}: {e['error']}"
+            for e in result["errors"]
+        ]
     if png_name:
         out += ["", f"![benchmark plot]({png_name})"]
     return "\n".join(out) + "\n"
@@ -181,8 +220,9 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
         ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xticks(range(len(scenarios)))
-        ax.set_xticklabels([labels.get(s, s) for s in scenarios], rotation=25, ha="right",
-                           fontsize=8)
+        ax.set_xticklabels(
+            [labels.get(s, s) for s in scenarios], rotation=25, ha="right", fontsize=8
+        )
         ax.grid(axis="y", alpha=0.3)
     flat[0].legend(fontsize=8)
     ax = flat[3]

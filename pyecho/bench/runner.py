@@ -91,51 +91,86 @@ class Target:
 TARGETS = (
     Target(
         "native CPU per round trip / floor's, 50 x 64 B",
-        ("native", "c50-64B", "cpu_us_per_rt"), ("floor", "c50-64B", "cpu_us_per_rt"), "<=", 1.10,
+        ("native", "c50-64B", "cpu_us_per_rt"),
+        ("floor", "c50-64B", "cpu_us_per_rt"),
+        "<=",
+        1.10,
     ),
     Target(
         "native CPU per round trip / uvloop's, 50 x 64 B",
-        ("native", "c50-64B", "cpu_us_per_rt"), ("uvloop", "c50-64B", "cpu_us_per_rt"), "<", 1.0,
+        ("native", "c50-64B", "cpu_us_per_rt"),
+        ("uvloop", "c50-64B", "cpu_us_per_rt"),
+        "<",
+        1.0,
     ),
     Target(
         "native round trips/s / uvloop's, 50 x 64 B",
-        ("native", "c50-64B", "rt_per_s"), ("uvloop", "c50-64B", "rt_per_s"), ">=", 1.0,
+        ("native", "c50-64B", "rt_per_s"),
+        ("uvloop", "c50-64B", "rt_per_s"),
+        ">=",
+        1.0,
     ),
     Target(
         "native round trips/s / uvloop's, 50 x 1 KiB",
-        ("native", "c50-1KiB", "rt_per_s"), ("uvloop", "c50-1KiB", "rt_per_s"), ">=", 1.0,
+        ("native", "c50-1KiB", "rt_per_s"),
+        ("uvloop", "c50-1KiB", "rt_per_s"),
+        ">=",
+        1.0,
     ),
     Target(
         "native MiB/s / floor's, 10 x 64 KiB",
-        ("native", "c10-64KiB", "mib_per_s"), ("floor", "c10-64KiB", "mib_per_s"), ">=", 0.95,
+        ("native", "c10-64KiB", "mib_per_s"),
+        ("floor", "c10-64KiB", "mib_per_s"),
+        ">=",
+        0.95,
     ),
     Target(
         "native server memory per idle connection (bytes), 10,000 held",
-        ("native", "idle", "rss_per_conn_bytes"), None, "<=", 2048,
+        ("native", "idle", "rss_per_conn_bytes"),
+        None,
+        "<=",
+        2048,
     ),
     Target(
         "python CPU per round trip / asyncio's, 50 x 64 B",
-        ("python", "c50-64B", "cpu_us_per_rt"), ("asyncio", "c50-64B", "cpu_us_per_rt"), "<=", 1.2,
+        ("python", "c50-64B", "cpu_us_per_rt"),
+        ("asyncio", "c50-64B", "cpu_us_per_rt"),
+        "<=",
+        1.2,
     ),
 )
 
 # Informative ratios, same run: what the engines cost over the floor, and what
 # line and seed framing cost over raw.
 INFO_RATIOS = tuple(
-    (f"{eng} CPU per round trip / floor's, {sc}", (eng, sc, "cpu_us_per_rt"),
-     ("floor", sc, "cpu_us_per_rt"))
+    (
+        f"{eng} CPU per round trip / floor's, {sc}",
+        (eng, sc, "cpu_us_per_rt"),
+        ("floor", sc, "cpu_us_per_rt"),
+    )
     for sc in ("c1-64B", "c50-64B", "c50-1KiB", "c50-64B-p16", "c10-64KiB")
     for eng in ("native", "python")
 ) + tuple(
-    (f"{eng} CPU per round trip, {mode} mode / raw mode, 50 x 64 B",
-     (eng, f"c50-64B-{mode}", "cpu_us_per_rt"), (eng, "c50-64B", "cpu_us_per_rt"))
+    (
+        f"{eng} CPU per round trip, {mode} mode / raw mode, 50 x 64 B",
+        (eng, f"c50-64B-{mode}", "cpu_us_per_rt"),
+        (eng, "c50-64B", "cpu_us_per_rt"),
+    )
     for eng in ("native", "python")
     for mode in ("seed", "line")
 )
 
 THROUGHPUT_METRICS = (
-    "rt_per_s", "mib_per_s", "lat_p50_us", "lat_p99_us", "lat_p999_us", "cpu_us_per_rt",
-    "peak_rss_bytes", "server_cpu_cores", "loadgen_cpu_cores", "other_cpu_cores",
+    "rt_per_s",
+    "mib_per_s",
+    "lat_p50_us",
+    "lat_p99_us",
+    "lat_p999_us",
+    "cpu_us_per_rt",
+    "peak_rss_bytes",
+    "server_cpu_cores",
+    "loadgen_cpu_cores",
+    "other_cpu_cores",
 )
 IDLE_METRICS = ("rss_per_conn_bytes", "peak_rss_bytes")
 
@@ -158,7 +193,11 @@ def _self_cpu_seconds() -> float:
 
 
 def measure(
-    server: str, sc: Scenario, duration: float, warmup: float, idle_connections: int,
+    server: str,
+    sc: Scenario,
+    duration: float,
+    warmup: float,
+    idle_connections: int,
     steady_malloc: bool = True,
 ) -> dict[str, Any]:
     """Start ``server`` afresh, drive ``sc`` against it, return its figures."""
@@ -168,8 +207,12 @@ def measure(
         connections = idle_connections if sc.idle else sc.connections
         with LoadGen(connections, sc.msg_size, sc.depth, sc.mode) as lg:
             lg.connect(HOST, srv.port)
-            rec: dict[str, Any] = {"connections": connections, "msg_size": sc.msg_size,
-                                   "depth": sc.depth, "mode": sc.mode}
+            rec: dict[str, Any] = {
+                "connections": connections,
+                "msg_size": sc.msg_size,
+                "depth": sc.depth,
+                "mode": sc.mode,
+            }
             if sc.idle:
                 wait_settled(srv, 0.2)
                 rss = srv.rss()
@@ -227,7 +270,9 @@ def _lookup(records: list[dict[str, Any]], run: int, key: tuple[str, str, str]) 
 
 
 def _median_ratio(
-    records: list[dict[str, Any]], runs: int, num: tuple[str, str, str],
+    records: list[dict[str, Any]],
+    runs: int,
+    num: tuple[str, str, str],
     den: tuple[str, str, str] | None,
 ) -> tuple[float | None, list[float]]:
     per_run = []
@@ -264,14 +309,19 @@ def evaluate(records: list[dict[str, Any]], runs: int) -> tuple[list[dict], list
     for t in TARGETS:
         value, per_run = _median_ratio(records, runs, t.num, t.den)
         entry: dict[str, Any] = {
-            "name": t.name, "op": t.op, "bound": t.bound, "value": value,
-            "per_run": per_run, "ratio": t.den is not None,
+            "name": t.name,
+            "op": t.op,
+            "bound": t.bound,
+            "value": value,
+            "per_run": per_run,
+            "ratio": t.den is not None,
         }
         if value is None:
             entry["status"] = "not measured"
         elif t.num[1] == "idle" and any(
             r["connections"] < IDLE_TARGET_CONNECTIONS
-            for r in records if r["scenario"] == "idle" and r["server"] == t.num[0]
+            for r in records
+            if r["scenario"] == "idle" and r["server"] == t.num[0]
         ):
             entry["status"] = f"not evaluated (fewer than {IDLE_TARGET_CONNECTIONS:,} held)"
         else:
@@ -348,26 +398,54 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
         description="Benchmark pyecho's native and Python engines against a C epoll "
         "floor, asyncio and uvloop, with a C load generator that verifies every byte.",
     )
-    p.add_argument("--duration", type=float, default=3.0,
-                   help="seconds measured per server and scenario (default 3)")
-    p.add_argument("--warmup", type=float, default=0.5,
-                   help="seconds of load before each measurement (default 0.5)")
-    p.add_argument("--runs", type=int, default=5,
-                   help="runs; figures are medians over them (default 5)")
-    p.add_argument("--servers", type=_csv(SERVERS), default=list(SERVERS),
-                   help=f"comma-separated subset of {','.join(SERVERS)}")
-    p.add_argument("--scenarios", type=_csv(SCENARIO_NAMES), default=list(SCENARIO_NAMES),
-                   help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}")
-    p.add_argument("--idle-connections", type=int, default=IDLE_TARGET_CONNECTIONS,
-                   help="connections held in the idle scenario (default 10000)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default bench-results/<timestamp>)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke mode: 1 run, 0.5 s per measurement, 1000 idle connections")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        help="seconds measured per server and scenario (default 3)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="seconds of load before each measurement (default 0.5)",
+    )
+    p.add_argument(
+        "--runs", type=int, default=5, help="runs; figures are medians over them (default 5)"
+    )
+    p.add_argument(
+        "--servers",
+        type=_csv(SERVERS),
+        default=list(SERVERS),
+        help=f"comma-separated subset of {','.join(SERVERS)}",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_csv(SCENARIO_NAMES),
+        default=list(SCENARIO_NAMES),
+        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}",
+    )
+    p.add_argument(
+        "--idle-connections",
+        type=int,
+        default=IDLE_TARGET_CONNECTIONS,
+        help="connections held in the idle scenario (default 10000)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default bench-results/<timestamp>)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke mode: 1 run, 0.5 s per measurement, 1000 idle connections",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's malloc thresholds alone in the Python servers "
-                   "(asyncio then runs in a slow mode at random; see docs/BENCHMARKS.md)")
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone in the Python servers "
+        "(asyncio then runs in a slow mode at random; see docs/BENCHMARKS.md)",
+    )
     return p
 
 
@@ -377,11 +455,15 @@ def _progress(msg: str) -> None:
 
 def _describe(rec: dict[str, Any]) -> str:
     if "rss_per_conn_bytes" in rec and "rt_per_s" not in rec:
-        return (f"{rec['connections']:,} idle: {rec['rss_per_conn_bytes']:,.0f} B/conn, "
-                f"peak RSS {rec['peak_rss_bytes'] / MiB:.1f} MiB")
-    return (f"{rec['rt_per_s']:>12,.0f} rt/s {rec['mib_per_s']:>9,.1f} MiB/s  "
-            f"CPU {rec['cpu_us_per_rt']:6.2f} us/rt  p99 {rec['lat_p99_us']:8.1f} us  "
-            f"other load {rec['other_cpu_cores']:.2f} cores")
+        return (
+            f"{rec['connections']:,} idle: {rec['rss_per_conn_bytes']:,.0f} B/conn, "
+            f"peak RSS {rec['peak_rss_bytes'] / MiB:.1f} MiB"
+        )
+    return (
+        f"{rec['rt_per_s']:>12,.0f} rt/s {rec['mib_per_s']:>9,.1f} MiB/s  "
+        f"CPU {rec['cpu_us_per_rt']:6.2f} us/rt  p99 {rec['lat_p99_us']:8.1f} us  "
+        f"other load {rec['other_cpu_cores']:.2f} cores"
+    )
 
 
 def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> int:
@@ -392,8 +474,7 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         if args.idle_connections == IDLE_TARGET_CONNECTIONS:
             args.idle_connections = 1000
     if args.runs < 1 or args.duration <= 0 or args.warmup < 0 or args.idle_connections < 1:
-        print("error: --runs, --duration and --idle-connections must be positive",
-              file=sys.stderr)
+        print("error: --runs, --duration and --idle-connections must be positive", file=sys.stderr)
         return 2
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
 
@@ -420,15 +501,20 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         print("error: no server can run here", file=sys.stderr)
         return 2
 
-    out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime(
-        "%Y%m%d-%H%M%S")
+    out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/native_vs_python.py" + (
         " " + shlex.join(argv if argv is not None else sys.argv[1:])
-        if (argv if argv is not None else sys.argv[1:]) else "")
+        if (argv if argv is not None else sys.argv[1:])
+        else ""
+    )
 
-    plan = [(sc, s) for sc in scenarios for s in servers if sc.mode == "raw" or s in (
-        "native", "python")]
+    plan = [
+        (sc, s)
+        for sc in scenarios
+        for s in servers
+        if sc.mode == "raw" or s in ("native", "python")
+    ]
     total = len(plan) * args.runs
     _progress(
         f"pyecho bench: {args.runs} run(s) x {len(plan)} measurements, "
@@ -448,11 +534,18 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
                 done += 1
                 head = f"[{done:>3}/{total}] run {run + 1} {sc.name:<13} {server:<8}"
                 try:
-                    rec = measure(server, sc, args.duration, args.warmup,
-                                  args.idle_connections, not args.default_malloc)
+                    rec = measure(
+                        server,
+                        sc,
+                        args.duration,
+                        args.warmup,
+                        args.idle_connections,
+                        not args.default_malloc,
+                    )
                 except (LoadGenError, RuntimeError, OSError) as e:
-                    errors.append({"run": run, "scenario": sc.name, "server": server,
-                                   "error": str(e)})
+                    errors.append(
+                        {"run": run, "scenario": sc.name, "server": server, "error": str(e)}
+                    )
                     _progress(f"{head} ERROR: {e}")
                     continue
                 rec.update(run=run, scenario=sc.name, server=server)
@@ -469,8 +562,11 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         "loadavg_end": _loadavg(),
         "wall_seconds": round(time.monotonic() - started, 1),
         "options": {
-            "runs": args.runs, "duration": args.duration, "warmup": args.warmup,
-            "idle_connections": args.idle_connections, "quick": args.quick,
+            "runs": args.runs,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "idle_connections": args.idle_connections,
+            "quick": args.quick,
             "server_env": {} if args.default_malloc else STEADY_MALLOC_ENV,
         },
         "servers": {s: DESCRIPTIONS[s] for s in servers},
@@ -491,13 +587,15 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         png_note = plot(result, png_path)
         if png_note:
             _progress(f"no plot: {png_note}")
-    md_path.write_text(render_markdown(result, png_path.name if png_note is None
-                                       and not args.no_plot else None))
+    md_path.write_text(
+        render_markdown(result, png_path.name if png_note is None and not args.no_plot else None)
+    )
     print(render_table(result))
-    print(f"\nwrote {json_path}, {md_path}"
-          + (f", {png_path}" if png_note is None and not args.no_plot else ""))
+    print(
+        f"\nwrote {json_path}, {md_path}"
+        + (f", {png_path}" if png_note is None and not args.no_plot else "")
+    )
     if errors:
-        print(f"{len(errors)} measurement(s) failed: see 'errors' in {json_path}",
-              file=sys.stderr)
+        print(f"{len(errors)} measurement(s) failed: see 'errors' in {json_path}", file=sys.stderr)
         return 1
     return 0
