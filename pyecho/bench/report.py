@@ -134,6 +134,10 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _loadavg(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values) or "unknown"
+
+
 def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     m = result["machine"]
     o = result["options"]
@@ -144,7 +148,9 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
         f"- Date: {result['date']}, wall time {result['wall_seconds']:g} s",
         f"- Machine: {m['cpu']}, {m['cpus']} CPUs, {m.get('memory_gib', '?')} GiB, "
         f"{m['kernel']}, {m['python']}, uvloop {m['uvloop'] or 'not installed'}",
-        f"- Load average at start / end: {result['loadavg_start']} / {result['loadavg_end']}",
+        "- Load average (1, 5, 15 min) at start / end: "
+        f"{_loadavg(result['loadavg_start'])} / {_loadavg(result['loadavg_end'])}; "
+        "the table's *other load* is CPU used by other processes during each measurement.",
         f"- {o['runs']} run(s), {o['duration']:g} s measured per server and scenario after "
         f"{o['warmup']:g} s of warm-up; figures are medians over runs.",
         "",

@@ -503,11 +503,9 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
 
     out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/native_vs_python.py" + (
-        " " + shlex.join(argv if argv is not None else sys.argv[1:])
-        if (argv if argv is not None else sys.argv[1:])
-        else ""
-    )
+    given = list(argv if argv is not None else sys.argv[1:])
+    launcher = f"python benchmarks/{prog}" if prog.endswith(".py") else prog
+    command = " ".join([launcher, *([shlex.join(given)] if given else [])])
 
     plan = [
         (sc, s)
