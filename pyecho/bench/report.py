@@ -230,7 +230,11 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
             [labels.get(s, s) for s in scenarios], rotation=25, ha="right", fontsize=8
         )
         ax.grid(axis="y", alpha=0.3)
-    flat[0].legend(fontsize=8)
+    if scenarios:
+        flat[0].legend(fontsize=8)
+    else:
+        for ax in flat[:3]:
+            ax.set_visible(False)
     ax = flat[3]
     idle = summary.get("idle", {})
     servers = [s for s in SERVER_ORDER if s in idle]

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, _native
 from .loadgen import LoadGen, LoadGenError
 from .report import plot, render_markdown, render_table
 from .serve import raise_nofile_limit
@@ -477,6 +477,19 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         print("error: --runs, --duration and --idle-connections must be positive", file=sys.stderr)
         return 2
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
+    try:
+        _native.load()  # the load generator is in the C core
+    except _native.NativeUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        source_tree = Path(_native.__file__).resolve().parents[1]
+        if (source_tree / "csrc").is_dir():
+            print(
+                f"note: pyecho was imported from its source tree ({source_tree}), which has "
+                "no built library: run from another directory, or run "
+                "`python benchmarks/native_vs_python.py`",
+                file=sys.stderr,
+            )
+        return 2
 
     limit = raise_nofile_limit()
     if "idle" in args.scenarios and limit < args.idle_connections + 256:
