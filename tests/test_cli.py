@@ -205,3 +205,10 @@ def test_unknown_engine_or_mode_is_a_usage_error(cwd: Path) -> None:
         result = subprocess.run([*PYECHO, "serve", *args], cwd=cwd, capture_output=True, timeout=60)
         assert result.returncode == 2
         assert b"invalid choice" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_bench_subcommand_reaches_the_benchmark(cwd: Path) -> None:
+    result = subprocess.run([*PYECHO, "bench", "--help"], cwd=cwd, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"usage: pyecho bench ")
+    assert b"--quick" in result.stdout
