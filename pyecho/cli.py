@@ -116,6 +116,17 @@ def _common_options(p: argparse.ArgumentParser, host_help: str) -> None:
     )
 
 
+def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What server and client must agree on, from _common_options."""
+    return {
+        "engine": args.engine,
+        "mode": args.mode,
+        "quit_word": args.quit_word,
+        "bufsize": args.bufsize,
+        "max_line": args.max_line,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyecho", description="A TCP echo server and client (C engine or pure Python)."
@@ -184,11 +195,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = EchoServer(
             (args.host, args.port),
-            engine=args.engine,
-            mode=args.mode,
-            quit_word=args.quit_word,
-            bufsize=args.bufsize,
-            max_line=args.max_line,
+            **_shared_options(args),
             max_pending=args.max_pending,
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
@@ -284,11 +291,7 @@ def client(args: argparse.Namespace) -> int:
     try:
         conn = EchoClient(
             (args.host, args.port),
-            engine=args.engine,
-            mode=args.mode,
-            quit_word=args.quit_word,
-            bufsize=args.bufsize,
-            max_line=args.max_line,
+            **_shared_options(args),
             timeout=args.timeout,
         )
     except OSError as e:

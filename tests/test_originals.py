@@ -44,16 +44,17 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: _compile(name, out) for name in ("server", "client")}
 
 
-def _port_free() -> None:
-    """Wait (bounded) until nothing listens on 12345, so tests do not collide."""
+def _wait_port(listening: bool) -> None:
+    """Wait (bounded) until something listens on 12345, or nothing does."""
     deadline = time.monotonic() + 10
     while True:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", PORT)) != 0:
+            if (s.connect_ex(("127.0.0.1", PORT)) == 0) == listening:
                 return
         if time.monotonic() > deadline:
-            raise AssertionError(f"port {PORT} is still in use by another program")
-        time.sleep(0.05)
+            state = "nothing listens" if listening else "another program still listens"
+            raise AssertionError(f"{state} on port {PORT}")
+        time.sleep(0.02)
 
 
 def _line_buffered(argv: list[str]) -> list[str]:
@@ -66,7 +67,7 @@ def _line_buffered(argv: list[str]) -> list[str]:
 def test_original_client_against_pyecho_serve(
     originals: dict[str, Path], tmp_path: Path, engine: str
 ) -> None:
-    _port_free()
+    _wait_port(listening=False)
     server, port = serve(tmp_path, "--engine", engine, port=PORT)
     try:
         assert port == PORT
@@ -89,10 +90,10 @@ def test_original_client_against_pyecho_serve(
 def test_pyecho_client_against_original_server(
     originals: dict[str, Path], tmp_path: Path, engine: str
 ) -> None:
-    _port_free()
+    _wait_port(listening=False)
     server = Proc(_line_buffered([str(originals["server"])]), tmp_path)
     try:
-        _wait_listening()
+        _wait_port(listening=True)
         result = subprocess.run(
             [*PYECHO, "client", "--engine", engine],
             cwd=tmp_path,
@@ -113,11 +114,11 @@ def test_pyecho_client_against_original_server(
 def test_pyecho_client_sees_the_original_server_go_away(
     originals: dict[str, Path], tmp_path: Path, engine: str
 ) -> None:
-    _port_free()
+    _wait_port(listening=False)
     server = Proc(_line_buffered([str(originals["server"])]), tmp_path)
     client = None
     try:
-        _wait_listening()
+        _wait_port(listening=True)
         client = Proc([*PYECHO, "client", "--engine", engine], tmp_path, stdin=subprocess.PIPE)
         client.popen.stdin.write(b"ping\n")
         client.popen.stdin.flush()
@@ -129,14 +130,3 @@ def test_pyecho_client_sees_the_original_server_go_away(
         server.kill()
         if client is not None:
             client.kill()
-
-
-def _wait_listening() -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", PORT)) == 0:
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError("the original server did not start listening")
-        time.sleep(0.02)
