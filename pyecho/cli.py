@@ -15,6 +15,7 @@ import select
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ._config import DEFAULT_HOST, DEFAULT_PORT, ENGINES, MODES, ConnectionClosedError, Event
 from ._native import NativeUnavailableError
