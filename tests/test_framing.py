@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.native  # echo_scan of the C core
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "fuzz" / "corpus").iterdir())
 
@@ -55,7 +57,9 @@ _stream = st.lists(
     seed=st.integers(0, 255),
     stream=_stream,
 )
-def test_engines_frame_alike(mode: int, max_line: int, quit_: int, seed: int, stream: bytes) -> None:
+def test_engines_frame_alike(
+    mode: int, max_line: int, quit_: int, seed: int, stream: bytes
+) -> None:
     harness.check_one(bytes([mode, max_line, quit_, seed]) + stream)
 
 
