@@ -41,7 +41,7 @@ static int check_count;
                 check_failures == check_before_ ? "ok  " : "FAIL", #test); \
     } while (0)
 
-static int check_summary(const char *suite)
+static inline int check_summary(const char *suite)
 {
     fprintf(stderr, "%s: %d checks, %d failed\n", suite, check_count, check_failures);
     return check_failures > 100 ? 100 : check_failures;
@@ -50,7 +50,7 @@ static int check_summary(const char *suite)
 /* A small deterministic PRNG (xorshift64*) for property checks. */
 static unsigned long long check_rng_state = 0x9E3779B97F4A7C15ull;
 
-static unsigned long long check_rand(void)
+static inline unsigned long long check_rand(void)
 {
     unsigned long long x = check_rng_state;
 
