@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from conftest import SANITIZED, scaled, wait_for
 from procserver import ProcServer
@@ -222,7 +222,8 @@ def test_soak(engine: str) -> None:
         print(f"  {mode}: {stats['accepted']} accepted, closed {closed}, "
               f"fds {before[mode][0]} -> {after[mode][0]}, "
               f"RSS {before[mode][1] / MIB:.1f} -> {after[mode][1] / MIB:.1f} MiB")
-        assert closed == dict(soak.expected[mode]), f"{mode} server: {closed} != {soak.expected[mode]}"
+        want = dict(soak.expected[mode])
+        assert closed == want, f"{mode} server: {closed} != {want}"
         assert stats["accepted"] == sum(soak.expected[mode].values())
         assert stats["rejected"] == 0
         assert after[mode][0] == before[mode][0], f"{mode} server descriptors"
