@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import subprocess
 import sys
@@ -50,14 +51,28 @@ def _status_kib(pid: int, field: str) -> int:
 class ProcServer:
     """A server process; use as a context manager."""
 
-    def __init__(self, engine: str, host: str = LOOPBACK, timeout: float = 30, **kw: Any) -> None:
+    def __init__(
+        self,
+        engine: str,
+        host: str = LOOPBACK,
+        timeout: float = 30,
+        fd_limit: int | None = None,
+        **kw: Any,
+    ) -> None:
+        """Start it; fd_limit lowers the child's open-file limit."""
         self.timeout = timeout
+
+        def limit_fds() -> None:
+            if fd_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, json.dumps({"engine": engine, "host": host, "kw": kw})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd="/",  # import the installed pyecho, never a source tree in the cwd
+            preexec_fn=limit_fds if fd_limit is not None else None,
         )
         self.pid = self.proc.pid
         try:

@@ -245,3 +245,31 @@ def test_clients_disconnecting_during_shutdown(engine: str) -> None:
     for c in clients:
         c.close()
     assert open_fds() == fds
+
+
+def test_running_out_of_descriptors(engine: str) -> None:
+    """A server whose process runs out of file descriptors (EMFILE) keeps
+    serving the connections it has, leaves the others waiting in the listen
+    backlog instead of failing, and accepts them as descriptors free up."""
+    limit, total = 48, 80  # the listen backlog (128) holds the excess
+    with ProcServer(engine, mode="raw", fd_limit=limit, backlog=128) as server:
+        base = server.fds()
+        socks = [socket.create_connection(server.address, timeout=10) for _ in range(total)]
+        wait_for(lambda: server.fds() == limit, 10, "the server to use every descriptor")
+        served = server.stats()["accepted"]
+        assert served == limit - base < total
+        # The accepted ones still echo while the server is out of descriptors.
+        for s in socks[:served]:
+            s.sendall(b"ping")
+            assert s.recv(16) == b"ping"
+        for s in socks[:served]:
+            s.close()
+        wait_for(lambda: server.stats()["accepted"] == total, 15, "the waiting connections")
+        for s in socks[served:]:
+            s.sendall(b"pong")
+            assert s.recv(16) == b"pong"
+            s.close()
+        wait_for(lambda: server.stats()["open"] == 0, 10)
+        stats = server.quit()
+    assert stats["rejected"] == 0
+    assert stats["closed"]["peer"] == total
