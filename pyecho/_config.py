@@ -30,6 +30,7 @@ MAX_PENDING = 1 << 30
 MAX_QUIT_LEN = 255
 MAX_CLIENTS = 1 << 31
 MAX_IDLE_TIMEOUT = 4_000_000.0  # seconds; fits the C core's uint32 milliseconds
+MAX_TIMEOUT = 2_000_000.0  # seconds; fits the C core's int milliseconds (and poll())
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ def check_timeout(timeout: Any) -> float | None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_IDLE_TIMEOUT):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise ValueError(
+            f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:g}, got {timeout}"
+        )
     return float(timeout)
 
 
@@ -167,6 +170,8 @@ def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
     host, port = address
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if "\0" in host:
+        raise ValueError("host must not contain NUL characters")
     port = check_port(port, allow_zero=server)
     if host == "":
         host = "0.0.0.0" if server else DEFAULT_HOST

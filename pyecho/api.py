@@ -117,6 +117,8 @@ class EchoServer:
 
     def start(self) -> EchoServer:
         """Serve on a background (daemon) thread; returns self."""
+        if self._core is None:
+            raise ValueError("start() on a closed server")
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("the server is already serving")
         self._thread = threading.Thread(

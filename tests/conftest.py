@@ -57,3 +57,41 @@ class Recorder:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# A run under tools/sanitize.sh preloads ASan: its quarantine and shadow
+# memory make resident-memory figures meaningless, so memory bounds are not
+# asserted then (everything else is).
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "native: runs the C core (tools/sanitize.sh selects these with -m native)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test parametrized with engine="native" uses the C core.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("engine") == "native":
+            item.add_marker(pytest.mark.native)
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft descriptor limit to the hard one; skip, saying why, if
+    even that is below ``needed``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"needs {needed} open files, the hard limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def scaled(name: str, default: int) -> int:
+    """A scale knob: the environment variable ``name`` or the CI default."""
+    return int(os.environ.get(name, default))

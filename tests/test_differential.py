@@ -16,6 +16,8 @@ import pytest
 
 from differential import run_matrix
 
+pytestmark = pytest.mark.native  # the matrix runs the C core as server and client
+
 MODES = ["raw", "line", "seed"]
 
 

@@ -1,0 +1,270 @@
+/*
+ * test_server.c - the server and client of the C core driven end to end in
+ * one process, over loopback: every mode, quit words, long lines, half-close,
+ * reset, max_clients, idle_timeout, backpressure, stop with clients open.
+ * Its main purpose is the sanitizer build (PYECHO_SANITIZE): run as a plain
+ * C program, LeakSanitizer sees every allocation of server.c, client.c,
+ * outbuf.c and net.c, which it cannot inside a Python process.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "pyecho.h"
+
+typedef struct running {
+    echo_server *srv;
+    pthread_t thread;
+    int port, rc, opens, closes;
+    int reasons[ECHO_CLOSE_REASONS];
+} running;
+
+static void on_event(void *ctx, const echo_event *ev)
+{
+    running *r = ctx;
+
+    if (ev->kind == ECHO_EVENT_OPEN) {
+        r->opens++;
+    } else {
+        r->closes++;
+        r->reasons[ev->reason]++;
+    }
+}
+
+static void *serve(void *arg)
+{
+    running *r = arg;
+
+    r->rc = echo_server_run(r->srv, -1);
+    return NULL;
+}
+
+static void start(running *r, const echo_config *cfg)
+{
+    char host[64];
+
+    memset(r, 0, sizeof *r);
+    CHECK_EQ(echo_server_new(cfg, "127.0.0.1", 0, &r->srv), 0);
+    CHECK_EQ(echo_server_address(r->srv, host, sizeof host, &r->port), 0);
+    echo_server_set_event_fn(r->srv, on_event, r);
+    CHECK_EQ(pthread_create(&r->thread, NULL, serve, r), 0);
+}
+
+/* Wait (bounded) until the server has no connection open. */
+static void drain(running *r)
+{
+    echo_stats s;
+
+    for (int i = 0; i < 2000; i++) {
+        echo_server_stats(r->srv, &s);
+        if (s.open == 0)
+            return;
+        usleep(5000);
+    }
+    CHECK(!"connections still open after 10 s");
+}
+
+static echo_stats stop(running *r)
+{
+    echo_stats s;
+
+    CHECK_EQ(echo_server_stop(r->srv), 0);
+    CHECK_EQ(pthread_join(r->thread, NULL), 0);
+    CHECK_EQ(r->rc, 0);
+    echo_server_stats(r->srv, &s);
+    echo_server_free(r->srv);
+    CHECK_EQ(r->opens, r->closes);
+    return s;
+}
+
+static echo_client *connect_to(const echo_config *cfg, const running *r)
+{
+    echo_client *cli = NULL;
+
+    CHECK_EQ(echo_client_new(cfg, "127.0.0.1", r->port, 10000, &cli), 0);
+    return cli;
+}
+
+/* echo() data and compare the reply with want; returns the echo_reply. */
+static int echo_is(echo_client *cli, const echo_config *cfg, const char *data,
+                   size_t len, const char *want, size_t want_len)
+{
+    size_t cap = len + cfg->max_line, got = 0;
+    uint8_t *reply = malloc(cap);
+    int rc = echo_client_echo(cli, (const uint8_t *)data, len, reply, cap, &got);
+
+    CHECK_EQ(got, want_len);
+    CHECK(got == want_len && memcmp(reply, want, want_len) == 0);
+    free(reply);
+    return rc;
+}
+
+static void test_raw(void)
+{
+    echo_config cfg;
+    running r;
+    size_t n = 4u << 20;
+    char *big = malloc(n);
+    echo_client *cli;
+    echo_stats s;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    cfg.max_pending = 1024; /* backpressure all the way */
+    start(&r, &cfg);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)(i * 7 + (i >> 12));
+    cli = connect_to(&cfg, &r);
+    CHECK_EQ(echo_is(cli, &cfg, big, n, big, n), ECHO_REPLY_OPEN);
+    CHECK_EQ(echo_is(cli, &cfg, "exit", 4, "exit", 4), ECHO_REPLY_OPEN);
+    echo_client_free(cli);
+    drain(&r);
+    s = stop(&r);
+    CHECK_EQ(s.bytes_in, n + 4);
+    CHECK_EQ(s.bytes_out, n + 4);
+    CHECK_EQ(s.closed[ECHO_CLOSE_PEER], 1);
+    free(big);
+}
+
+static void test_line(void)
+{
+    echo_config cfg;
+    running r;
+    echo_client *cli;
+    uint8_t buf[64];
+    size_t got = 0, total = 0;
+    echo_stats s;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_LINE;
+    cfg.max_line = 8;
+    start(&r, &cfg);
+    cli = connect_to(&cfg, &r);
+    CHECK_EQ(echo_is(cli, &cfg, "ab\ncd\n", 6, "ab\ncd\n", 6), ECHO_REPLY_OPEN);
+    CHECK_EQ(echo_is(cli, &cfg, "0123456789\n", 11, "0123456789\n", 11), ECHO_REPLY_OPEN);
+    CHECK_EQ(echo_is(cli, &cfg, "x\nexit\nlost\n", 12, "x\n", 2), ECHO_REPLY_CLOSED);
+    echo_client_free(cli);
+
+    /* Half-close: the partial line comes back, then EOF. */
+    cli = connect_to(&cfg, &r);
+    CHECK_EQ(echo_client_send(cli, (const uint8_t *)"one\npart", 8), 0);
+    CHECK_EQ(echo_client_shutdown_write(cli), 0);
+    do {
+        CHECK_EQ(echo_client_recv(cli, buf + total, sizeof buf - total, &got), 0);
+        total += got;
+    } while (got > 0 && total < sizeof buf);
+    CHECK_EQ(total, 8);
+    CHECK(memcmp(buf, "one\npart", 8) == 0);
+    echo_client_free(cli);
+    drain(&r);
+    s = stop(&r);
+    CHECK_EQ(s.closed[ECHO_CLOSE_QUIT], 1);
+    CHECK_EQ(s.closed[ECHO_CLOSE_PEER], 1);
+}
+
+static void test_seed_reset_and_stop(void)
+{
+    echo_config cfg;
+    running r;
+    echo_client *a, *b, *open[3];
+    struct linger lin = {1, 0};
+    echo_stats s;
+
+    echo_config_default(&cfg);
+    start(&r, &cfg);
+    a = connect_to(&cfg, &r);
+    CHECK_EQ(echo_is(a, &cfg, "hello\n", 6, "hello", 5), ECHO_REPLY_OPEN);
+    CHECK_EQ(echo_is(a, &cfg, "exit\n", 5, "", 0), ECHO_REPLY_CLOSED);
+    echo_client_free(a);
+
+    b = connect_to(&cfg, &r); /* reset with data in flight */
+    CHECK_EQ(echo_is(b, &cfg, "hi", 2, "hi", 2), ECHO_REPLY_OPEN);
+    CHECK_EQ(echo_client_send(b, (const uint8_t *)"pending", 7), 0);
+    setsockopt(echo_client_fileno(b), SOL_SOCKET, SO_LINGER, &lin, sizeof lin);
+    echo_client_free(b);
+    for (int i = 0; i < 2000 && r.reasons[ECHO_CLOSE_RESET] == 0; i++)
+        usleep(5000);
+
+    for (int i = 0; i < 3; i++) { /* still open when the server stops */
+        open[i] = connect_to(&cfg, &r);
+        CHECK_EQ(echo_is(open[i], &cfg, "x", 1, "x", 1), ECHO_REPLY_OPEN);
+    }
+    s = stop(&r);
+    CHECK_EQ(s.closed[ECHO_CLOSE_QUIT], 1);
+    CHECK_EQ(s.closed[ECHO_CLOSE_RESET], 1);
+    CHECK_EQ(s.closed[ECHO_CLOSE_SHUTDOWN], 3);
+    for (int i = 0; i < 3; i++)
+        echo_client_free(open[i]);
+}
+
+static void test_limits(void)
+{
+    echo_config cfg;
+    running r;
+    echo_client *a, *b, *c;
+    uint8_t byte;
+    size_t got = 1;
+    echo_stats s;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    cfg.max_clients = 1;
+    cfg.idle_timeout_ms = 100;
+    start(&r, &cfg);
+    a = connect_to(&cfg, &r);
+    CHECK_EQ(echo_is(a, &cfg, "a", 1, "a", 1), ECHO_REPLY_OPEN);
+    b = connect_to(&cfg, &r); /* over max_clients: closed at once */
+    CHECK_EQ(echo_client_recv(b, &byte, 1, &got), 0);
+    CHECK_EQ(got, 0);
+    got = 1;
+    CHECK_EQ(echo_client_recv(a, &byte, 1, &got), 0); /* then a goes idle */
+    CHECK_EQ(got, 0);
+    c = connect_to(&cfg, &r); /* and the slot is free again */
+    CHECK_EQ(echo_is(c, &cfg, "c", 1, "c", 1), ECHO_REPLY_OPEN);
+    echo_client_free(a);
+    echo_client_free(b);
+    echo_client_free(c);
+    drain(&r);
+    s = stop(&r);
+    CHECK_EQ(s.rejected, 1);
+    CHECK_EQ(s.accepted, 2);
+    CHECK_EQ(s.closed[ECHO_CLOSE_IDLE], 1);
+    CHECK_EQ(s.closed[ECHO_CLOSE_PEER], 1);
+}
+
+static void test_bad_arguments(void)
+{
+    echo_config cfg;
+    echo_server *srv = NULL;
+    echo_client *cli = NULL;
+
+    echo_config_default(&cfg);
+    CHECK(echo_server_new(&cfg, "127.0.0.1", -1, &srv) < 0);
+    CHECK(echo_server_new(&cfg, "127.0.0.1", 65536, &srv) < 0);
+    CHECK(echo_server_new(&cfg, "not-an-address", 0, &srv) < 0);
+    CHECK(echo_server_new(&cfg, NULL, 0, &srv) < 0);
+    CHECK(echo_server_new(NULL, "127.0.0.1", 0, &srv) < 0);
+    CHECK(echo_client_new(&cfg, "127.0.0.1", 0, 100, &cli) < 0);
+    cfg.bufsize = 0;
+    CHECK(echo_server_new(&cfg, "127.0.0.1", 0, &srv) < 0);
+    CHECK(srv == NULL && cli == NULL);
+    CHECK(echo_server_run(NULL, 0) < 0);
+    CHECK(echo_server_stop(NULL) < 0);
+    CHECK(echo_client_send(NULL, NULL, 0) < 0);
+    echo_server_free(NULL);
+    echo_client_free(NULL);
+}
+
+int main(void)
+{
+    RUN(test_raw);
+    RUN(test_line);
+    RUN(test_seed_reset_and_stop);
+    RUN(test_limits);
+    RUN(test_bad_arguments);
+    return check_summary("test_server");
+}

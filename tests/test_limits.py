@@ -1,0 +1,123 @@
+"""The limits that protect a server, over the engine matrix: max_clients,
+idle_timeout, and the documented defaults (docs/PROTOCOL.md,
+docs/SECURITY.md)."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import time
+
+import pytest
+from conftest import LOOPBACK, wait_for
+from differential import run_matrix
+from streams import MIB, Pattern, Pump
+
+import pyecho
+
+pytestmark = pytest.mark.native
+
+
+def test_max_clients_rejects_new_connections_only() -> None:
+    """Past max_clients a new connection is closed at once and counted; the
+    open ones keep working; a freed slot is usable again."""
+
+    def scenario(server, client):
+        held = [client() for _ in range(3)]
+        replies = [c.echo(b"held %d\n" % i) for i, c in enumerate(held)]
+        wait_for(lambda: server.stats.open == 3, 10)
+        refused = []
+        for _ in range(2):
+            with client() as extra:  # connects (the kernel accepts), then is closed
+                refused.append(extra.recv())
+        wait_for(lambda: server.stats.rejected == 2, 10)
+        replies += [c.echo(b"still here %d\n" % i) for i, c in enumerate(held)]
+        held[0].close()
+        wait_for(lambda: server.stats.open == 2, 10)
+        with client() as again:
+            replies.append(again.echo(b"a free slot\n"))
+        for c in held[1:]:
+            c.close()
+        return replies, refused
+
+    result = run_matrix(scenario, mode="line", max_clients=3)
+    replies, refused = result["transcript"]
+    assert replies == [b"held 0\n", b"held 1\n", b"held 2\n", b"still here 0\n",
+                       b"still here 1\n", b"still here 2\n", b"a free slot\n"]
+    assert refused == [b"", b""]
+    stats = result["stats"]
+    assert stats["rejected"] == 2 and stats["accepted"] == 4
+    assert stats["closed"]["peer"] == 4
+    # Rejected connections produce no events: only the four served ones do.
+    assert [e[0] for e in result["events"]].count("open") == 4
+
+
+def test_idle_timeout_closes_silent_connections_only() -> None:
+    """A connection silent for idle_timeout is closed (reason "idle"), whether
+    it talked before or never did; one that keeps talking is not."""
+    idle = 0.3
+
+    def scenario(server, client):
+        talked, silent = client(), client()
+        talked.echo(b"once\n")
+        start = time.monotonic()
+        eofs = [talked.recv(), silent.recv()]  # both closed by the server
+        waited = time.monotonic() - start
+        talked.close()
+        silent.close()
+        with client() as busy:  # active for 4 x idle_timeout: never idle
+            deadline = time.monotonic() + 4 * idle
+            n = 0
+            while time.monotonic() < deadline:
+                assert busy.echo(b"tick\n") == b"tick\n"
+                n += 1
+                time.sleep(idle / 6)  # pacing the client, not waiting for a result
+            alive = not busy.server_closed
+        return eofs, waited >= idle * 0.9, waited < idle + 10, n > 3, alive
+
+    result = run_matrix(scenario, mode="line", idle_timeout=idle)
+    assert result["transcript"] == ([b"", b""], True, True, True, True)
+    assert result["events"] == [
+        ("open", 1, "127.0.0.1", None),
+        ("open", 2, "127.0.0.1", None),
+        # Least recently active first: 2 was silent since before 1's echo.
+        ("close", 2, "127.0.0.1", "idle"),
+        ("close", 1, "127.0.0.1", "idle"),
+        ("open", 3, "127.0.0.1", None),
+        ("close", 3, "127.0.0.1", "peer"),
+    ]
+
+
+def test_idle_timeout_also_ends_a_reader_that_stopped_reading(engine: str) -> None:
+    """Output that cannot be sent is no activity: a client that neither sends
+    nor reads is closed as idle, and its queue freed."""
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="raw", idle_timeout=0.3) as server:
+        server.start()
+        with socket.create_connection(server.server_address) as sock:
+            pump = Pump(sock, Pattern(7), 64 * MIB)
+            try:  # fill every buffer, then stay silent
+                pump.send_until_stalled(stall=2.0, limit=30)
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the server closed it while we still tried to send
+            wait_for(lambda: server.stats.closed["idle"] == 1, 10, "the idle close")
+            assert pump.sent < 64 * MIB
+        assert server.stats.open == 0
+        assert server.stats.closed == {**dict.fromkeys(pyecho.CLOSE_REASONS, 0), "idle": 1}
+
+
+def test_documented_defaults() -> None:
+    """The defaults docs/PROTOCOL.md and docs/SECURITY.md state."""
+    params = inspect.signature(pyecho.EchoServer).parameters
+    assert params["server_address"].default == ("127.0.0.1", 12345)
+    defaults = {name: p.default for name, p in params.items()}
+    assert defaults["max_line"] == 64 * 1024
+    assert defaults["max_pending"] == 256 * 1024
+    assert defaults["max_clients"] is None  # no limit
+    assert defaults["idle_timeout"] is None  # never
+    assert defaults["backlog"] == 128
+    assert pyecho.DEFAULT_HOST == "127.0.0.1"
+    with pyecho.EchoServer((LOOPBACK, 0)) as server:
+        cfg = server.config
+        assert (cfg.max_line, cfg.max_pending, cfg.max_clients, cfg.idle_timeout) == (
+            64 * 1024, 256 * 1024, 0, 0.0,
+        )
