@@ -8,9 +8,9 @@ import math
 from typing import Any
 
 import pytest
-from conftest import LOOPBACK
 
 import pyecho
+from conftest import LOOPBACK
 from pyecho import _native
 
 ADDR = (LOOPBACK, 0)
@@ -140,8 +140,12 @@ def test_the_spy_sees_c_calls(engine: str, no_c_calls: list) -> None:
 
 def test_bad_arguments_to_methods(engine: str) -> None:
     with pyecho.EchoServer(ADDR, engine=engine) as server:
-        for bad, exc in [(0, ValueError), (-1, ValueError), (math.nan, ValueError),
-                         ("1", TypeError)]:
+        for bad, exc in [
+            (0, ValueError),
+            (-1, ValueError),
+            (math.nan, ValueError),
+            ("1", TypeError),
+        ]:
             with pytest.raises(exc, match="timeout"):
                 server.serve_forever(poll_interval=bad)
         server.start()
@@ -153,20 +157,34 @@ def test_bad_arguments_to_methods(engine: str) -> None:
                     client.echo(data)  # type: ignore[arg-type]
                 with pytest.raises(TypeError, match="data must be bytes-like"):
                     client.send(data)  # type: ignore[arg-type]
-            for size, exc in [(0, ValueError), (-1, ValueError), (2**31, ValueError),
-                              (1.0, TypeError), ("8", TypeError)]:
+            for size, exc in [
+                (0, ValueError),
+                (-1, ValueError),
+                (2**31, ValueError),
+                (1.0, TypeError),
+                ("8", TypeError),
+            ]:
                 with pytest.raises(exc, match="bufsize"):
                     client.recv(size)
-            for timeout, exc in [(-1, ValueError), (0, ValueError), (math.inf, ValueError),
-                                 ("1", TypeError)]:
+            for timeout, exc in [
+                (-1, ValueError),
+                (0, ValueError),
+                (math.inf, ValueError),
+                ("1", TypeError),
+            ]:
                 with pytest.raises(exc, match="timeout"):
                     client.timeout = timeout
             # Bytes-like inputs are fine, and the client still works.
             assert client.echo(bytearray(b"ok")) == b"ok"
             assert client.echo(memoryview(b"ok2")) == b"ok2"
         client.close()  # twice is fine
-        for call in (lambda: client.echo(b"x"), lambda: client.send(b"x"), client.recv,
-                     client.shutdown_write, client.fileno):
+        for call in (
+            lambda: client.echo(b"x"),
+            lambda: client.send(b"x"),
+            client.recv,
+            client.shutdown_write,
+            client.fileno,
+        ):
             with pytest.raises(ValueError, match="closed client"):
                 call()
     server.close()  # twice is fine

@@ -37,10 +37,18 @@ def test_c_unit_tests(tmp_path: Path, sanitize: str) -> None:
     if sanitize == "ON" and not _sanitizers_link(tmp_path):
         pytest.skip("the C compiler cannot link -fsanitize=address,undefined")
     build = tmp_path / "build"
-    configure = _run([
-        "cmake", "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
-        "-DPYECHO_BUILD_TESTS=ON", f"-DPYECHO_SANITIZE={sanitize}",
-    ])
+    configure = _run(
+        [
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Debug",
+            "-DPYECHO_BUILD_TESTS=ON",
+            f"-DPYECHO_SANITIZE={sanitize}",
+        ]
+    )
     assert configure.returncode == 0, configure.stdout + configure.stderr
     built = _run(["cmake", "--build", str(build), "-j2"])
     assert built.returncode == 0, built.stdout + built.stderr

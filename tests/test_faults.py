@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
-from conftest import LOOPBACK, SANITIZED, open_fds, scaled, wait_for
 from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
+from conftest import LOOPBACK, SANITIZED, open_fds, scaled, wait_for
 
 READ_CHUNK = 64 * 1024  # what both engines read at once (raw and line mode)
 
@@ -100,8 +100,12 @@ def test_max_pending_bounds_queued_output(engine: str, mode: str) -> None:
     max_pending, max_line = 1000, 500
     bound = max_pending + READ_CHUNK + (max_line if mode == "line" else 0)
     with pyecho.EchoServer(
-        (LOOPBACK, 0), engine=engine, mode=mode, quit_word=None,
-        max_pending=max_pending, max_line=max_line,
+        (LOOPBACK, 0),
+        engine=engine,
+        mode=mode,
+        quit_word=None,
+        max_pending=max_pending,
+        max_line=max_line,
     ) as server:
         server.start()
         with socket.create_connection(server.server_address) as sock:

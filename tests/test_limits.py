@@ -9,11 +9,11 @@ import socket
 import time
 
 import pytest
-from conftest import LOOPBACK, wait_for
-from differential import run_matrix
 from streams import MIB, Pattern, Pump
 
 import pyecho
+from conftest import LOOPBACK, wait_for
+from differential import run_matrix
 
 pytestmark = pytest.mark.native
 
@@ -42,8 +42,15 @@ def test_max_clients_rejects_new_connections_only() -> None:
 
     result = run_matrix(scenario, mode="line", max_clients=3)
     replies, refused = result["transcript"]
-    assert replies == [b"held 0\n", b"held 1\n", b"held 2\n", b"still here 0\n",
-                       b"still here 1\n", b"still here 2\n", b"a free slot\n"]
+    assert replies == [
+        b"held 0\n",
+        b"held 1\n",
+        b"held 2\n",
+        b"still here 0\n",
+        b"still here 1\n",
+        b"still here 2\n",
+        b"a free slot\n",
+    ]
     assert refused == [b"", b""]
     stats = result["stats"]
     assert stats["rejected"] == 2 and stats["accepted"] == 4
@@ -119,5 +126,8 @@ def test_documented_defaults() -> None:
     with pyecho.EchoServer((LOOPBACK, 0)) as server:
         cfg = server.config
         assert (cfg.max_line, cfg.max_pending, cfg.max_clients, cfg.idle_timeout) == (
-            64 * 1024, 256 * 1024, 0, 0.0,
+            64 * 1024,
+            256 * 1024,
+            0,
+            0.0,
         )

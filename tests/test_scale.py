@@ -14,10 +14,10 @@ import socket
 import threading
 import time
 
-from conftest import LOOPBACK, SANITIZED, open_fds, raise_fd_limit, scaled, wait_for
 from procserver import ProcServer
 
 import pyecho
+from conftest import LOOPBACK, SANITIZED, open_fds, raise_fd_limit, scaled, wait_for
 
 MIB = 1 << 20
 
@@ -51,8 +51,9 @@ def test_connections_echoing_at_once(engine: str) -> None:
                     s.setblocking(False)
                     sel.register(s, selectors.EVENT_READ, i)
                 for r in range(rounds):
-                    expected = [b"connection %05d round %d " % (i, r) + b"x" * 64 + b"\n"
-                                for i in range(n)]
+                    expected = [
+                        b"connection %05d round %d " % (i, r) + b"x" * 64 + b"\n" for i in range(n)
+                    ]
                     for i, s in enumerate(socks):
                         s.sendall(expected[i])  # small: always fits the socket buffer
                     got = [b""] * n
@@ -78,8 +79,10 @@ def test_connections_echoing_at_once(engine: str) -> None:
     assert stats["closed"]["peer"] == n
     per_round = n * (len(b"connection 00000 round 0 ") + 65)
     assert stats["bytes_in"] == stats["bytes_out"] == rounds * per_round
-    print(f"\n[{engine}] {held} connections held at once ({fds_held} server descriptors), "
-          f"{rounds} rounds echoed and verified")
+    print(
+        f"\n[{engine}] {held} connections held at once ({fds_held} server descriptors), "
+        f"{rounds} rounds echoed and verified"
+    )
 
 
 def test_connect_close_cycles(engine: str) -> None:
@@ -122,8 +125,10 @@ def test_connect_close_cycles(engine: str) -> None:
     assert stats["accepted"] == total
     assert sum(stats["closed"].values()) == total
     assert stats["closed"]["peer"] + stats["closed"]["reset"] == total
-    print(f"\n[{engine}] {cycles} connect/close cycles in {elapsed:.1f}s: server fds "
-          f"{fds} -> {fds_after}, RSS {rss / MIB:.2f} -> {rss_after / MIB:.2f} MiB")
+    print(
+        f"\n[{engine}] {cycles} connect/close cycles in {elapsed:.1f}s: server fds "
+        f"{fds} -> {fds_after}, RSS {rss / MIB:.2f} -> {rss_after / MIB:.2f} MiB"
+    )
     assert fds_after == fds
     if not SANITIZED:
         assert rss_after - rss < MIB, f"server RSS grew {(rss_after - rss) / MIB:.2f} MiB"
@@ -137,8 +142,9 @@ def test_start_stop_cycles(engine: str) -> None:
     def cycle() -> None:
         with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="line") as server:
             server.start()
-            with pyecho.EchoClient(server.server_address, engine=engine, mode="line",
-                                   timeout=10) as client:
+            with pyecho.EchoClient(
+                server.server_address, engine=engine, mode="line", timeout=10
+            ) as client:
                 assert client.echo(b"ping\n") == b"ping\n"
 
     for _ in range(50):  # warm-up: imports, caches, allocator pools
@@ -151,9 +157,11 @@ def test_start_stop_cycles(engine: str) -> None:
     elapsed = time.monotonic() - t0
     gc.collect()
     fds_after, threads_after, rss_after = open_fds(), threading.active_count(), _rss()
-    print(f"\n[{engine}] {cycles} start/stop cycles in {elapsed:.1f}s: fds {fds} -> "
-          f"{fds_after}, threads {threads} -> {threads_after}, "
-          f"RSS {rss / MIB:.2f} -> {rss_after / MIB:.2f} MiB")
+    print(
+        f"\n[{engine}] {cycles} start/stop cycles in {elapsed:.1f}s: fds {fds} -> "
+        f"{fds_after}, threads {threads} -> {threads_after}, "
+        f"RSS {rss / MIB:.2f} -> {rss_after / MIB:.2f} MiB"
+    )
     assert fds_after == fds
     assert threads_after == threads
     if not SANITIZED:

@@ -26,11 +26,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from conftest import SANITIZED, scaled, wait_for
 from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
+from conftest import SANITIZED, scaled, wait_for
 
 MAX_LINE = 4096
 LINE_ALPHABET = b"abcdefgh \r\n"  # cannot spell the quit word
@@ -120,8 +120,10 @@ class Soak:
         first = b"ping\n"
         with socket.create_connection(self.servers[mode].address, timeout=30) as sock:
             assert exchange(sock, first, half_close=False, until_eof=False) == first
-            extra = rng.randbytes(_size(rng, 2 * MIB)) if mode == "raw" else _line_bytes(
-                rng, _size(rng, 2 * MIB)
+            extra = (
+                rng.randbytes(_size(rng, 2 * MIB))
+                if mode == "raw"
+                else _line_bytes(rng, _size(rng, 2 * MIB))
             )
             try:
                 sock.setblocking(False)
@@ -150,7 +152,10 @@ class Soak:
         engine = rng.choice(pyecho.ENGINES)
         total = 0
         with pyecho.EchoClient(
-            self.servers[mode].address, engine=engine, mode=mode, max_line=MAX_LINE,
+            self.servers[mode].address,
+            engine=engine,
+            mode=mode,
+            max_line=MAX_LINE,
             timeout=SESSION_LIMIT,
         ) as c:
             for _ in range(rng.randrange(1, 10)):
@@ -198,8 +203,10 @@ def test_soak(engine: str) -> None:
         before = {m: (s.fds(), s.rss()) for m, s in servers.items()}
         soak = Soak(engine, servers, seed)
         deadline = time.monotonic() + seconds
-        workers = [threading.Thread(target=soak.worker, args=(i, deadline), daemon=True)
-                   for i in range(threads)]
+        workers = [
+            threading.Thread(target=soak.worker, args=(i, deadline), daemon=True)
+            for i in range(threads)
+        ]
         for w in workers:
             w.start()
         for w in workers:
@@ -215,13 +222,17 @@ def test_soak(engine: str) -> None:
             s.kill()
 
     sessions = sum(soak.kinds.values())
-    print(f"\n[{engine}] soak {seconds}s, seed {seed}, {threads} threads: {sessions} sessions, "
-          f"{soak.verified / MIB:.1f} MiB echoed and verified; {dict(sorted(soak.kinds.items()))}")
+    print(
+        f"\n[{engine}] soak {seconds}s, seed {seed}, {threads} threads: {sessions} sessions, "
+        f"{soak.verified / MIB:.1f} MiB echoed and verified; {dict(sorted(soak.kinds.items()))}"
+    )
     for mode, stats in finals.items():
         closed = {reason: n for reason, n in stats["closed"].items() if n}
-        print(f"  {mode}: {stats['accepted']} accepted, closed {closed}, "
-              f"fds {before[mode][0]} -> {after[mode][0]}, "
-              f"RSS {before[mode][1] / MIB:.1f} -> {after[mode][1] / MIB:.1f} MiB")
+        print(
+            f"  {mode}: {stats['accepted']} accepted, closed {closed}, "
+            f"fds {before[mode][0]} -> {after[mode][0]}, "
+            f"RSS {before[mode][1] / MIB:.1f} -> {after[mode][1] / MIB:.1f} MiB"
+        )
         want = dict(soak.expected[mode])
         assert closed == want, f"{mode} server: {closed} != {want}"
         assert stats["accepted"] == sum(soak.expected[mode].values())
