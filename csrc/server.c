@@ -24,20 +24,26 @@
 #define MAX_EVENTS 256         /* epoll events handled per wake-up */
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
+#define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
 
 typedef struct conn {
     int fd;
     uint32_t events;   /* what epoll watches now */
     int closing;       /* 0, or 1 + the close reason once the peer is done */
+    int lingering;     /* after quit: output sent and shut, input dropped */
     int cont;          /* line mode: inside a line longer than max_line */
     uint64_t id;
-    uint64_t last_active_ms;
-    struct conn *prev, *next; /* every connection, least recently active first */
+    uint64_t last_active_ms;  /* or, lingering, when the lingering began */
+    struct conn *prev, *next; /* in srv->active or srv->lingering */
     uint8_t *held;     /* line mode: a partial line, fewer than max_line bytes */
     size_t held_len;
     outbuf out;        /* echo the client has not taken yet */
     net_addr peer;
 } conn;
+
+typedef struct conn_list {
+    conn *oldest, *newest;
+} conn_list;
 
 /* Counters have one writer (the serving thread) and readers anywhere. */
 typedef struct counters {
@@ -53,7 +59,8 @@ struct echo_server {
     uint64_t accept_resume_ms; /* 0: accepting */
     uint64_t now_ms;
     uint64_t next_id;
-    conn *oldest, *newest;
+    conn_list active;          /* least recently active first */
+    conn_list lingering;       /* in the order they began lingering */
     uint8_t *scratch;          /* held line + one read */
     size_t scratch_cap;
     echo_event_fn event_fn;
@@ -76,31 +83,36 @@ static void uncount(_Atomic uint64_t *c)
                           memory_order_relaxed);
 }
 
-/* ---- connection list (ordered by last activity, for idle timeouts) ---- */
+/* ---- connection lists (oldest first, for timeouts) ---------------------- */
 
-static void list_unlink(echo_server *srv, conn *c)
+static conn_list *list_of(echo_server *srv, const conn *c)
 {
-    if (c->prev) c->prev->next = c->next; else srv->oldest = c->next;
-    if (c->next) c->next->prev = c->prev; else srv->newest = c->prev;
+    return c->lingering ? &srv->lingering : &srv->active;
+}
+
+static void list_unlink(conn_list *l, conn *c)
+{
+    if (c->prev) c->prev->next = c->next; else l->oldest = c->next;
+    if (c->next) c->next->prev = c->prev; else l->newest = c->prev;
     c->prev = c->next = NULL;
 }
 
-static void list_append(echo_server *srv, conn *c)
+static void list_append(conn_list *l, conn *c)
 {
-    c->prev = srv->newest;
+    c->prev = l->newest;
     c->next = NULL;
-    if (srv->newest) srv->newest->next = c; else srv->oldest = c;
-    srv->newest = c;
+    if (l->newest) l->newest->next = c; else l->oldest = c;
+    l->newest = c;
 }
 
 static void touch(echo_server *srv, conn *c)
 {
-    if (srv->cfg.idle_timeout_ms == 0)
+    if (srv->cfg.idle_timeout_ms == 0 || c->lingering)
         return;
     c->last_active_ms = srv->now_ms;
-    if (srv->newest != c) {
-        list_unlink(srv, c);
-        list_append(srv, c);
+    if (srv->active.newest != c) {
+        list_unlink(&srv->active, c);
+        list_append(&srv->active, c);
     }
 }
 
@@ -124,7 +136,7 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
 static void conn_close(echo_server *srv, conn *c, int reason)
 {
     close(c->fd); /* also drops it from epoll: the fd is never duplicated */
-    list_unlink(srv, c);
+    list_unlink(list_of(srv, c), c);
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
@@ -133,14 +145,14 @@ static void conn_close(echo_server *srv, conn *c, int reason)
     free(c);
 }
 
-/* Watch for input while the peer may still send and the queue has room; for
- * output while anything is queued. */
+/* Watch for input while the peer may still send and the queue has room (or,
+ * lingering, for its EOF); for output while anything is queued. */
 static int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
     struct epoll_event ev;
 
-    if (!c->closing && c->out.len < srv->cfg.max_pending)
+    if (c->lingering || (!c->closing && c->out.len < srv->cfg.max_pending))
         want |= EPOLLIN;
     if (c->out.len > 0)
         want |= EPOLLOUT;
@@ -154,19 +166,51 @@ static int update_interest(echo_server *srv, conn *c)
     return 0;
 }
 
-/* The peer is done (EOF or quit): close now or once the queue drains. */
+static int is_reset(int err)
+{
+    return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
+}
+
+/*
+ * All echo is out and the connection ends. After the quit word the peer may
+ * still be sending, and close() with unread input answers with a reset that
+ * destroys echo still in flight to it. So linger instead: shut our side (the
+ * FIN follows the echo), drop what the peer sends, and close at its EOF or
+ * after LINGER_MS.
+ */
+static void conn_done(echo_server *srv, conn *c, int reason)
+{
+    if (reason != ECHO_CLOSE_QUIT || shutdown(c->fd, SHUT_WR) != 0) {
+        conn_close(srv, c, reason);
+        return;
+    }
+    list_unlink(&srv->active, c);
+    c->lingering = 1;
+    c->last_active_ms = srv->now_ms;
+    list_append(&srv->lingering, c);
+    if (update_interest(srv, c) != 0)
+        conn_close(srv, c, reason);
+}
+
+/* Lingering: read and drop; the peer's EOF (or failure) ends it. */
+static void on_lingering_readable(echo_server *srv, conn *c)
+{
+    ssize_t n = recv(c->fd, srv->scratch, srv->scratch_cap, 0);
+
+    if (n > 0)
+        count(&srv->stats.bytes_in, (uint64_t)n);
+    else if (n == 0 || is_reset(errno))
+        conn_close(srv, c, ECHO_CLOSE_QUIT);
+}
+
+/* The peer is done (EOF or quit): end now or once the queue drains. */
 static void finish(echo_server *srv, conn *c, int reason)
 {
     c->closing = 1 + reason;
     if (c->out.len == 0)
-        conn_close(srv, c, reason);
+        conn_done(srv, c, reason);
     else if (update_interest(srv, c) != 0)
         conn_close(srv, c, ECHO_CLOSE_RESET);
-}
-
-static int is_reset(int err)
-{
-    return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
 }
 
 /* Write what can go now; 0, or -1 if the connection failed. */
@@ -278,7 +322,7 @@ static int on_writable(echo_server *srv, conn *c)
     if (c->out.len < before)
         touch(srv, c);
     if (c->closing && c->out.len == 0) {
-        conn_close(srv, c, c->closing - 1);
+        conn_done(srv, c, c->closing - 1);
         return 1;
     }
     if (update_interest(srv, c) != 0) {
@@ -328,7 +372,7 @@ static void add_conn(echo_server *srv, int fd, const net_addr *peer)
         pause_accepting(srv);
         return;
     }
-    list_append(srv, c);
+    list_append(&srv->active, c);
     count(&srv->stats.accepted, 1);
     count(&srv->stats.open, 1);
     notify(srv, c, ECHO_EVENT_OPEN, 0);
@@ -363,32 +407,43 @@ static void on_acceptable(echo_server *srv)
 
 /* ---- the loop ------------------------------------------------------------ */
 
-static void close_idle(echo_server *srv)
+static void close_expired(echo_server *srv)
 {
     uint32_t idle = srv->cfg.idle_timeout_ms;
+    conn_list *l = &srv->active;
 
-    while (idle != 0 && srv->oldest != NULL &&
-           srv->oldest->last_active_ms + idle <= srv->now_ms)
-        conn_close(srv, srv->oldest, ECHO_CLOSE_IDLE);
+    while (idle != 0 && l->oldest != NULL && l->oldest->last_active_ms + idle <= srv->now_ms)
+        conn_close(srv, l->oldest, ECHO_CLOSE_IDLE);
+    l = &srv->lingering;
+    while (l->oldest != NULL && l->oldest->last_active_ms + LINGER_MS <= srv->now_ms)
+        conn_close(srv, l->oldest, ECHO_CLOSE_QUIT);
 }
 
 static void close_all(echo_server *srv, int reason)
 {
-    while (srv->oldest != NULL)
-        conn_close(srv, srv->oldest, reason);
+    while (srv->active.oldest != NULL)
+        conn_close(srv, srv->active.oldest, reason);
+    /* Their echo is out and the peer asked to quit: that is how they end. */
+    while (srv->lingering.oldest != NULL)
+        conn_close(srv, srv->lingering.oldest, ECHO_CLOSE_QUIT);
 }
 
 #define FOREVER UINT64_MAX
 #define LONGEST_WAIT_MS 3600000 /* keeps the int for epoll_wait in range */
 
-/* How long epoll may sleep: until the deadline, the next idle expiry or the
- * end of an accept pause, whichever is first; -1 for none of them. */
+/* How long epoll may sleep: until the deadline, the next idle or linger
+ * expiry or the end of an accept pause, whichever is first; -1 for none. */
 static int next_wait(const echo_server *srv, uint64_t deadline)
 {
     uint64_t until = deadline;
 
-    if (srv->cfg.idle_timeout_ms != 0 && srv->oldest != NULL) {
-        uint64_t t = srv->oldest->last_active_ms + srv->cfg.idle_timeout_ms;
+    if (srv->cfg.idle_timeout_ms != 0 && srv->active.oldest != NULL) {
+        uint64_t t = srv->active.oldest->last_active_ms + srv->cfg.idle_timeout_ms;
+        if (t < until)
+            until = t;
+    }
+    if (srv->lingering.oldest != NULL) {
+        uint64_t t = srv->lingering.oldest->last_active_ms + LINGER_MS;
         if (t < until)
             until = t;
     }
@@ -417,8 +472,12 @@ static void dispatch(echo_server *srv, struct epoll_event *ev)
         ev->events |= c->events;
     if ((ev->events & EPOLLOUT) && on_writable(srv, c))
         return;
-    if ((ev->events & EPOLLIN) && (c->events & EPOLLIN))
-        on_readable(srv, c);
+    if ((ev->events & EPOLLIN) && (c->events & EPOLLIN)) {
+        if (c->lingering)
+            on_lingering_readable(srv, c);
+        else
+            on_readable(srv, c);
+    }
 }
 
 static int stopped(echo_server *srv)
@@ -460,7 +519,7 @@ int echo_server_run(echo_server *srv, int timeout_ms)
          * batch can point at a freed connection. */
         for (int i = 0; i < n; i++)
             dispatch(srv, &srv->events[i]);
-        close_idle(srv);
+        close_expired(srv);
         if (srv->accept_resume_ms != 0 && srv->now_ms >= srv->accept_resume_ms) {
             if (set_listening(srv, EPOLLIN) == 0)
                 srv->accept_resume_ms = 0;

@@ -32,6 +32,7 @@ from ._framing import scan
 READ_CHUNK = 64 * 1024  # bytes read at once in raw and line mode
 ACCEPT_BURST = 64  # connections accepted per readiness event
 ACCEPT_PAUSE_MS = 100  # back-off after running out of descriptors
+LINGER_MS = 2000  # longest wait for the peer's EOF after quit
 TRACK_CHUNK = 64 * 1024
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -54,6 +55,7 @@ class _Conn:
         "sock",
         "events",
         "closing",
+        "lingering",
         "cont",
         "id",
         "last_active_ms",
@@ -66,9 +68,10 @@ class _Conn:
         self.sock = sock
         self.events = READ
         self.closing: str | None = None  # the close reason once the peer is done
+        self.lingering = False  # after quit: output sent and shut, input dropped
         self.cont = False  # line mode: inside a line longer than max_line
         self.id = conn_id
-        self.last_active_ms = now
+        self.last_active_ms = now  # or, lingering, when the lingering began
         self.held = b""  # line mode: a partial line
         self.out = bytearray()  # echo the client has not taken yet
         self.peer = (peer[0], peer[1])
@@ -93,6 +96,7 @@ class PyServer:
         self._accept_resume_ms = 0
         self._stop = threading.Event()
         self._conns: OrderedDict[int, _Conn] = OrderedDict()  # least recently active first
+        self._lingering: OrderedDict[int, _Conn] = OrderedDict()  # in the order they began
         self._counts = dict.fromkeys(("accepted", "open", "rejected", "bytes_in", "bytes_out"), 0)
         self._closed = dict.fromkeys(CLOSE_REASONS, 0)
         self._sel = selectors.DefaultSelector()
@@ -111,10 +115,10 @@ class PyServer:
             self.free()
             raise
 
-    # ---- connection list (ordered by last activity, for idle timeouts) ----
+    # ---- connection lists (oldest first, for timeouts) ----
 
     def _touch(self, c: _Conn) -> None:
-        if self._idle_ms:
+        if self._idle_ms and not c.lingering:
             c.last_active_ms = self._now
             self._conns.move_to_end(c.id)
 
@@ -130,16 +134,16 @@ class PyServer:
         except KeyError:  # a KeyboardInterrupt came between accept and register
             pass
         c.sock.close()
-        del self._conns[c.id]
+        del (self._lingering if c.lingering else self._conns)[c.id]
         self._counts["open"] -= 1
         self._closed[reason] += 1
         self._notify(c, "close", reason)
 
     def _update_interest(self, c: _Conn) -> None:
         """Watch for input while the peer may still send and the queue has
-        room; for output while anything is queued."""
+        room (or, lingering, for its EOF); for output while anything is queued."""
         want = 0
-        if c.closing is None and len(c.out) < self.cfg.max_pending:
+        if c.lingering or (c.closing is None and len(c.out) < self.cfg.max_pending):
             want |= READ
         if c.out:
             want |= WRITE
@@ -147,11 +151,44 @@ class PyServer:
             self._sel.modify(c.sock, want, c)
             c.events = want
 
+    def _conn_done(self, c: _Conn, reason: str) -> None:
+        """All echo is out and the connection ends. After the quit word the
+        peer may still be sending, and close() with unread input answers with
+        a reset that destroys echo still in flight to it. So linger instead:
+        shut our side (the FIN follows the echo), drop what the peer sends,
+        and close at its EOF or after LINGER_MS."""
+        if reason != QUIT:
+            self._conn_close(c, reason)
+            return
+        try:
+            c.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._conn_close(c, reason)
+            return
+        del self._conns[c.id]
+        c.lingering = True
+        c.last_active_ms = self._now
+        self._lingering[c.id] = c
+        self._update_interest(c)
+
+    def _on_lingering_readable(self, c: _Conn) -> None:
+        """Lingering: read and drop; the peer's EOF (or failure) ends it."""
+        try:
+            dropped = c.sock.recv(READ_CHUNK)
+        except _RETRY:
+            return
+        except OSError:
+            dropped = b""
+        if dropped:
+            self._counts["bytes_in"] += len(dropped)
+        else:
+            self._conn_close(c, QUIT)
+
     def _finish(self, c: _Conn, reason: str) -> None:
-        """The peer is done (EOF or quit): close now or once the queue drains."""
+        """The peer is done (EOF or quit): end now or once the queue drains."""
         c.closing = reason
         if not c.out:
-            self._conn_close(c, reason)
+            self._conn_done(c, reason)
         else:
             self._update_interest(c)
 
@@ -232,7 +269,7 @@ class PyServer:
         if len(c.out) < before:
             self._touch(c)
         if c.closing is not None and not c.out:
-            self._conn_close(c, c.closing)
+            self._conn_done(c, c.closing)
             return True
         self._update_interest(c)
         return False
@@ -275,23 +312,34 @@ class PyServer:
 
     # ---- the loop ----
 
-    def _close_idle(self) -> None:
+    def _close_expired(self) -> None:
         while self._idle_ms and self._conns:
             oldest = next(iter(self._conns.values()))
             if oldest.last_active_ms + self._idle_ms > self._now:
                 break
             self._conn_close(oldest, IDLE)
+        while self._lingering:
+            oldest = next(iter(self._lingering.values()))
+            if oldest.last_active_ms + LINGER_MS > self._now:
+                break
+            self._conn_close(oldest, QUIT)
 
     def _close_all(self, reason: str) -> None:
         while self._conns:
             self._conn_close(next(iter(self._conns.values())), reason)
+        # Their echo is out and the peer asked to quit: that is how they end.
+        while self._lingering:
+            self._conn_close(next(iter(self._lingering.values())), QUIT)
 
     def _next_wait(self, deadline: int | None) -> float | None:
-        """How long to sleep: until the deadline, the next idle expiry or the
-        end of an accept pause, whichever is first; None for none of them."""
+        """How long to sleep: until the deadline, the next idle or linger
+        expiry or the end of an accept pause, whichever is first; None for none."""
         until = deadline
         if self._idle_ms and self._conns:
             t = next(iter(self._conns.values())).last_active_ms + self._idle_ms
+            until = t if until is None else min(until, t)
+        if self._lingering:
+            t = next(iter(self._lingering.values())).last_active_ms + LINGER_MS
             until = t if until is None else min(until, t)
         if self._accept_resume_ms:
             t = self._accept_resume_ms
@@ -310,7 +358,10 @@ class PyServer:
         if mask & WRITE and self._on_writable(c):
             return
         if mask & READ and c.events & READ:
-            self._on_readable(c)
+            if c.lingering:
+                self._on_lingering_readable(c)
+            else:
+                self._on_readable(c)
 
     def _stopped(self) -> bool:
         if not self._stop.is_set():
@@ -339,7 +390,7 @@ class PyServer:
             # after the batch, so no event in the batch points at a closed one.
             for key, mask in ready:
                 self._dispatch(key, mask)
-            self._close_idle()
+            self._close_expired()
             if self._accept_resume_ms and self._now >= self._accept_resume_ms:
                 self._sel.register(self._listener, READ, None)
                 self._accept_resume_ms = 0
