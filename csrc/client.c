@@ -149,6 +149,11 @@ int echo_client_set_timeout(echo_client *cli, int timeout_ms)
     return 0;
 }
 
+int echo_client_quit_sent(const echo_client *cli)
+{
+    return cli != NULL && cli->quit_sent;
+}
+
 int echo_client_fileno(const echo_client *cli)
 {
     return cli == NULL ? -1 : cli->fd;
@@ -295,7 +300,12 @@ int echo_client_shutdown_write(echo_client *cli)
 {
     if (cli == NULL || cli->fd < 0)
         return -EINVAL;
-    return shutdown(cli->fd, SHUT_WR) == 0 ? 0 : -errno;
+    if (shutdown(cli->fd, SHUT_WR) != 0)
+        return -errno;
+    /* At EOF the server echoes a partial line too: it is owed now. */
+    cli->owed += cli->held_len;
+    cli->held_len = 0;
+    return 0;
 }
 
 void echo_client_free(echo_client *cli)

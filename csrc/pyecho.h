@@ -143,9 +143,12 @@ enum echo_reply {
 int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
                      uint8_t *reply, size_t cap, size_t *got);
 int echo_client_set_timeout(echo_client *cli, int timeout_ms);
+/* 1 once the quit word was sent: the server is closing the connection. */
+int echo_client_quit_sent(const echo_client *cli);
 /* The most bytes echo_client_echo() of len bytes can return. */
 size_t echo_client_reply_room(const echo_client *cli, size_t len);
-/* Half-close: no more sends; replies can still be received. */
+/* Half-close: no more sends. The server echoes a partial line at EOF, so it
+ * is owed from now on; replies can still be received. */
 int echo_client_shutdown_write(echo_client *cli);
 int echo_client_fileno(const echo_client *cli);
 void echo_client_free(echo_client *cli);

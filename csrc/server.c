@@ -135,7 +135,9 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
 
 static void conn_close(echo_server *srv, conn *c, int reason)
 {
-    close(c->fd); /* also drops it from epoll: the fd is never duplicated */
+    /* close() alone would leave it in epoll if a fork() duplicated the fd. */
+    epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
     list_unlink(list_of(srv, c), c);
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
@@ -486,10 +488,11 @@ static int stopped(echo_server *srv)
 
     if (!atomic_load(&srv->stop))
         return 0;
+    close_all(srv, ECHO_CLOSE_SHUTDOWN);
+    /* Only now: a stop asked for by a close event belongs to this stop. */
     while (read(srv->wake_fd, &drain, sizeof drain) > 0)
         ;
     atomic_store(&srv->stop, 0);
-    close_all(srv, ECHO_CLOSE_SHUTDOWN);
     return 1;
 }
 
@@ -515,8 +518,8 @@ int echo_server_run(echo_server *srv, int timeout_ms)
         }
         srv->now_ms = net_now_ms();
         /* A connection is only ever closed from its own event here (an fd
-         * appears once per batch) or after the batch, so no event in the
-         * batch can point at a freed connection. */
+         * appears once per batch, and conn_close removes it from epoll) or
+         * after the batch, so no event can point at a freed connection. */
         for (int i = 0; i < n; i++)
             dispatch(srv, &srv->events[i]);
         close_expired(srv);

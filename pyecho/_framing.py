@@ -64,3 +64,15 @@ def scan(cfg: Config, cont: bool, buf: bytes) -> tuple[int, bool, bool]:
         emit, quit_ = _scan_seed(cfg, buf)
         return emit, cont, quit_
     return len(buf), cont, False
+
+
+def is_quit_message(cfg: Config, message: bytes) -> bool:
+    """Would the server take this whole message (line mode: one line with its
+    terminator; seed mode: one read) for the quit word?"""
+    if cfg.mode == "line":
+        return (
+            message.endswith(b"\n") and len(message) <= cfg.max_line and _is_quit_line(cfg, message)
+        )
+    if cfg.mode == "seed":
+        return len(message) <= cfg.bufsize and _scan_seed(cfg, message)[1]
+    return False

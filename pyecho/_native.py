@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ def _check(rc: int) -> int:
     return rc
 
 
+def _release_server(ffi: Any, lib: Any, srv: Any) -> None:
+    lib.echo_server_set_event_fn(srv, ffi.NULL, ffi.NULL)
+    lib.echo_server_free(srv)
+
+
 class _CConfig:
     """A C echo_config for a Config, keeping the quit word's buffer alive."""
 
@@ -138,6 +144,9 @@ class NativeServer:
         out = ffi.new("echo_server **")
         _check(lib.echo_server_new(ccfg.struct, host.encode(), port, out))
         self._srv = out[0]
+        # Dropped without free(): close its sockets anyway, as the Python
+        # engine's socket objects do, with no events from a half-gone object.
+        self._finalizer = weakref.finalize(self, _release_server, ffi, lib, self._srv)
         self._callback = None
         self._callback_error: BaseException | None = None
         if on_event is not None:
@@ -194,6 +203,7 @@ class NativeServer:
 
     def free(self) -> None:
         if self._srv is not None:
+            self._finalizer.detach()
             self._lib.echo_server_free(self._srv)
             self._srv = None
 
@@ -215,6 +225,7 @@ class NativeClient:
                 break
         _check(rc)
         self._cli = out[0]
+        self._finalizer = weakref.finalize(self, lib.echo_client_free, self._cli)
         self._got = ffi.new("size_t *")
 
     @staticmethod
@@ -258,6 +269,10 @@ class NativeClient:
         )
         return self._ffi.buffer(reply, self._got[0])[:], rc
 
+    @property
+    def quit_sent(self) -> bool:
+        return bool(self._lib.echo_client_quit_sent(self._cli))
+
     def shutdown_write(self) -> None:
         _check(self._lib.echo_client_shutdown_write(self._cli))
 
@@ -266,5 +281,5 @@ class NativeClient:
 
     def close(self) -> None:
         if self._cli is not None:
-            self._lib.echo_client_free(self._cli)
+            self._finalizer()  # echo_client_free, once
             self._cli = None

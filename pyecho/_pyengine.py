@@ -366,13 +366,14 @@ class PyServer:
     def _stopped(self) -> bool:
         if not self._stop.is_set():
             return False
+        self._close_all(SHUTDOWN)
+        # Only now: a stop asked for by a close event belongs to this stop.
         try:
             while self._wake_r.recv(4096):
                 pass
         except _RETRY:
             pass
         self._stop.clear()
-        self._close_all(SHUTDOWN)
         return True
 
     def run(self, timeout: float | None) -> int:
@@ -554,8 +555,15 @@ class PyClient:
             if receiving and ready & select.POLLIN:
                 self._recv_some(reply, expect)
 
+    @property
+    def quit_sent(self) -> bool:
+        return self._quit_sent
+
     def shutdown_write(self) -> None:
         self._sock.shutdown(socket.SHUT_WR)
+        # At EOF the server echoes a partial line too: it is owed now.
+        self._owed += len(self._held)
+        self._held = b""
 
     def fileno(self) -> int:
         return self._sock.fileno()

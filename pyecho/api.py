@@ -7,6 +7,7 @@ tests/ checks scenario by scenario.
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -75,7 +76,9 @@ class EchoServer:
         self.mode = mode
         self._user_on_event = on_event
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
+        # Guards the life cycle; reentrant, as close events run on_event while
+        # close() holds it.
+        self._lock = threading.RLock()
         self._serving_thread: threading.Thread | None = None
         self._done = threading.Event()
         self._done.set()
@@ -97,15 +100,34 @@ class EchoServer:
         """Serve until shutdown(). Signals (Ctrl+C) are handled at least every
         poll_interval seconds, at once when the server is idle."""
         poll_interval = check_timeout(poll_interval) or 0.1
+        self._claim(threading.current_thread())
+        self._serve(poll_interval)
+
+    def start(self) -> EchoServer:
+        """Serve on a background (daemon) thread; returns self. The server
+        counts as serving from this call on, so a shutdown() right after it
+        is never missed."""
+        thread = threading.Thread(
+            target=self._serve, args=(0.1,), name=f"pyecho-{self.engine}", daemon=True
+        )
+        self._claim(thread)
+        self._thread = thread
+        thread.start()
+        return self
+
+    def _claim(self, thread: threading.Thread) -> None:
         with self._lock:
             if self._core is None:
-                raise ValueError("serve_forever() on a closed server")
+                raise ValueError("start() or serve_forever() on a closed server")
             if self._serving_thread is not None:
                 raise RuntimeError("the server is already serving")
-            self._serving_thread = threading.current_thread()
+            self._serving_thread = thread
             self._done.clear()
+
+    def _serve(self, poll_interval: float) -> None:
+        core = self._core  # close() waits for us before it frees it
         try:
-            while self._core.run(poll_interval) == 1:
+            while core.run(poll_interval) == 1:
                 pass
         finally:
             with self._lock:
@@ -115,51 +137,43 @@ class EchoServer:
             error, self._error = self._error, None
             raise error
 
-    def start(self) -> EchoServer:
-        """Serve on a background (daemon) thread; returns self."""
-        if self._core is None:
-            raise ValueError("start() on a closed server")
-        if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError("the server is already serving")
-        self._thread = threading.Thread(
-            target=self.serve_forever, name=f"pyecho-{self.engine}", daemon=True
-        )
-        self._thread.start()
-        return self
-
     def shutdown(self) -> None:
         """Stop serve_forever() and wait for it: every client connection is
         closed (reason "shutdown"). The listening socket stays open until
         close()."""
         with self._lock:
             serving = self._serving_thread
-            if serving is None or self._core is None:
+            if serving is None:
                 return
             self._core.stop()
+            thread, self._thread = self._thread, None
         if serving is not threading.current_thread():
             self._done.wait()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-            self._thread = None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def close(self) -> None:
         """shutdown(), then close every socket. Safe to call twice."""
         if self._serving_thread is threading.current_thread():
             raise RuntimeError("close() from the serving thread (on_event): call shutdown()")
-        self.shutdown()
-        with self._lock:
-            core, self._core = self._core, None
-        if core is not None:
-            core.free()
+        while True:
+            self.shutdown()
+            with self._lock:  # no start() can come between this check and the free
+                if self._serving_thread is not None:
+                    continue  # started again meanwhile
+                core, self._core = self._core, None
+                if core is not None:
+                    core.free()
+                return
 
     server_close = close  # socketserver's name
 
     @property
     def stats(self) -> Stats:
-        core = self._core
-        if core is None:
-            raise ValueError("stats of a closed server")
-        return core.stats()
+        with self._lock:
+            if self._core is None:
+                raise ValueError("stats of a closed server")
+            return self._core.stats()
 
     def __enter__(self) -> EchoServer:
         return self
@@ -201,6 +215,7 @@ class EchoClient:
         self.engine = engine
         self.mode = mode
         self.server_closed = False  # the server closed the connection
+        self._broken = False  # an echo() or send() failed part way
         # Try each address the name has, as socket.create_connection() does.
         error: OSError | None = None
         for family, host, port in resolve(server_address, server=False):
@@ -219,6 +234,25 @@ class EchoClient:
             raise ValueError("I/O on a closed client")
         return self._core
 
+    def _framed(self, data: bytes, call: Callable[[], Any]) -> Any:
+        """Run a call that moves the framing on. If it fails or is interrupted
+        part way (a timeout, Ctrl+C), how much was sent and what echo is owed
+        is unknown: later echo() and send() refuse rather than guess."""
+        if data and self._open().quit_sent:
+            raise BrokenPipeError(
+                errno.EPIPE, "the quit word was sent: the server is closing this connection"
+            )
+        if self._broken:
+            raise ConnectionError(
+                "an earlier echo() or send() failed part way; the connection's "
+                "state is unknown: close it"
+            )
+        try:
+            return call()
+        except BaseException:
+            self._broken = True
+            raise
+
     @property
     def timeout(self) -> float | None:
         return self._open().timeout
@@ -233,7 +267,8 @@ class EchoClient:
         ConnectionClosedError (with ``.partial``) if the server closed the
         connection before the whole echo arrived."""
         data = check_data(data)
-        reply, status = self._open().echo(data)
+        core = self._open()
+        reply, status = self._framed(data, lambda: core.echo(data))
         if status != REPLY_OPEN:
             self.server_closed = True
         if status == REPLY_SHORT:
@@ -241,8 +276,10 @@ class EchoClient:
         return reply
 
     def send(self, data: bytes) -> None:
-        """Send all of data."""
-        self._open().send(check_data(data))
+        """Send all of data; its echo is owed to the next echo() (or recv())."""
+        data = check_data(data)
+        core = self._open()
+        self._framed(data, lambda: core.send(data))
 
     def recv(self, bufsize: int = 65536) -> bytes:
         """Receive up to bufsize bytes; b"" when the server closed."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ._config import DEFAULT_HOST, DEFAULT_PORT, ENGINES, MODES, ConnectionClosedError, Event
+from ._framing import is_quit_message
 from ._native import NativeUnavailableError
 from .api import EchoClient, EchoServer
 
@@ -157,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     client = sub.add_parser("client", help="talk to an echo server (like the original client.c)")
     _common_options(client, "server address (default 127.0.0.1)")
     client.add_argument(
-        "--timeout", type=_seconds, default=None, help="give up waiting for the server"
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds to wait for the server's echo (default 10)",
     )
 
     # Listed for --help; main() hands `pyecho bench ...` to pyecho.bench whole.
@@ -212,6 +216,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         server.serve_forever()
+    except OSError as e:  # from printing a log line: stdout went away, say
+        raise CliError(f"stopped serving: {e}") from None
     except KeyboardInterrupt:
         server.close()  # every client socket, then the listening one
         say(MSG_CTRL_C)
@@ -298,7 +304,6 @@ def client(args: argparse.Namespace) -> int:
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "connect")) from None
     stdout = sys.stdout.buffer
-    quit_word = args.quit_word.encode()
 
     def out(data: bytes) -> None:
         stdout.write(data)
@@ -321,7 +326,7 @@ def client(args: argparse.Namespace) -> int:
                 return 0
             seed = args.mode == "seed"
             for piece, whole in _words(chunks) if seed else _lines(chunks):
-                if whole and (piece if seed else piece.rstrip(b"\r\n")) == quit_word:
+                if whole and is_quit_message(conn.config, piece):
                     conn.send(piece)  # as the original: send the quit word and go
                     return 0
                 reply = conn.echo(piece)
@@ -335,8 +340,16 @@ def client(args: argparse.Namespace) -> int:
             return 1
         except TimeoutError:
             raise CliError(
-                f"the server at {args.host}:{args.port} did not answer within {args.timeout}s"
+                f"the server at {args.host}:{args.port} did not answer within {args.timeout}s "
+                f"(does it speak --mode {args.mode}?)"
             ) from None
+        except OSError as e:
+            if e.errno == errno.EPROTO:
+                raise CliError(
+                    f"the server at {args.host}:{args.port} echoed more than --mode "
+                    f"{args.mode} allows (is it in another mode?)"
+                ) from None
+            raise CliError(f"connection to {args.host}:{args.port} failed: {e}") from None
 
 
 # ---- entry point ----

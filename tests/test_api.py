@@ -269,3 +269,61 @@ def test_client_resolves_names_and_tries_each_address(engine: str) -> None:
         with pyecho.EchoClient(("localhost", port), engine=engine, timeout=10) as c:
             assert c.server_address == (LOOPBACK, port)
             assert c.echo(b"by name") == b"by name"
+
+
+def test_shutdown_right_after_start_is_never_missed(engine: str) -> None:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with pyecho.EchoServer((LOOPBACK, 0), engine=engine) as server:
+            for _ in range(200):
+                server.start()
+                server.shutdown()
+                assert server._serving_thread is None
+                assert not any(t.name.startswith("pyecho-") for t in threading.enumerate())
+            server.start()
+        # close() right after start() neither leaves a thread nor fails in it
+        for _ in range(200):
+            pyecho.EchoServer((LOOPBACK, 0), engine=engine).start().close()
+        assert not any(t.name.startswith("pyecho-") for t in threading.enumerate())
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_a_dropped_server_and_client_release_their_sockets(engine: str) -> None:
+    import gc
+
+    before = open_fds()
+    server = pyecho.EchoServer((LOOPBACK, 0), engine=engine)
+    port = server.server_address[1]
+    client = pyecho.EchoClient((LOOPBACK, port), engine=engine, timeout=10)
+    del server, client
+    gc.collect()
+    assert open_fds() == before
+    with socket.socket() as s:
+        s.bind((LOOPBACK, port))  # the port is free again
+
+
+def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: str) -> None:
+    """close() does not remove a socket from epoll while a fork() holds a copy;
+    the C server must not be woken for a connection it already freed."""
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="line").start() as server:
+        c = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
+        assert c.echo(b"before fork\n") == b"before fork\n"
+        pid = os.fork()
+        if pid == 0:  # the child keeps copies of every descriptor for a while
+            time.sleep(1.0)
+            os._exit(0)
+        try:
+            raw = socket.socket(fileno=os.dup(c.fileno()))
+            raw.sendall(b"exit\n" + b"after\n" * 1000)
+            raw.shutdown(socket.SHUT_WR)
+            c.close()
+            raw.close()
+            wait_for(lambda: server.stats.open == 0)
+            with pyecho.EchoClient(server.server_address, engine=engine, mode="line") as d:
+                assert d.echo(b"still serving\n") == b"still serving\n"
+        finally:
+            os.waitpid(pid, 0)
+        stats = server.stats
+    assert stats.closed["quit"] == 1 and stats.closed["reset"] == 0

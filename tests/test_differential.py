@@ -14,6 +14,7 @@ import threading
 
 import pytest
 
+from conftest import wait_for
 from differential import run_matrix
 
 pytestmark = pytest.mark.native  # the matrix runs the C core as server and client
@@ -250,3 +251,47 @@ def test_shutdown_with_clients_still_connected(mode: str) -> None:
     result = run_matrix(scenario, mode=mode, ordered_events=False)
     assert result["transcript"] == [b"", b"", b""]
     assert closes(result["stats"]) == {"shutdown": 3}
+
+
+def test_half_close_makes_a_partial_line_owed() -> None:
+    def scenario(server, client):
+        with client() as c:
+            c.send(b"whole\npartial")
+            c.shutdown_write()  # the server echoes the partial line at EOF
+            return c.echo(b""), c.recv()
+
+    assert run_matrix(scenario, mode="line")["transcript"] == (b"whole\npartial", b"")
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_echo_before_the_quit_word_survives_input_after_it(engine: str) -> None:
+    """The server stops reading at the quit word; closing with the client's
+    later bytes unread would send a reset that destroys echo still in flight
+    to a slow reader. It lingers instead: every byte before the quit arrives."""
+    import time
+
+    import pyecho
+
+    lines = b"".join(b"line %07d ................................\n" % i for i in range(60_000))
+    with pyecho.EchoServer(("127.0.0.1", 0), engine=engine, mode="line").start() as server:
+        with socket.create_connection(server.server_address, timeout=30) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            got = bytearray()
+            errors: list[OSError] = []
+
+            def slow_reader() -> None:
+                try:
+                    while chunk := s.recv(16384):
+                        got.extend(chunk)
+                        time.sleep(0.001)
+                except OSError as e:
+                    errors.append(e)
+
+            reader = threading.Thread(target=slow_reader)
+            reader.start()
+            s.sendall(lines + b"exit\n" + b"more after the quit word\n" * 8000)
+            reader.join(timeout=60)
+        assert errors == []
+        assert len(got) == len(lines) and bytes(got) == lines
+        wait_for(lambda: server.stats.closed["quit"] == 1, 10, "the quit close")
+        assert server.stats.closed["reset"] == 0
