@@ -217,6 +217,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     except OSError as e:  # from printing a log line: stdout went away, say
+        if e.errno == errno.EPIPE:
+            # Python would report the broken stdout again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise CliError(f"stopped serving: {e}") from None
     except KeyboardInterrupt:
         server.close()  # every client socket, then the listening one

@@ -212,3 +212,64 @@ def test_bench_subcommand_reaches_the_benchmark(cwd: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"usage: pyecho bench ")
     assert b"--quick" in result.stdout
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_client_against_a_server_in_another_mode(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine)  # seed mode
+    try:
+        result = run_client(
+            cwd, port, b"hello\n", "--engine", engine, "--mode", "line", "--timeout", "0.5"
+        )
+        assert result.returncode == 1
+        assert one_line_error(result) == (
+            f"pyecho: error: the server at 127.0.0.1:{port} did not answer within 0.5s "
+            "(does it speak --mode line?)"
+        )
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_serve_whose_output_went_away_stops_with_one_line(cwd: Path, engine: str) -> None:
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [*PYECHO, "serve", "--port", "0", "--engine", engine],
+        cwd=cwd,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as out:  # like `pyecho serve | head -1`
+            port = int(out.readline().split(b"127.0.0.1:")[1].split()[0])
+        with socket.create_connection((LOOPBACK, port), timeout=10):
+            assert proc.wait(10) == 1
+        err = proc.stderr.read().decode()
+        assert err.startswith("pyecho: error: stopped serving: [Errno 32] Broken pipe"), err
+        assert err.count("\n") == 1, err
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_quit_detection_is_the_servers(cwd: Path, engine: str) -> None:
+    """Only what the server's framing takes for the quit word ends the client."""
+    server, port = serve(cwd, "--engine", engine, "--mode", "line")
+    try:
+        out = run_client(
+            cwd,
+            port,
+            b"exit\r\r\nexit \nEXIT\nexit\r\nnot sent\n",
+            "--engine",
+            engine,
+            "--mode",
+            "line",
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"exit\r\r\nexit \nEXIT\n"
+        server.expect(r"^INFO :: Client want close")
+    finally:
+        server.kill()
