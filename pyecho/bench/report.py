@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .servers import SERVERS
+
 MiB = 1 << 20
-SERVER_ORDER = ("floor", "native", "python", "asyncio", "uvloop")
 COLORS = {
     "floor": "#7f7f7f",
     "native": "#1f77b4",
@@ -26,7 +27,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
     for scenario, by_server in result["summary"].items():
         if scenario == "idle":
             continue
-        for server in SERVER_ORDER:
+        for server in SERVERS:
             m = by_server.get(server)
             if m is None:
                 continue
@@ -72,7 +73,7 @@ def _idle_rows(result: dict[str, Any]) -> list[list[str]]:
             f"{m['rss_per_conn_bytes']:,.0f}",
             f"{m['peak_rss_bytes'] / MiB:,.1f}",
         ]
-        for server in SERVER_ORDER
+        for server in SERVERS
         if (m := by_server.get(server)) is not None
     ]
 
@@ -213,7 +214,7 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     flat = list(axes.flat)
     for ax, (metric, title, scale) in zip(flat[:3], panels, strict=True):
-        servers = [s for s in SERVER_ORDER if any(s in summary[sc] for sc in scenarios)]
+        servers = [s for s in SERVERS if any(s in summary[sc] for sc in scenarios)]
         width = 0.8 / max(1, len(servers))
         for i, server in enumerate(servers):
             xs, ys = [], []
@@ -237,7 +238,7 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
             ax.set_visible(False)
     ax = flat[3]
     idle = summary.get("idle", {})
-    servers = [s for s in SERVER_ORDER if s in idle]
+    servers = [s for s in SERVERS if s in idle]
     if servers:
         ys = [idle[s]["rss_per_conn_bytes"] for s in servers]
         ax.bar(servers, ys, color=[COLORS.get(s) for s in servers])
