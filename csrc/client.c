@@ -56,7 +56,9 @@ static size_t track(echo_client *cli, const uint8_t *buf, size_t len, int *quit)
         memcpy(cli->scratch + cli->held_len, buf, n);
         emit = echo_scan(&cli->cfg, &cli->cont, cli->scratch, all, quit);
         total += emit;
-        if (cli->cfg.mode == ECHO_MODE_LINE && !*quit) {
+        if (*quit) {
+            cli->held_len = 0; /* the server drops what follows the quit */
+        } else if (cli->cfg.mode == ECHO_MODE_LINE) {
             cli->held_len = all - emit;
             memmove(cli->scratch, cli->scratch + emit, cli->held_len);
         }

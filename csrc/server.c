@@ -61,6 +61,7 @@ struct echo_server {
     uint64_t next_id;
     conn_list active;          /* least recently active first */
     conn_list lingering;       /* in the order they began lingering */
+    uint64_t lingering_n;      /* how many: they do not count for max_clients */
     uint8_t *scratch;          /* held line + one read */
     size_t scratch_cap;
     echo_event_fn event_fn;
@@ -139,6 +140,8 @@ static void conn_close(echo_server *srv, conn *c, int reason)
     epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     list_unlink(list_of(srv, c), c);
+    if (c->lingering)
+        srv->lingering_n--;
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
@@ -188,6 +191,7 @@ static void conn_done(echo_server *srv, conn *c, int reason)
     }
     list_unlink(&srv->active, c);
     c->lingering = 1;
+    srv->lingering_n++;
     c->last_active_ms = srv->now_ms;
     list_append(&srv->lingering, c);
     if (update_interest(srv, c) != 0)
@@ -397,8 +401,8 @@ static void on_acceptable(echo_server *srv)
             return;
         }
         if (srv->cfg.max_clients != 0 &&
-            atomic_load_explicit(&srv->stats.open, memory_order_relaxed) >=
-                srv->cfg.max_clients) {
+            atomic_load_explicit(&srv->stats.open, memory_order_relaxed) -
+                    srv->lingering_n >= srv->cfg.max_clients) {
             close(fd);
             count(&srv->stats.rejected, 1);
             continue;

@@ -147,6 +147,8 @@ class NativeServer:
         # Dropped without free(): close its sockets anyway, as the Python
         # engine's socket objects do, with no events from a half-gone object.
         self._finalizer = weakref.finalize(self, _release_server, ffi, lib, self._srv)
+        # Not at exit: a daemon thread may still be serving with it then.
+        self._finalizer.atexit = False
         self._callback = None
         self._callback_error: BaseException | None = None
         if on_event is not None:
@@ -226,6 +228,7 @@ class NativeClient:
         _check(rc)
         self._cli = out[0]
         self._finalizer = weakref.finalize(self, lib.echo_client_free, self._cli)
+        self._finalizer.atexit = False  # the process is ending: the OS closes it
         self._got = ffi.new("size_t *")
 
     @staticmethod

@@ -304,7 +304,8 @@ class PyServer:
                     continue
                 self._pause_accepting()  # EMFILE, ENFILE, ENOBUFS, ENOMEM
                 return
-            if self.cfg.max_clients and self._counts["open"] >= self.cfg.max_clients:
+            served = self._counts["open"] - len(self._lingering)  # lingering ones are done
+            if self.cfg.max_clients and served >= self.cfg.max_clients:
                 sock.close()
                 self._counts["rejected"] += 1
                 continue
@@ -415,10 +416,12 @@ class PyServer:
         return Stats(closed=dict(self._closed), **self._counts)
 
     def free(self) -> None:
-        self._close_all(SHUTDOWN)
-        for s in (self._listener, self._wake_r, self._wake_w):
-            s.close()
-        self._sel.close()
+        try:
+            self._close_all(SHUTDOWN)
+        finally:
+            for s in (self._listener, self._wake_r, self._wake_w):
+                s.close()
+            self._sel.close()
 
 
 class PyClient:
@@ -477,6 +480,7 @@ class PyClient:
             self._owed += emit
             if quit_:
                 self._quit_sent = True
+                self._held = b""  # the server drops what follows the quit
                 return
             if cfg.mode == "line":
                 self._held = buf[emit:]

@@ -80,6 +80,7 @@ class EchoServer:
         # close() holds it.
         self._lock = threading.RLock()
         self._serving_thread: threading.Thread | None = None
+        self._stop_requested = False
         self._done = threading.Event()
         self._done.set()
         self._thread: threading.Thread | None = None
@@ -91,9 +92,17 @@ class EchoServer:
     def _on_event(self, event: Event) -> None:
         try:
             self._user_on_event(event)  # type: ignore[misc]
-        except BaseException as e:  # noqa: BLE001 - re-raised by serve_forever
+        except BaseException as e:  # noqa: BLE001 - re-raised by serve_forever or close
             if self._error is None:
                 self._error = e
+            self._request_stop()
+
+    def _request_stop(self) -> None:
+        """Stop the serving session, once: a second stop would outlive it and
+        end the next one at once."""
+        with self._lock:
+            if self._serving_thread is not None and not self._stop_requested:
+                self._stop_requested = True
                 self._core.stop()
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:
@@ -122,6 +131,7 @@ class EchoServer:
             if self._serving_thread is not None:
                 raise RuntimeError("the server is already serving")
             self._serving_thread = thread
+            self._stop_requested = False
             self._done.clear()
 
     def _serve(self, poll_interval: float) -> None:
@@ -145,7 +155,7 @@ class EchoServer:
             serving = self._serving_thread
             if serving is None:
                 return
-            self._core.stop()
+            self._request_stop()
             thread, self._thread = self._thread, None
         if serving is not threading.current_thread():
             self._done.wait()
@@ -164,7 +174,10 @@ class EchoServer:
                 core, self._core = self._core, None
                 if core is not None:
                     core.free()
-                return
+                break
+        if self._error is not None:  # raised by on_event for a close event
+            error, self._error = self._error, None
+            raise error
 
     server_close = close  # socketserver's name
 

@@ -33,6 +33,10 @@ MSG_CLIENT_QUIT = "INFO :: Client want close... BYE"
 MSG_SERVER_GONE = "INFO :: Server Disconnected"
 
 
+class _StdoutGone(Exception):
+    """Whoever read our output went away."""
+
+
 class CliError(Exception):
     """A failure to report as one line, with an exit status."""
 
@@ -309,8 +313,11 @@ def client(args: argparse.Namespace) -> int:
     stdout = sys.stdout.buffer
 
     def out(data: bytes) -> None:
-        stdout.write(data)
-        stdout.flush()
+        try:
+            stdout.write(data)
+            stdout.flush()
+        except BrokenPipeError:
+            raise _StdoutGone() from None
 
     if sys.stdin.isatty():
         what = "words" if args.mode == "seed" else "lines" if args.mode == "line" else "text"
@@ -328,13 +335,18 @@ def client(args: argparse.Namespace) -> int:
                     out(conn.echo(chunk))
                 return 0
             seed = args.mode == "seed"
+            starts = True  # this piece begins a word or line (is not a tail)
             for piece, whole in _words(chunks) if seed else _lines(chunks):
-                if whole and is_quit_message(conn.config, piece):
+                if starts and whole and is_quit_message(conn.config, piece):
                     conn.send(piece)  # as the original: send the quit word and go
                     return 0
                 reply = conn.echo(piece)
                 out(reply + b"\n" if seed and whole else reply)
+                starts = whole
             return 0
+        except _StdoutGone:  # `pyecho client | head`: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         except KeyboardInterrupt:
             say(MSG_CTRL_C)
             return 0

@@ -327,3 +327,94 @@ def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: 
             os.waitpid(pid, 0)
         stats = server.stats
     assert stats.closed["quit"] == 1 and stats.closed["reset"] == 0
+
+
+def test_a_server_left_serving_at_exit_does_not_crash_the_interpreter(
+    engine: str, tmp_path
+) -> None:
+    code = (
+        "import socket, threading, time, pyecho\n"
+        f"s = pyecho.EchoServer(('127.0.0.1', 0), engine={engine!r}, mode='raw').start()\n"
+        "def talk():\n"
+        "    with socket.create_connection(s.server_address) as c:\n"
+        "        for _ in range(100000):\n"
+        "            c.sendall(b'x' * 512); c.recv(4096)\n"
+        "for _ in range(4): threading.Thread(target=talk, daemon=True).start()\n"
+        "time.sleep(0.3)\n"  # exit while serving, never closed
+    )
+    env = {**os.environ, "MALLOC_PERTURB_": "165"}
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+
+
+def test_concurrent_shutdowns_do_not_stop_the_next_session(engine: str) -> None:
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine) as server:
+        for _ in range(100):
+            server.start()
+            stoppers = [threading.Thread(target=server.shutdown) for _ in range(3)]
+            for t in stoppers:
+                t.start()
+            for t in stoppers:
+                t.join(timeout=10)
+            server.start()
+            with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+                assert c.echo(b"still") == b"still"  # the new session serves
+            server.shutdown()
+
+
+def test_an_event_handler_error_during_close_is_raised_after_everything_closed(
+    engine: str,
+) -> None:
+    """As after Ctrl+C: serve_forever() interrupted by a signal leaves the
+    connections open; close() then closes them, and a handler error on those
+    close events is raised once every socket is closed."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    def handler(event: pyecho.Event) -> None:
+        if event.kind == "close":
+            raise RuntimeError(f"handler failed on {event.reason}")
+
+    before = open_fds()
+    server = pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=handler)
+    clients = [
+        pyecho.EchoClient(server.server_address, engine=engine, timeout=10) for _ in range(2)
+    ]
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            server.serve_forever()  # accepts both, then the alarm interrupts it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert server.stats.open == 2
+    with pytest.raises(RuntimeError, match="handler failed on shutdown"):
+        server.close()
+    for c in clients:
+        assert c.recv() == b""
+        c.close()
+    assert open_fds() == before
+    server.close()  # again: nothing left to raise
+
+
+def test_a_lingering_connection_does_not_hold_a_max_clients_slot(engine: str) -> None:
+    with pyecho.EchoServer(
+        (LOOPBACK, 0), engine=engine, mode="line", max_clients=1
+    ).start() as server:
+        a = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
+        assert a.echo(b"bye\nexit\n") == b"bye\n" and a.server_closed
+        # a keeps its socket open, so the server lingers on it; b is served.
+        with pyecho.EchoClient(server.server_address, engine=engine, mode="line") as b:
+            b.timeout = 10
+            assert b.echo(b"next\n") == b"next\n"
+        a.close()
+        assert server.stats.rejected == 0

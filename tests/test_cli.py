@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -270,6 +271,51 @@ def test_quit_detection_is_the_servers(cwd: Path, engine: str) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout == b"exit\r\r\nexit \nEXIT\n"
+        server.expect(r"^INFO :: Client want close")
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_client_output_going_away_is_quiet(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--mode", "line")
+    try:
+        lines = b"".join(b"line %d\n" % i for i in range(20000))
+        client = subprocess.Popen(
+            [*PYECHO, "client", "--port", str(port), "--engine", engine, "--mode", "line"],
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+        def feed() -> None:
+            try:
+                client.stdin.write(lines)
+                client.stdin.close()
+            except BrokenPipeError:
+                pass  # the client stopped reading: expected
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        assert client.stdout.read(1) == b"l"  # like `| head -c1`
+        client.stdout.close()
+        assert client.wait(60) == 1
+        feeder.join(timeout=60)
+        assert client.stderr.read() == b""  # no traceback, no "server disconnected"
+        client.stderr.close()
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_tail_of_a_long_line_is_not_the_quit_word(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--mode", "line")
+    try:
+        long_line = b"x" * 65536 + b"exit\n"  # two client pieces, one line
+        out = run_client(cwd, port, long_line + b"exit\n", "--engine", engine, "--mode", "line")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == long_line
         server.expect(r"^INFO :: Client want close")
     finally:
         server.kill()

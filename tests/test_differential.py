@@ -295,3 +295,14 @@ def test_echo_before_the_quit_word_survives_input_after_it(engine: str) -> None:
         assert len(got) == len(lines) and bytes(got) == lines
         wait_for(lambda: server.stats.closed["quit"] == 1, 10, "the quit close")
         assert server.stats.closed["reset"] == 0
+
+
+def test_half_close_after_the_quit_word_owes_nothing_more() -> None:
+    def scenario(server, client):
+        with client() as c:
+            c.send(b"abc")
+            c.send(b"\nexit\n")  # "abc\n" is echoed, then the quit
+            c.shutdown_write()
+            return c.echo(b""), c.server_closed
+
+    assert run_matrix(scenario, mode="line")["transcript"] == (b"abc\n", True)
