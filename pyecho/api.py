@@ -30,6 +30,10 @@ from ._config import (
     resolve,
 )
 
+# Longest a signal (Ctrl+C) can wait while the server is busy; an idle
+# server handles it at once.
+POLL_INTERVAL = 0.1
+
 
 def _engine_classes(engine: str) -> tuple[type, type]:
     if check_engine(engine) == "native":
@@ -105,10 +109,10 @@ class EchoServer:
                 self._stop_requested = True
                 self._core.stop()
 
-    def serve_forever(self, poll_interval: float = 0.1) -> None:
+    def serve_forever(self, poll_interval: float = POLL_INTERVAL) -> None:
         """Serve until shutdown(). Signals (Ctrl+C) are handled at least every
         poll_interval seconds, at once when the server is idle."""
-        poll_interval = check_timeout(poll_interval) or 0.1
+        poll_interval = check_timeout(poll_interval) or POLL_INTERVAL
         self._claim(threading.current_thread())
         self._serve(poll_interval)
 
@@ -117,7 +121,7 @@ class EchoServer:
         counts as serving from this call on, so a shutdown() right after it
         is never missed."""
         thread = threading.Thread(
-            target=self._serve, args=(0.1,), name=f"pyecho-{self.engine}", daemon=True
+            target=self._serve, args=(POLL_INTERVAL,), name=f"pyecho-{self.engine}", daemon=True
         )
         self._claim(thread)
         self._thread = thread
