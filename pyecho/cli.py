@@ -45,6 +45,11 @@ class CliError(Exception):
         self.status = status
 
 
+def _hostport(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
@@ -183,8 +188,7 @@ class _ServeLog:
         self.closed_at_shutdown = 0
 
     def __call__(self, event: Event) -> None:
-        host, port = event.peer
-        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        peer = _hostport(*event.peer)
         if event.kind == "open":
             say(f"INFO :: Connect with client {peer}")
         elif event.reason == "peer":
@@ -213,8 +217,7 @@ def serve(args: argparse.Namespace) -> int:
         )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
-    host, port = server.server_address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    shown = _hostport(*server.server_address)
     say(
         f"pyecho: serving on {shown} ({args.mode} mode, {args.engine} engine); press Ctrl+C to stop"
     )
