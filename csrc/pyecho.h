@@ -15,6 +15,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- the library itself ------------------------------------------------ */
+
+/*
+ * A loader checks that the library it opened was built from this header:
+ * echo_abi_version() must equal ECHO_ABI_VERSION (raise it whenever a struct
+ * or signature here changes), and echo_abi_sizeof() of each struct must
+ * equal the size the loader computes from this header.
+ */
+enum { ECHO_ABI_VERSION = 2 };
+int echo_abi_version(void);
+/* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
+size_t echo_abi_sizeof(const char *name);
+
 /* ---- protocol ---------------------------------------------------------- */
 
 enum echo_mode {

@@ -1,34 +1,35 @@
 /*
- * server.c - the echo server: one thread, one epoll loop, many clients.
+ * server.c - the TCP echo server on the event loop (loop.h).
  *
  * Each connection echoes what echo_scan() releases. Output the client does
  * not take yet is queued per connection up to max_pending; past that the
  * connection is not read until it drains (backpressure), so memory stays
- * bounded and nothing is lost. pyecho/_pyengine.py is the same loop in Python.
+ * bounded and nothing is lost. pyecho/_pyserver.py is the same server in
+ * Python.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "loop.h"
 #include "net.h"
 #include "outbuf.h"
 #include "pyecho.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
-#define MAX_EVENTS 256         /* epoll events handled per wake-up */
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
 #define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
 
+#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
 typedef struct conn {
-    int fd;
-    uint32_t events;   /* what epoll watches now */
+    ev_io io;
     int closing;       /* 0, or 1 + the close reason once the peer is done */
     int lingering;     /* after quit: output sent and shut, input dropped */
     int cont;          /* line mode: inside a line longer than max_line */
@@ -39,10 +40,13 @@ typedef struct conn {
     size_t held_len;
     outbuf out;        /* echo the client has not taken yet */
     net_addr peer;
+    struct echo_server *srv;
 } conn;
 
+/* Oldest first: idle and linger deadlines are then O(1) to find. */
 typedef struct conn_list {
     conn *oldest, *newest;
+    ev_timer timer; /* at the oldest one's deadline (or earlier: re-armed) */
 } conn_list;
 
 /* Counters have one writer (the serving thread) and readers anywhere. */
@@ -54,21 +58,18 @@ typedef struct counters {
 struct echo_server {
     echo_config cfg;
     uint8_t quit_word[256];
-    int epfd;
-    int listen_fd, wake_fd; /* epoll's data.ptr: &listen_fd, &wake_fd or a conn */
-    uint64_t accept_resume_ms; /* 0: accepting */
-    uint64_t now_ms;
+    ev_loop *loop;
+    ev_io listener;
+    ev_timer accept_pause;  /* accepting resumes when it fires */
     uint64_t next_id;
-    conn_list active;          /* least recently active first */
-    conn_list lingering;       /* in the order they began lingering */
-    uint64_t lingering_n;      /* how many: they do not count for max_clients */
-    uint8_t *scratch;          /* held line + one read */
+    conn_list active;       /* least recently active first */
+    conn_list lingering;    /* in the order they began lingering */
+    uint8_t *scratch;       /* held line + one read */
     size_t scratch_cap;
     echo_event_fn event_fn;
     void *event_ctx;
     atomic_int stop;
     counters stats;
-    struct epoll_event events[MAX_EVENTS];
 };
 
 static void count(_Atomic uint64_t *c, uint64_t n)
@@ -84,12 +85,12 @@ static void uncount(_Atomic uint64_t *c)
                           memory_order_relaxed);
 }
 
-/* ---- connection lists (oldest first, for timeouts) ---------------------- */
-
-static conn_list *list_of(echo_server *srv, const conn *c)
+static uint64_t open_now(const echo_server *srv)
 {
-    return c->lingering ? &srv->lingering : &srv->active;
+    return atomic_load_explicit(&srv->stats.open, memory_order_relaxed);
 }
+
+/* ---- connection lists and their deadlines ------------------------------- */
 
 static void list_unlink(conn_list *l, conn *c)
 {
@@ -98,22 +99,45 @@ static void list_unlink(conn_list *l, conn *c)
     c->prev = c->next = NULL;
 }
 
-static void list_append(conn_list *l, conn *c)
+static void on_idle(ev_loop *loop, ev_timer *t);
+static void on_linger(ev_loop *loop, ev_timer *t);
+
+/* Arm the list's timer at its oldest connection's deadline, unless it is
+ * armed already: when it fires early (the oldest was touched since), it
+ * re-arms itself here. The server's few timers fit the loop's preallocated
+ * heap, so starting one cannot fail. */
+static void arm_deadline(echo_server *srv, conn_list *l)
+{
+    int idle = l == &srv->active;
+    uint64_t timeout = idle ? srv->cfg.idle_timeout_ms : LINGER_MS;
+
+    if (timeout != 0 && l->oldest != NULL && !ev_timer_pending(&l->timer))
+        (void)ev_timer_start(srv->loop, &l->timer, l->oldest->last_active_ms + timeout,
+                             idle ? on_idle : on_linger);
+}
+
+static void list_append(echo_server *srv, conn_list *l, conn *c)
 {
     c->prev = l->newest;
     c->next = NULL;
     if (l->newest) l->newest->next = c; else l->oldest = c;
     l->newest = c;
+    arm_deadline(srv, l);
+}
+
+static conn_list *list_of(echo_server *srv, const conn *c)
+{
+    return c->lingering ? &srv->lingering : &srv->active;
 }
 
 static void touch(echo_server *srv, conn *c)
 {
     if (srv->cfg.idle_timeout_ms == 0 || c->lingering)
         return;
-    c->last_active_ms = srv->now_ms;
+    c->last_active_ms = ev_now(srv->loop);
     if (srv->active.newest != c) {
         list_unlink(&srv->active, c);
-        list_append(&srv->active, c);
+        list_append(srv, &srv->active, c);
     }
 }
 
@@ -136,12 +160,9 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
 
 static void conn_close(echo_server *srv, conn *c, int reason)
 {
-    /* close() alone would leave it in epoll if a fork() duplicated the fd. */
-    epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
+    ev_io_stop(srv->loop, &c->io);
+    close(c->io.fd);
     list_unlink(list_of(srv, c), c);
-    if (c->lingering)
-        srv->lingering_n--;
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
@@ -155,20 +176,12 @@ static void conn_close(echo_server *srv, conn *c, int reason)
 static int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
-    struct epoll_event ev;
 
     if (c->lingering || (!c->closing && c->out.len < srv->cfg.max_pending))
-        want |= EPOLLIN;
+        want |= EV_READ;
     if (c->out.len > 0)
-        want |= EPOLLOUT;
-    if (want == c->events)
-        return 0;
-    ev.events = want;
-    ev.data.ptr = c;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
-        return -errno;
-    c->events = want;
-    return 0;
+        want |= EV_WRITE;
+    return ev_io_set(srv->loop, &c->io, want);
 }
 
 static int is_reset(int err)
@@ -185,28 +198,33 @@ static int is_reset(int err)
  */
 static void conn_done(echo_server *srv, conn *c, int reason)
 {
-    if (reason != ECHO_CLOSE_QUIT || shutdown(c->fd, SHUT_WR) != 0) {
+    if (reason != ECHO_CLOSE_QUIT || shutdown(c->io.fd, SHUT_WR) != 0) {
         conn_close(srv, c, reason);
         return;
     }
     list_unlink(&srv->active, c);
     c->lingering = 1;
-    srv->lingering_n++;
-    c->last_active_ms = srv->now_ms;
-    list_append(&srv->lingering, c);
+    c->last_active_ms = ev_now(srv->loop);
+    list_append(srv, &srv->lingering, c);
     if (update_interest(srv, c) != 0)
         conn_close(srv, c, reason);
 }
 
-/* Lingering: read and drop; the peer's EOF (or failure) ends it. */
-static void on_lingering_readable(echo_server *srv, conn *c)
+/* Read and drop what a lingering peer sends (a few reads at most, so a
+ * flood cannot hold the loop); 1 at its EOF (or failure). */
+static int drop_input(echo_server *srv, conn *c)
 {
-    ssize_t n = recv(c->fd, srv->scratch, srv->scratch_cap, 0);
+    for (int i = 0; i < 4; i++) {
+        ssize_t n = recv(c->io.fd, srv->scratch, srv->scratch_cap, 0);
 
-    if (n > 0)
-        count(&srv->stats.bytes_in, (uint64_t)n);
-    else if (n == 0 || is_reset(errno))
-        conn_close(srv, c, ECHO_CLOSE_QUIT);
+        if (n > 0)
+            count(&srv->stats.bytes_in, (uint64_t)n);
+        else
+            return n == 0 || is_reset(errno);
+        if ((size_t)n < srv->scratch_cap)
+            break;
+    }
+    return 0;
 }
 
 /* The peer is done (EOF or quit): end now or once the queue drains. */
@@ -223,7 +241,7 @@ static void finish(echo_server *srv, conn *c, int reason)
 static int flush_out(echo_server *srv, conn *c)
 {
     while (c->out.len > 0) {
-        ssize_t n = send(c->fd, outbuf_begin(&c->out), c->out.len,
+        ssize_t n = send(c->io.fd, outbuf_begin(&c->out), c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
@@ -237,7 +255,7 @@ static int flush_out(echo_server *srv, conn *c)
 static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 {
     if (c->out.len == 0 && len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
             if (is_reset(errno))
@@ -251,20 +269,26 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     return outbuf_append(&c->out, data, len);
 }
 
+static void drop_held(conn *c)
+{
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+}
+
 static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
 {
-    if (len > 0 && c->held == NULL) {
+    if (len == 0) {
+        drop_held(c);
+        return 0;
+    }
+    if (c->held == NULL) {
         c->held = malloc(srv->cfg.max_line);
         if (c->held == NULL)
             return -1;
     }
-    if (len > 0)
-        memcpy(c->held, rest, len);
+    memcpy(c->held, rest, len);
     c->held_len = len;
-    if (len == 0) {
-        free(c->held);
-        c->held = NULL;
-    }
     return 0;
 }
 
@@ -279,7 +303,7 @@ static void on_readable(echo_server *srv, conn *c)
 
     if (held > 0)
         memcpy(buf, c->held, held);
-    n = recv(c->fd, buf + held, want, 0);
+    n = recv(c->io.fd, buf + held, want, 0);
     if (n < 0) {
         if (is_reset(errno))
             conn_close(srv, c, ECHO_CLOSE_RESET);
@@ -287,6 +311,7 @@ static void on_readable(echo_server *srv, conn *c)
     }
     if (n == 0) {
         /* Half-close: a partial line is still echoed, nothing is lost. */
+        drop_held(c);
         if (echo_out(srv, c, buf, held) != 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
@@ -301,9 +326,7 @@ static void on_readable(echo_server *srv, conn *c)
         return;
     }
     if (quit) {
-        free(c->held);
-        c->held = NULL;
-        c->held_len = 0;
+        drop_held(c);
         finish(srv, c, ECHO_CLOSE_QUIT);
         return;
     }
@@ -338,59 +361,119 @@ static int on_writable(echo_server *srv, conn *c)
     return 0;
 }
 
-/* ---- accepting ----------------------------------------------------------- */
-
-static int set_listening(echo_server *srv, uint32_t events)
+static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
 {
-    struct epoll_event ev = {.events = events, .data.ptr = &srv->listen_fd};
+    conn *c = CONTAINER_OF(io, conn, io);
+    echo_server *srv = c->srv;
 
-    return epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listen_fd, &ev) ? -errno : 0;
+    (void)loop;
+    if ((ready & EV_WRITE) && on_writable(srv, c))
+        return;
+    if ((ready & EV_READ) && (c->io.mask & EV_READ)) {
+        if (!c->lingering)
+            on_readable(srv, c);
+        else if (drop_input(srv, c))
+            conn_close(srv, c, ECHO_CLOSE_QUIT);
+    }
 }
 
+/* ---- deadlines ------------------------------------------------------------ */
+
+static void close_expired(echo_server *srv, conn_list *l, uint64_t timeout, int reason)
+{
+    while (l->oldest != NULL && l->oldest->last_active_ms + timeout <= ev_now(srv->loop))
+        conn_close(srv, l->oldest, reason);
+    arm_deadline(srv, l);
+}
+
+static void on_idle(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, active.timer);
+
+    (void)loop;
+    close_expired(srv, &srv->active, srv->cfg.idle_timeout_ms, ECHO_CLOSE_IDLE);
+}
+
+static void on_linger(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, lingering.timer);
+
+    (void)loop;
+    /* Their echo is out and the peer asked to quit: that is how they end. */
+    close_expired(srv, &srv->lingering, LINGER_MS, ECHO_CLOSE_QUIT);
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, accept_pause);
+
+    if (ev_io_set(loop, &srv->listener, EV_READ) != 0)
+        (void)ev_timer_start(loop, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+}
+
+/* Out of descriptors or memory: leave new connections in the backlog for a
+ * while rather than spin on a listener that stays readable. */
 static void pause_accepting(echo_server *srv)
 {
-    if (set_listening(srv, 0) == 0)
-        srv->accept_resume_ms = srv->now_ms + ACCEPT_PAUSE_MS;
+    if (ev_io_set(srv->loop, &srv->listener, 0) == 0)
+        (void)ev_timer_start(srv->loop, &srv->accept_pause,
+                             ev_now(srv->loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
 }
 
 static void add_conn(echo_server *srv, int fd, const net_addr *peer)
 {
-    struct epoll_event ev = {.events = EPOLLIN};
     conn *c = calloc(1, sizeof *c);
     int one = 1;
 
     /* Echoes go out as they are made: do not hold them back to coalesce. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (c == NULL) {
-        close(fd);
-        pause_accepting(srv);
-        return;
-    }
-    c->fd = fd;
-    c->events = EPOLLIN;
-    c->peer = *peer;
-    c->id = ++srv->next_id;
-    c->last_active_ms = srv->now_ms;
-    ev.data.ptr = c;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    if (c == NULL || ev_io_start(srv->loop, &c->io, fd, EV_READ, on_conn) != 0) {
         close(fd);
         free(c);
         pause_accepting(srv);
         return;
     }
-    list_append(&srv->active, c);
+    c->srv = srv;
+    c->peer = *peer;
+    c->id = ++srv->next_id;
+    c->last_active_ms = ev_now(srv->loop);
+    list_append(srv, &srv->active, c);
     count(&srv->stats.accepted, 1);
     count(&srv->stats.open, 1);
     notify(srv, c, ECHO_EVENT_OPEN, 0);
 }
 
-static void on_acceptable(echo_server *srv)
+/*
+ * Is there room for one more client? Lingering connections (after the quit
+ * word) hold descriptors too, so they count; at the limit the oldest of them
+ * is closed to make room: its echo is out and it was ending anyway.
+ */
+static int make_room(echo_server *srv)
 {
+    conn *oldest = srv->lingering.oldest;
+
+    if (srv->cfg.max_clients == 0 || open_now(srv) < srv->cfg.max_clients)
+        return 1;
+    if (oldest == NULL)
+        return 0;
+    /* Unread input would turn close() into a reset: drop it first. */
+    drop_input(srv, oldest);
+    conn_close(srv, oldest, ECHO_CLOSE_QUIT);
+    return 1;
+}
+
+static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
+{
+    echo_server *srv = CONTAINER_OF(io, echo_server, listener);
+
+    (void)loop;
+    (void)ready;
     for (int i = 0; i < ACCEPT_BURST; i++) {
         net_addr peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(srv->listen_fd, &peer.sa, &len,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(io->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -400,9 +483,7 @@ static void on_acceptable(echo_server *srv)
             pause_accepting(srv); /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
             return;
         }
-        if (srv->cfg.max_clients != 0 &&
-            atomic_load_explicit(&srv->stats.open, memory_order_relaxed) -
-                    srv->lingering_n >= srv->cfg.max_clients) {
+        if (!make_room(srv)) {
             close(fd);
             count(&srv->stats.rejected, 1);
             continue;
@@ -413,92 +494,27 @@ static void on_acceptable(echo_server *srv)
 
 /* ---- the loop ------------------------------------------------------------ */
 
-static void close_expired(echo_server *srv)
-{
-    uint32_t idle = srv->cfg.idle_timeout_ms;
-    conn_list *l = &srv->active;
-
-    while (idle != 0 && l->oldest != NULL && l->oldest->last_active_ms + idle <= srv->now_ms)
-        conn_close(srv, l->oldest, ECHO_CLOSE_IDLE);
-    l = &srv->lingering;
-    while (l->oldest != NULL && l->oldest->last_active_ms + LINGER_MS <= srv->now_ms)
-        conn_close(srv, l->oldest, ECHO_CLOSE_QUIT);
-}
-
-static void close_all(echo_server *srv, int reason)
+static void close_all(echo_server *srv)
 {
     while (srv->active.oldest != NULL)
-        conn_close(srv, srv->active.oldest, reason);
+        conn_close(srv, srv->active.oldest, ECHO_CLOSE_SHUTDOWN);
     /* Their echo is out and the peer asked to quit: that is how they end. */
     while (srv->lingering.oldest != NULL)
         conn_close(srv, srv->lingering.oldest, ECHO_CLOSE_QUIT);
 }
 
-#define FOREVER UINT64_MAX
-#define LONGEST_WAIT_MS 3600000 /* keeps the int for epoll_wait in range */
-
-/* How long epoll may sleep: until the deadline, the next idle or linger
- * expiry or the end of an accept pause, whichever is first; -1 for none. */
-static int next_wait(const echo_server *srv, uint64_t deadline)
-{
-    uint64_t until = deadline;
-
-    if (srv->cfg.idle_timeout_ms != 0 && srv->active.oldest != NULL) {
-        uint64_t t = srv->active.oldest->last_active_ms + srv->cfg.idle_timeout_ms;
-        if (t < until)
-            until = t;
-    }
-    if (srv->lingering.oldest != NULL) {
-        uint64_t t = srv->lingering.oldest->last_active_ms + LINGER_MS;
-        if (t < until)
-            until = t;
-    }
-    if (srv->accept_resume_ms != 0 && srv->accept_resume_ms < until)
-        until = srv->accept_resume_ms;
-    if (until == FOREVER)
-        return -1;
-    if (until <= srv->now_ms)
-        return 0;
-    return until - srv->now_ms > LONGEST_WAIT_MS ? LONGEST_WAIT_MS
-                                                 : (int)(until - srv->now_ms);
-}
-
-static void dispatch(echo_server *srv, struct epoll_event *ev)
-{
-    conn *c = ev->data.ptr;
-
-    if (ev->data.ptr == &srv->listen_fd) {
-        on_acceptable(srv);
-        return;
-    }
-    if (ev->data.ptr == &srv->wake_fd)
-        return; /* the stop flag is checked by the loop */
-    /* Errors and hang-ups surface through recv() or send(). */
-    if (ev->events & (EPOLLERR | EPOLLHUP))
-        ev->events |= c->events;
-    if ((ev->events & EPOLLOUT) && on_writable(srv, c))
-        return;
-    if ((ev->events & EPOLLIN) && (c->events & EPOLLIN)) {
-        if (c->lingering)
-            on_lingering_readable(srv, c);
-        else
-            on_readable(srv, c);
-    }
-}
-
+/* Was a stop asked for? Then close every connection and end the session. */
 static int stopped(echo_server *srv)
 {
-    uint64_t drain;
-
     if (!atomic_load(&srv->stop))
         return 0;
-    close_all(srv, ECHO_CLOSE_SHUTDOWN);
+    close_all(srv);
     /* Only now: a stop asked for by a close event belongs to this stop. */
-    while (read(srv->wake_fd, &drain, sizeof drain) > 0)
-        ;
     atomic_store(&srv->stop, 0);
     return 1;
 }
+
+#define FOREVER UINT64_MAX
 
 int echo_server_run(echo_server *srv, int timeout_ms)
 {
@@ -506,33 +522,20 @@ int echo_server_run(echo_server *srv, int timeout_ms)
 
     if (srv == NULL)
         return -EINVAL;
-    srv->now_ms = net_now_ms();
-    deadline = timeout_ms >= 0 ? srv->now_ms + (uint64_t)timeout_ms : FOREVER;
+    ev_update_now(srv->loop);
+    deadline = timeout_ms >= 0 ? ev_now(srv->loop) + (uint64_t)timeout_ms : FOREVER;
     for (;;) {
-        int n;
+        uint64_t now;
+        int rc;
 
         if (stopped(srv))
             return 0;
-        n = epoll_wait(srv->epfd, srv->events, MAX_EVENTS,
-                       next_wait(srv, deadline));
-        if (n < 0) {
-            if (errno == EINTR)
-                return 1; /* let the caller handle the signal */
-            return -errno;
-        }
-        srv->now_ms = net_now_ms();
-        /* A connection is only ever closed from its own event here (an fd
-         * appears once per batch, and conn_close removes it from epoll) or
-         * after the batch, so no event can point at a freed connection. */
-        for (int i = 0; i < n; i++)
-            dispatch(srv, &srv->events[i]);
-        close_expired(srv);
-        if (srv->accept_resume_ms != 0 && srv->now_ms >= srv->accept_resume_ms) {
-            if (set_listening(srv, EPOLLIN) == 0)
-                srv->accept_resume_ms = 0;
-        }
-        if (srv->now_ms >= deadline)
+        now = ev_now(srv->loop);
+        if (now >= deadline)
             return 1;
+        rc = ev_run_once(srv->loop, deadline == FOREVER ? -1 : (int)(deadline - now));
+        if (rc < 0)
+            return rc; /* -EINTR: the caller handles the signal, then runs again */
     }
 }
 
@@ -541,9 +544,8 @@ int echo_server_run(echo_server *srv, int timeout_ms)
 int echo_server_new(const echo_config *cfg, const char *host, int port,
                     echo_server **out)
 {
-    struct epoll_event ev = {.events = EPOLLIN};
     echo_server *srv;
-    int rc = echo_config_check(cfg);
+    int fd, rc = echo_config_check(cfg);
 
     if (rc != 0 || host == NULL || out == NULL || port < 0 || port > 65535)
         return -EINVAL;
@@ -555,7 +557,7 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
         memcpy(srv->quit_word, cfg->quit_word, cfg->quit_len);
         srv->cfg.quit_word = srv->quit_word;
     }
-    srv->epfd = srv->listen_fd = srv->wake_fd = -1;
+    srv->listener.fd = -1;
     srv->scratch_cap = READ_CHUNK + (cfg->mode == ECHO_MODE_LINE ? cfg->max_line : 0);
     if (cfg->mode == ECHO_MODE_SEED && cfg->bufsize > srv->scratch_cap)
         srv->scratch_cap = cfg->bufsize;
@@ -564,23 +566,15 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
         rc = -ENOMEM;
         goto fail;
     }
-    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
-    srv->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (srv->epfd < 0 || srv->wake_fd < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    rc = net_listen(host, port, cfg->backlog, &srv->listen_fd);
+    rc = ev_loop_new(&srv->loop);
     if (rc != 0)
         goto fail;
-    ev.data.ptr = &srv->listen_fd;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0) {
-        rc = -errno;
+    rc = net_listen(host, port, cfg->backlog, &fd);
+    if (rc != 0)
         goto fail;
-    }
-    ev.data.ptr = &srv->wake_fd;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->wake_fd, &ev) != 0) {
-        rc = -errno;
+    rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ, on_acceptable);
+    if (rc != 0) {
+        close(fd);
         goto fail;
     }
     *out = srv;
@@ -598,7 +592,7 @@ int echo_server_address(const echo_server *srv, char *host, size_t hostlen,
 
     if (srv == NULL || host == NULL || port == NULL)
         return -EINVAL;
-    if (getsockname(srv->listen_fd, &addr.sa, &len) != 0)
+    if (getsockname(srv->listener.fd, &addr.sa, &len) != 0)
         return -errno;
     return net_format(&addr, host, hostlen, port);
 }
@@ -611,15 +605,10 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx)
 
 int echo_server_stop(echo_server *srv)
 {
-    uint64_t one = 1;
-
     if (srv == NULL)
         return -EINVAL;
     atomic_store(&srv->stop, 1);
-    /* write() is async-signal-safe; a full counter still wakes the loop. */
-    if (write(srv->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-        return -errno;
-    return 0;
+    return ev_wake(srv->loop);
 }
 
 void echo_server_stats(const echo_server *srv, echo_stats *out)
@@ -639,13 +628,14 @@ void echo_server_free(echo_server *srv)
 {
     if (srv == NULL)
         return;
-    close_all(srv, ECHO_CLOSE_SHUTDOWN);
-    if (srv->listen_fd >= 0)
-        close(srv->listen_fd);
-    if (srv->wake_fd >= 0)
-        close(srv->wake_fd);
-    if (srv->epfd >= 0)
-        close(srv->epfd);
+    if (srv->loop != NULL) {
+        close_all(srv);
+        if (srv->listener.fd >= 0) {
+            ev_io_stop(srv->loop, &srv->listener);
+            close(srv->listener.fd);
+        }
+        ev_loop_free(srv->loop);
+    }
     free(srv->scratch);
     free(srv);
 }
