@@ -114,7 +114,8 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
 /*
  * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
  * out while still serving, 0 once echo_server_stop() was called (every client
- * connection is then closed), or a negative errno on failure.
+ * connection is then closed), -EINTR when a signal arrived (call it again once
+ * the signal is handled), or another negative errno on failure.
  */
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
@@ -134,7 +135,8 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
 /*
  * Send all of buf; its echo is owed until received. Once the quit word was
  * sent (by this or echo()), sending more fails with -EPIPE: the server is
- * closing the connection.
+ * closing the connection. In seed mode a message is one read of the server,
+ * so buf may hold at most bufsize bytes (-EMSGSIZE otherwise).
  */
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len);
 /* Receive up to cap bytes into buf (paying off the owed echo); *got is 0
@@ -146,7 +148,11 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
  * earlier sent bytes of the same line). Sends and receives at once, so a
  * large buf cannot deadlock. reply needs echo_client_reply_room(cli, len)
  * bytes. When the framing says the quit word ends the connection, waits for
- * the server to close it. Returns an echo_reply, or a negative errno.
+ * the server to close it. In seed mode, buf goes in pieces of at most bufsize
+ * bytes, each sent once the echo of the one before arrived (each piece is one
+ * read of the server); nothing after a piece that is the quit word is sent.
+ * Once the whole echo is in, bytes already waiting are more than the server
+ * may send: -EPROTO. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */
