@@ -144,7 +144,7 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
     }
     cli->fd = -1;
     cli->timeout_ms = timeout_ms;
-    if (cfg->mode != ECHO_MODE_RAW) {
+    if (cfg->transport == ECHO_TCP && cfg->mode != ECHO_MODE_RAW) {
         size_t piece = cfg->mode == ECHO_MODE_SEED ? cfg->bufsize : TRACK_CHUNK;
         cli->scratch = malloc(cfg->max_line + piece);
         if (cli->scratch == NULL) {
@@ -152,7 +152,8 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
             return -ENOMEM;
         }
     }
-    rc = net_connect(host, port, timeout_ms, &cli->fd);
+    rc = net_connect(host, port, cfg->transport == ECHO_UDP ? SOCK_DGRAM : SOCK_STREAM,
+                     timeout_ms, &cli->fd);
     if (rc != 0) {
         echo_client_free(cli);
         return rc;
@@ -192,10 +193,81 @@ static int send_some(echo_client *cli)
     return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
 }
 
+/* ---- UDP: a datagram out, a datagram back -------------------------------- */
+
+static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
+{
+    for (;;) {
+        int rc;
+
+        if (send(cli->fd, buf, len, MSG_NOSIGNAL) >= 0)
+            return 0;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* Wait for one datagram; its whole length in *len (MSG_TRUNC), at most cap
+ * bytes of it in buf. */
+static int udp_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *len)
+{
+    for (;;) {
+        ssize_t n = recv(cli->fd, buf, cap, MSG_TRUNC | MSG_DONTWAIT);
+        int rc;
+
+        if (n >= 0) {
+            *len = (size_t)n;
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -errno; /* ECONNREFUSED: nothing listens there */
+        rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* Echo over UDP: drop datagrams already waiting (late or duplicated answers
+ * to earlier ones), send buf, and return the datagram that comes back. A
+ * signal while waiting returns -EINTR; the same call then resumes waiting. */
+static int udp_echo(echo_client *cli, const uint8_t *buf, size_t len, uint8_t *reply,
+                    size_t cap, size_t *got)
+{
+    size_t n = 0;
+    int rc;
+
+    *got = 0;
+    if (!op_resumes(cli, OP_ECHO, buf, len)) {
+        op_reset(cli);
+        while (recv(cli->fd, reply, cap, MSG_DONTWAIT) >= 0 || errno == EINTR)
+            ;
+        rc = udp_send(cli, buf, len);
+        if (rc != 0)
+            return rc;
+        cli->op = OP_ECHO;
+        cli->op_buf = buf;
+        cli->op_len = len;
+    }
+    rc = udp_recv(cli, reply, cap, &n);
+    if (rc != 0)
+        return op_end(cli, rc);
+    *got = n < cap ? n : cap;
+    if (n != len || memcmp(reply, buf, len) != 0)
+        return op_end(cli, -EPROTO);
+    return op_end(cli, ECHO_REPLY_OPEN);
+}
+
+/* ---- TCP ------------------------------------------------------------------ */
+
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
 {
     if (cli == NULL || (buf == NULL && len > 0) || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return udp_send(cli, buf, len);
     /* A seed message is one read: nothing longer can be framed by send(). */
     if (cli->cfg.mode == ECHO_MODE_SEED && len > cli->cfg.bufsize)
         return -EMSGSIZE;
@@ -223,6 +295,12 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
     if (cli == NULL || buf == NULL || got == NULL || cli->fd < 0)
         return -EINVAL;
     *got = 0;
+    if (cli->cfg.transport == ECHO_UDP) {
+        rc = udp_recv(cli, buf, cap, got);
+        if (*got > cap)
+            *got = cap; /* the rest of the datagram is gone */
+        return rc;
+    }
     for (;;) {
         rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
         if (rc < 0)
@@ -285,6 +363,8 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
     if (cli == NULL || (buf == NULL && len > 0) || reply == NULL ||
         got == NULL || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return cap < len ? -EINVAL : udp_echo(cli, buf, len, reply, cap, got);
     if (!op_resumes(cli, OP_ECHO, buf, len)) {
         int rc = cap < echo_client_reply_room(cli, len) ? -EINVAL
                                                          : op_begin(cli, OP_ECHO, buf, len);
@@ -344,6 +424,8 @@ int echo_client_shutdown_write(echo_client *cli)
 {
     if (cli == NULL || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return -EOPNOTSUPP; /* datagrams have no end of stream */
     if (shutdown(cli->fd, SHUT_WR) != 0)
         return -errno;
     /* At EOF the server echoes a partial line too: it is owed now. */

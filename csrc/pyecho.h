@@ -23,12 +23,17 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 2 };
+enum { ECHO_ABI_VERSION = 3 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
 
 /* ---- protocol ---------------------------------------------------------- */
+
+enum echo_transport {
+    ECHO_TCP = 0, /* a stream per client, framed by the mode */
+    ECHO_UDP = 1  /* RFC 862 over UDP: every datagram echoed whole */
+};
 
 enum echo_mode {
     ECHO_MODE_RAW = 0,  /* RFC 862: every byte echoed, no commands */
@@ -46,8 +51,20 @@ enum echo_close_reason {
     ECHO_CLOSE_REASONS = 5
 };
 
+/* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
+enum echo_drop_reason {
+    ECHO_DROP_GUARD = 0,       /* from port 0, a self-answering service's port,
+                                  or a multicast or broadcast address */
+    ECHO_DROP_RATE_SOURCE = 1, /* over udp_rate_per_source */
+    ECHO_DROP_RATE_GLOBAL = 2, /* over udp_rate */
+    ECHO_DROP_FULL = 3,        /* the socket's send buffer was full */
+    ECHO_DROP_ERROR = 4,       /* sending it failed (too big, no route...) */
+    ECHO_DROP_REASONS = 5
+};
+
 typedef struct echo_config {
-    int mode;                  /* enum echo_mode */
+    int transport;             /* enum echo_transport */
+    int mode;                  /* enum echo_mode (TCP) */
     const uint8_t *quit_word;  /* NULL: no quit word */
     size_t quit_len;
     size_t bufsize;            /* seed mode: bytes per read (the original: 99) */
@@ -56,9 +73,13 @@ typedef struct echo_config {
     uint32_t max_clients;      /* 0: no limit */
     uint32_t idle_timeout_ms;  /* 0: never */
     int backlog;
+    int udp_guard;             /* 1: drop datagrams from ports and addresses
+                                  that could answer (echo loops, reflection) */
+    uint32_t udp_rate;         /* datagrams echoed per second in all; 0: no limit */
+    uint32_t udp_rate_per_source; /* ... to one address and port; 0: no limit */
 } echo_config;
 
-/* Fill cfg with the documented defaults (seed mode, quit word "exit"). */
+/* Fill cfg with the documented defaults (TCP, seed mode, quit word "exit"). */
 void echo_config_default(echo_config *cfg);
 /* 0 if cfg is usable, -EINVAL otherwise. */
 int echo_config_check(const echo_config *cfg);
@@ -82,27 +103,38 @@ typedef struct echo_stats {
     uint64_t accepted;   /* connections accepted and served */
     uint64_t open;       /* connections open now */
     uint64_t rejected;   /* closed at once because max_clients were open */
-    uint64_t bytes_in;   /* bytes read from clients */
-    uint64_t bytes_out;  /* bytes written to clients */
-    uint64_t closed[5];  /* closes by enum echo_close_reason */
+    uint64_t bytes_in;   /* bytes read from clients (UDP: in datagrams) */
+    uint64_t bytes_out;  /* bytes written to clients (UDP: echoed) */
+    uint64_t closed[8];  /* closes by enum echo_close_reason (room to grow) */
+    uint64_t datagrams_in;  /* UDP: datagrams received */
+    uint64_t datagrams_out; /* UDP: datagrams echoed */
+    uint64_t dropped[8];    /* UDP: by enum echo_drop_reason (room to grow) */
 } echo_stats;
 
-enum echo_event_kind { ECHO_EVENT_OPEN = 0, ECHO_EVENT_CLOSE = 1 };
+enum echo_event_kind {
+    ECHO_EVENT_OPEN = 0,  /* a connection opened */
+    ECHO_EVENT_CLOSE = 1, /* a connection closed: reason */
+    ECHO_EVENT_DROP = 2   /* UDP: datagrams dropped for reason (at most one
+                             such event per reason per second: count is how
+                             many since the last one; host/port: the latest) */
+};
 
 typedef struct echo_event {
     int kind;          /* enum echo_event_kind */
-    uint64_t conn_id;  /* 1, 2, ... in accept order */
-    int reason;        /* enum echo_close_reason, for ECHO_EVENT_CLOSE */
+    uint64_t conn_id;  /* 1, 2, ... in accept order (0 for DROP) */
+    int reason;        /* enum echo_close_reason or echo_drop_reason */
     char host[64];     /* peer address, numeric */
     int port;
+    uint64_t count;    /* DROP: datagrams */
 } echo_event;
 
 /* Called on the serving thread when a connection opens or closes. */
 typedef void (*echo_event_fn)(void *ctx, const echo_event *event);
 
 /*
- * Create a server listening on a numeric host ("127.0.0.1", "::1",
- * "0.0.0.0") and port (0: any free port). cfg is copied, quit word included.
+ * Create a server listening on a numeric host ("127.0.0.1", "::1", "::",
+ * "fe80::1%eth0") and port (0: any free port), TCP or UDP as cfg says. "::"
+ * serves IPv4 too (dual stack). cfg is copied, quit word included.
  */
 int echo_server_new(const echo_config *cfg, const char *host, int port,
                     echo_server **out);
@@ -129,7 +161,12 @@ void echo_server_free(echo_server *srv);
 
 typedef struct echo_client echo_client;
 
-/* Connect to a numeric host and port; timeout_ms < 0 waits forever. */
+/*
+ * Connect to a numeric host and port; timeout_ms < 0 waits forever. Over UDP
+ * (cfg->transport) the socket is connected to the server, and echo() sends
+ * one datagram and returns the one that comes back (-EPROTO if it differs,
+ * -ETIMEDOUT if none came); datagrams already waiting are dropped first.
+ */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
 /*

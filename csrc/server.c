@@ -10,7 +10,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/tcp.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +19,8 @@
 #include "net.h"
 #include "outbuf.h"
 #include "pyecho.h"
+#include "stats.h"
+#include "udp.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
@@ -49,17 +50,12 @@ typedef struct conn_list {
     ev_timer timer; /* at the oldest one's deadline (or earlier: re-armed) */
 } conn_list;
 
-/* Counters have one writer (the serving thread) and readers anywhere. */
-typedef struct counters {
-    _Atomic uint64_t accepted, open, rejected, bytes_in, bytes_out;
-    _Atomic uint64_t closed[ECHO_CLOSE_REASONS];
-} counters;
-
 struct echo_server {
     echo_config cfg;
     uint8_t quit_word[256];
     ev_loop *loop;
-    ev_io listener;
+    ev_io listener;         /* TCP: the listening socket; UDP: the socket */
+    udp_echo *udp;          /* UDP only */
     ev_timer accept_pause;  /* accepting resumes when it fires */
     uint64_t next_id;
     conn_list active;       /* least recently active first */
@@ -72,22 +68,9 @@ struct echo_server {
     counters stats;
 };
 
-static void count(_Atomic uint64_t *c, uint64_t n)
-{
-    /* Single writer: a relaxed load and store, no locked instruction. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
-}
-
-static void uncount(_Atomic uint64_t *c)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-}
-
 static uint64_t open_now(const echo_server *srv)
 {
-    return atomic_load_explicit(&srv->stats.open, memory_order_relaxed);
+    return counted(&srv->stats.open);
 }
 
 /* ---- connection lists and their deadlines ------------------------------- */
@@ -492,6 +475,32 @@ static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
     }
 }
 
+/* ---- UDP ------------------------------------------------------------------ */
+
+static void on_datagrams(ev_loop *loop, ev_io *io, uint32_t ready)
+{
+    echo_server *srv = CONTAINER_OF(io, echo_server, listener);
+
+    (void)ready;
+    udp_echo_readable(srv->udp, io->fd, ev_now(loop));
+}
+
+static void on_drop(void *ctx, int reason, const net_addr *src, uint64_t n)
+{
+    echo_server *srv = ctx;
+    echo_event ev;
+
+    if (srv->event_fn == NULL)
+        return;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = ECHO_EVENT_DROP;
+    ev.reason = reason;
+    ev.count = n;
+    if (net_format(src, ev.host, sizeof ev.host, &ev.port) != 0)
+        ev.host[0] = '\0';
+    srv->event_fn(srv->event_ctx, &ev);
+}
+
 /* ---- the loop ------------------------------------------------------------ */
 
 static void close_all(echo_server *srv)
@@ -569,10 +578,16 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
     rc = ev_loop_new(&srv->loop);
     if (rc != 0)
         goto fail;
-    rc = net_listen(host, port, cfg->backlog, &fd);
+    if (cfg->transport == ECHO_UDP) {
+        rc = udp_echo_new(cfg, &srv->stats, on_drop, srv, &srv->udp);
+        if (rc != 0)
+            goto fail;
+    }
+    rc = net_listen(host, port, srv->udp ? SOCK_DGRAM : SOCK_STREAM, cfg->backlog, &fd);
     if (rc != 0)
         goto fail;
-    rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ, on_acceptable);
+    rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ,
+                     srv->udp ? on_datagrams : on_acceptable);
     if (rc != 0) {
         close(fd);
         goto fail;
@@ -615,13 +630,18 @@ void echo_server_stats(const echo_server *srv, echo_stats *out)
 {
     const counters *s = &srv->stats;
 
-    out->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
-    out->open = atomic_load_explicit(&s->open, memory_order_relaxed);
-    out->rejected = atomic_load_explicit(&s->rejected, memory_order_relaxed);
-    out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
-    out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+    memset(out, 0, sizeof *out);
+    out->accepted = counted(&s->accepted);
+    out->open = counted(&s->open);
+    out->rejected = counted(&s->rejected);
+    out->bytes_in = counted(&s->bytes_in);
+    out->bytes_out = counted(&s->bytes_out);
     for (int i = 0; i < ECHO_CLOSE_REASONS; i++)
-        out->closed[i] = atomic_load_explicit(&s->closed[i], memory_order_relaxed);
+        out->closed[i] = counted(&s->closed[i]);
+    out->datagrams_in = counted(&s->datagrams_in);
+    out->datagrams_out = counted(&s->datagrams_out);
+    for (int i = 0; i < ECHO_DROP_REASONS; i++)
+        out->dropped[i] = counted(&s->dropped[i]);
 }
 
 void echo_server_free(echo_server *srv)
@@ -636,6 +656,7 @@ void echo_server_free(echo_server *srv)
         }
         ev_loop_free(srv->loop);
     }
+    udp_echo_free(srv->udp);
     free(srv->scratch);
     free(srv);
 }

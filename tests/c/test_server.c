@@ -7,6 +7,7 @@
  * outbuf.c and net.c, which it cannot inside a Python process.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,11 +16,12 @@
 
 #include "check.h"
 #include "pyecho.h"
+#include "udp.h"
 
 typedef struct running {
     echo_server *srv;
     pthread_t thread;
-    int port, rc, opens, closes;
+    int port, rc, opens, closes, drop_events, dropped_reported;
     int reasons[ECHO_CLOSE_REASONS];
 } running;
 
@@ -27,7 +29,10 @@ static void on_event(void *ctx, const echo_event *ev)
 {
     running *r = ctx;
 
-    if (ev->kind == ECHO_EVENT_OPEN) {
+    if (ev->kind == ECHO_EVENT_DROP) {
+        r->drop_events++;
+        r->dropped_reported += (int)ev->count;
+    } else if (ev->kind == ECHO_EVENT_OPEN) {
         r->opens++;
     } else {
         r->closes++;
@@ -43,15 +48,20 @@ static void *serve(void *arg)
     return NULL;
 }
 
-static void start(running *r, const echo_config *cfg)
+static void start_on(running *r, const echo_config *cfg, const char *where)
 {
     char host[64];
 
     memset(r, 0, sizeof *r);
-    CHECK_EQ(echo_server_new(cfg, "127.0.0.1", 0, &r->srv), 0);
+    CHECK_EQ(echo_server_new(cfg, where, 0, &r->srv), 0);
     CHECK_EQ(echo_server_address(r->srv, host, sizeof host, &r->port), 0);
     echo_server_set_event_fn(r->srv, on_event, r);
     CHECK_EQ(pthread_create(&r->thread, NULL, serve, r), 0);
+}
+
+static void start(running *r, const echo_config *cfg)
+{
+    start_on(r, cfg, "127.0.0.1");
 }
 
 /* Wait (bounded) until the server has no connection open. */
@@ -259,6 +269,163 @@ static void test_bad_arguments(void)
     echo_client_free(NULL);
 }
 
+/* UDP: datagrams of every size come back whole, over IPv4 and IPv6. */
+static void test_udp_echo(void)
+{
+    static const char *hosts[] = {"127.0.0.1", "::1"};
+    static const size_t sizes[] = {0, 1, 1000, 65507};
+    uint8_t *data = malloc(65507), *reply = malloc(65507);
+
+    for (size_t i = 0; i < 65507; i++)
+        data[i] = (uint8_t)(i * 13 + 1);
+    for (int h = 0; h < 2; h++) {
+        echo_config cfg;
+        running r;
+        echo_client *cli = NULL;
+        echo_stats s;
+        uint64_t bytes = 0;
+
+        echo_config_default(&cfg);
+        cfg.transport = ECHO_UDP;
+        start_on(&r, &cfg, hosts[h]);
+        CHECK_EQ(echo_client_new(&cfg, hosts[h], r.port, 5000, &cli), 0);
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            size_t got = 0;
+
+            CHECK_EQ(echo_client_echo(cli, data, sizes[k], reply, sizes[k], &got),
+                     ECHO_REPLY_OPEN);
+            CHECK_EQ(got, sizes[k]);
+            CHECK(memcmp(reply, data, sizes[k]) == 0);
+            bytes += sizes[k];
+        }
+        CHECK_EQ(echo_client_shutdown_write(cli), -EOPNOTSUPP);
+        echo_client_free(cli);
+        s = stop(&r);
+        CHECK_EQ(s.datagrams_in, 4);
+        CHECK_EQ(s.datagrams_out, 4);
+        CHECK_EQ(s.bytes_in, bytes);
+        CHECK_EQ(s.bytes_out, bytes);
+        CHECK_EQ(s.accepted, 0);
+    }
+    free(data);
+    free(reply);
+}
+
+static int udp_socket_from(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), one = 1;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void send_to(int fd, int port, int n)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(sendto(fd, "x", 1, 0, (struct sockaddr *)&a, sizeof a), 1);
+}
+
+/* Wait (bounded) until the server has seen n datagrams. */
+static echo_stats wait_datagrams(running *r, uint64_t n)
+{
+    echo_stats s;
+
+    for (int i = 0; i < 2000; i++) {
+        echo_server_stats(r->srv, &s);
+        if (s.datagrams_in >= n)
+            break;
+        usleep(2000);
+    }
+    return s;
+}
+
+/* The loop guard: never answer a self-answering service's port (as root we
+ * can bind one), port 0 or a multicast or broadcast source. */
+static void test_udp_guard(void)
+{
+    echo_config cfg;
+    running r;
+    echo_stats s;
+    net_addr a;
+    int fd;
+
+    memset(&a, 0, sizeof a);
+    a.in4.sin_family = AF_INET;
+    a.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.in4.sin_port = htons(7);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(0);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(19);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(1024);
+    CHECK(!udp_guarded(&a));
+    a.in4.sin_addr.s_addr = htonl(0xe0000001); /* 224.0.0.1 */
+    CHECK(udp_guarded(&a));
+    a.in4.sin_addr.s_addr = htonl(0xffffffff);
+    CHECK(udp_guarded(&a));
+    memset(&a, 0, sizeof a);
+    a.in6.sin6_family = AF_INET6;
+    a.in6.sin6_port = htons(40000);
+    a.in6.sin6_addr.s6_addr[15] = 1; /* ::1 */
+    CHECK(!udp_guarded(&a));
+    a.in6.sin6_addr.s6_addr[0] = 0xff; /* ff00::1 */
+    CHECK(udp_guarded(&a));
+    memset(&a.in6.sin6_addr, 0, 16); /* ::ffff:224.0.0.1 */
+    a.in6.sin6_addr.s6_addr[10] = a.in6.sin6_addr.s6_addr[11] = 0xff;
+    a.in6.sin6_addr.s6_addr[12] = 224;
+    a.in6.sin6_addr.s6_addr[15] = 1;
+    CHECK(udp_guarded(&a));
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    start(&r, &cfg);
+    fd = udp_socket_from(7); /* needs root: skipped otherwise */
+    if (fd >= 0) {
+        send_to(fd, r.port, 3);
+        s = wait_datagrams(&r, 3);
+        CHECK_EQ(s.dropped[ECHO_DROP_GUARD], 3);
+        CHECK_EQ(s.datagrams_out, 0);
+        close(fd);
+    }
+    s = stop(&r);
+    CHECK_EQ(r.dropped_reported > 0, fd >= 0);
+}
+
+/* The per-source limit: a burst beyond it is dropped and counted, and the
+ * drop is reported at most once a second. */
+static void test_udp_rate(void)
+{
+    echo_config cfg;
+    running r;
+    echo_stats s;
+    int fd;
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    cfg.udp_rate_per_source = 10;
+    start(&r, &cfg);
+    fd = udp_socket_from(0);
+    send_to(fd, r.port, 30);
+    s = wait_datagrams(&r, 30);
+    CHECK_EQ(s.datagrams_in, 30);
+    CHECK(s.datagrams_out >= 10 && s.datagrams_out <= 12);
+    CHECK_EQ(s.dropped[ECHO_DROP_RATE_SOURCE], 30 - s.datagrams_out);
+    CHECK_EQ(r.drop_events, 1);
+    CHECK_EQ(r.dropped_reported, 1);
+    close(fd);
+    stop(&r);
+}
+
 int main(void)
 {
     RUN(test_raw);
@@ -266,5 +433,8 @@ int main(void)
     RUN(test_seed_reset_and_stop);
     RUN(test_limits);
     RUN(test_bad_arguments);
+    RUN(test_udp_echo);
+    RUN(test_udp_guard);
+    RUN(test_udp_rate);
     return check_summary("test_server");
 }
