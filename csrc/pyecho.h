@@ -48,7 +48,10 @@ enum echo_close_reason {
     ECHO_CLOSE_RESET = 2,    /* the connection was reset or failed */
     ECHO_CLOSE_SHUTDOWN = 3, /* the server stopped while it was open */
     ECHO_CLOSE_IDLE = 4,     /* silent for longer than idle_timeout */
-    ECHO_CLOSE_REASONS = 5
+    ECHO_CLOSE_LIMIT = 5,    /* fault: `limit` bytes were echoed */
+    ECHO_CLOSE_RESET_AFTER = 6, /* fault: reset `reset_after` after opening */
+    ECHO_CLOSE_REFUSED = 7,  /* fault: reset at once (`refuse`) */
+    ECHO_CLOSE_REASONS = 8
 };
 
 /* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
@@ -59,7 +62,8 @@ enum echo_drop_reason {
     ECHO_DROP_RATE_GLOBAL = 2, /* over udp_rate */
     ECHO_DROP_FULL = 3,        /* the socket's send buffer was full */
     ECHO_DROP_ERROR = 4,       /* sending it failed (too big, no route...) */
-    ECHO_DROP_REASONS = 5
+    ECHO_DROP_FAULT = 5,       /* fault: `drop` chose it */
+    ECHO_DROP_REASONS = 6
 };
 
 typedef struct echo_config {
@@ -95,6 +99,40 @@ int echo_config_check(const echo_config *cfg);
 size_t echo_scan(const echo_config *cfg, int *cont, const uint8_t *buf,
                  size_t len, int *quit);
 
+/* ---- faults: a server that misbehaves on purpose ------------------------ */
+
+/*
+ * What the server does to its echo, on purpose, for testing clients against
+ * a bad network (toxiproxy's vocabulary). All off (echo_faults_default) costs
+ * nothing. Random choices (jitter, refuse, drop, duplicate) come from one
+ * generator per connection seeded with (seed, connection id), and one for
+ * UDP seeded with (seed, 0): a run is reproducible, and pyecho's Python
+ * engine makes the same choices for the same seed. docs/PROTOCOL.md says
+ * exactly what each field does.
+ */
+typedef struct echo_faults {
+    uint32_t latency_ms;      /* each chunk of echo is held this long ... */
+    uint32_t jitter_ms;       /* ... plus or minus up to this (whole ms) */
+    uint64_t rate;            /* TCP: echo bytes per second; 0: no limit */
+    uint32_t slice;           /* TCP: echo sent in pieces of at most this; 0: whole */
+    uint32_t slice_delay_ms;  /* TCP: between pieces */
+    int64_t limit;            /* TCP: bytes of echo, then the connection closes; -1: none */
+    int64_t reset_after_ms;   /* TCP: reset (RST) this long after opening; -1: never */
+    int64_t stall_after;      /* TCP: bytes of echo, then no more; -1: never */
+    uint32_t close_delay_ms;  /* TCP: a close the server decides waits this long */
+    uint32_t accept_delay_ms; /* TCP: a new connection waits this long to be served */
+    uint32_t refuse_ppm;      /* TCP: chance, per million, a connection is reset at once */
+    uint32_t drop_ppm;        /* UDP: chance, per million, a datagram is not echoed */
+    uint32_t duplicate_ppm;   /* UDP: chance, per million, a datagram is echoed twice */
+    uint64_t seed;
+} echo_faults;
+
+/* Everything off. */
+void echo_faults_default(echo_faults *f);
+/* 0 if f is usable with the transport, -EINVAL otherwise (out of range, or a
+ * TCP-only field set for UDP or the reverse). */
+int echo_faults_check(const echo_faults *f, int transport);
+
 /* ---- server ------------------------------------------------------------ */
 
 typedef struct echo_server echo_server;
@@ -105,10 +143,10 @@ typedef struct echo_stats {
     uint64_t rejected;   /* closed at once because max_clients were open */
     uint64_t bytes_in;   /* bytes read from clients (UDP: in datagrams) */
     uint64_t bytes_out;  /* bytes written to clients (UDP: echoed) */
-    uint64_t closed[8];  /* closes by enum echo_close_reason (room to grow) */
+    uint64_t closed[16]; /* closes by enum echo_close_reason (room to grow) */
     uint64_t datagrams_in;  /* UDP: datagrams received */
-    uint64_t datagrams_out; /* UDP: datagrams echoed */
-    uint64_t dropped[8];    /* UDP: by enum echo_drop_reason (room to grow) */
+    uint64_t datagrams_out; /* UDP: datagrams echoed (a duplicate counts) */
+    uint64_t dropped[16];   /* UDP: by enum echo_drop_reason (room to grow) */
 } echo_stats;
 
 enum echo_event_kind {
@@ -152,6 +190,12 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
 int echo_server_stop(echo_server *srv);
+/*
+ * Change the server's faults (NULL: none), from any thread, serving or not.
+ * The serving loop applies them within one turn, to open connections too.
+ * f is copied.
+ */
+int echo_server_set_faults(echo_server *srv, const echo_faults *f);
 /* A consistent-enough snapshot, safe from any thread while serving. */
 void echo_server_stats(const echo_server *srv, echo_stats *out);
 /* Close every socket and free. Not while echo_server_run() is running. */

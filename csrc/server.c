@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "faults.h"
 #include "loop.h"
 #include "net.h"
 #include "outbuf.h"
@@ -26,13 +27,16 @@
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
 #define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
+#define RATE_BURST_MS 10       /* faults: a rate-limited send waits for this much */
 
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+typedef struct conn_fx conn_fx;
 
 typedef struct conn {
     ev_io io;
     int closing;       /* 0, or 1 + the close reason once the peer is done */
-    int lingering;     /* after quit: output sent and shut, input dropped */
+    int lingering;     /* after quit (or limit): output sent and shut, input dropped */
     int cont;          /* line mode: inside a line longer than max_line */
     uint64_t id;
     uint64_t last_active_ms;  /* or, lingering, when the lingering began */
@@ -41,8 +45,30 @@ typedef struct conn {
     size_t held_len;
     outbuf out;        /* echo the client has not taken yet */
     net_addr peer;
+    uint64_t opened_ms;
+    conn_fx *fx;       /* fault state; NULL until faults apply to it */
     struct echo_server *srv;
 } conn;
+
+/* A connection's faults: echo held for latency, the send gate (rate,
+ * slice), its reset and wait timers, and its own random generator. */
+struct conn_fx {
+    conn *c;
+    uint64_t rng;
+    fx_queue delayed;       /* echo held until its time (latency, jitter) */
+    ev_timer release;       /* when the head of `delayed` is due */
+    ev_timer gate;          /* pending: sending waits (rate, slice_delay) */
+    ev_timer reset;         /* reset_after */
+    ev_timer wait;          /* accept_delay, then close_delay */
+    uint64_t next_send_ms;  /* slice_delay: not before */
+    uint64_t tokens;        /* rate: thousandths of a byte */
+    uint64_t tokens_ms;
+    uint64_t echoed;        /* bytes let into the echo: limit, stall_after */
+    int waiting;            /* 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs */
+    int close_waited;       /* close_delay already spent */
+};
+
+enum { ACCEPT_WAIT = 1, CLOSE_WAIT = 2 };
 
 /* Oldest first: idle and linger deadlines are then O(1) to find. */
 typedef struct conn_list {
@@ -65,6 +91,9 @@ struct echo_server {
     echo_event_fn event_fn;
     void *event_ctx;
     atomic_int stop;
+    echo_faults *faults;    /* in effect (loop thread); NULL: none */
+    _Atomic(echo_faults *) pending_faults; /* from echo_server_set_faults() */
+    ev_timer udp_release;   /* UDP: the next delayed datagram is due */
     counters stats;
 };
 
@@ -141,6 +170,8 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
     srv->event_fn(srv->event_ctx, &ev);
 }
 
+static void fx_free(echo_server *srv, conn_fx *fx);
+
 static void conn_close(echo_server *srv, conn *c, int reason)
 {
     ev_io_stop(srv->loop, &c->io);
@@ -149,20 +180,40 @@ static void conn_close(echo_server *srv, conn *c, int reason)
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
+    fx_free(srv, c->fx);
     free(c->held);
     outbuf_free(&c->out);
     free(c);
 }
 
+/* Close with a reset (RST) instead of a FIN: SO_LINGER with no time. */
+static void conn_reset(echo_server *srv, conn *c, int reason)
+{
+    struct linger now = {1, 0};
+
+    setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+    conn_close(srv, c, reason);
+}
+
+/* Echo not yet handed to the kernel: queued, and held by faults. */
+static size_t queued(const conn *c)
+{
+    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost : 0);
+}
+
 /* Watch for input while the peer may still send and the queue has room (or,
- * lingering, for its EOF); for output while anything is queued. */
+ * lingering, for its EOF); for output while anything is queued and no fault
+ * holds sending back. Nothing while a fault makes it wait. */
 static int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
+    const conn_fx *fx = c->fx;
 
-    if (c->lingering || (!c->closing && c->out.len < srv->cfg.max_pending))
+    if (fx != NULL && fx->waiting != 0)
+        return ev_io_set(srv->loop, &c->io, 0);
+    if (c->lingering || (!c->closing && queued(c) < srv->cfg.max_pending))
         want |= EV_READ;
-    if (c->out.len > 0)
+    if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
         want |= EV_WRITE;
     return ev_io_set(srv->loop, &c->io, want);
 }
@@ -172,16 +223,32 @@ static int is_reset(int err)
     return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
 }
 
+static void on_fx_wait(ev_loop *loop, ev_timer *t);
+
 /*
- * All echo is out and the connection ends. After the quit word the peer may
- * still be sending, and close() with unread input answers with a reset that
- * destroys echo still in flight to it. So linger instead: shut our side (the
- * FIN follows the echo), drop what the peer sends, and close at its EOF or
- * after LINGER_MS.
+ * All echo is out and the connection ends. After the quit word (or the
+ * limit fault) the peer may still be sending, and close() with unread input
+ * answers with a reset that destroys echo still in flight to it. So linger
+ * instead: shut our side (the FIN follows the echo), drop what the peer
+ * sends, and close at its EOF or after LINGER_MS. The close_delay fault
+ * makes any of these ends wait first.
  */
 static void conn_done(echo_server *srv, conn *c, int reason)
 {
-    if (reason != ECHO_CLOSE_QUIT || shutdown(c->io.fd, SHUT_WR) != 0) {
+    conn_fx *fx = c->fx;
+
+    if (fx != NULL && srv->faults != NULL && srv->faults->close_delay_ms > 0 &&
+        !fx->close_waited) {
+        fx->close_waited = 1;
+        fx->waiting = CLOSE_WAIT;
+        if (ev_timer_start(srv->loop, &fx->wait, ev_now(srv->loop) + srv->faults->close_delay_ms,
+                           on_fx_wait) != 0 ||
+            update_interest(srv, c) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if ((reason != ECHO_CLOSE_QUIT && reason != ECHO_CLOSE_LIMIT) ||
+        shutdown(c->io.fd, SHUT_WR) != 0) {
         conn_close(srv, c, reason);
         return;
     }
@@ -210,19 +277,276 @@ static int drop_input(echo_server *srv, conn *c)
     return 0;
 }
 
-/* The peer is done (EOF or quit): end now or once the queue drains. */
+/* The peer is done (EOF or quit) or the limit is reached: end now or once
+ * the queue drains. */
 static void finish(echo_server *srv, conn *c, int reason)
 {
     c->closing = 1 + reason;
-    if (c->out.len == 0)
+    if (queued(c) == 0)
         conn_done(srv, c, reason);
     else if (update_interest(srv, c) != 0)
         conn_close(srv, c, ECHO_CLOSE_RESET);
 }
 
+/* ---- faults on the echo path ------------------------------------------------ */
+
+static void on_fx_release(ev_loop *loop, ev_timer *t);
+static void on_fx_gate(ev_loop *loop, ev_timer *t);
+static void on_fx_reset(ev_loop *loop, ev_timer *t);
+
+static conn_fx *fx_attach(echo_server *srv, conn *c)
+{
+    conn_fx *fx = calloc(1, sizeof *fx);
+
+    if (fx == NULL)
+        return NULL;
+    fx->c = c;
+    fx->rng = fx_rng_seed(srv->faults->seed, c->id);
+    fx->tokens_ms = ev_now(srv->loop);
+    c->fx = fx;
+    return fx;
+}
+
+static void fx_free(echo_server *srv, conn_fx *fx)
+{
+    if (fx == NULL)
+        return;
+    ev_timer_stop(srv->loop, &fx->release);
+    ev_timer_stop(srv->loop, &fx->gate);
+    ev_timer_stop(srv->loop, &fx->reset);
+    ev_timer_stop(srv->loop, &fx->wait);
+    fx_queue_free(&fx->delayed);
+    free(fx);
+}
+
+/* Rate: refill the bucket; a burst is RATE_BURST_MS of the rate (1 byte at
+ * least). Tokens are thousandths of a byte: the rate is bytes per second. */
+static uint64_t fx_bucket_cap(uint64_t rate)
+{
+    uint64_t cap = rate * RATE_BURST_MS;
+
+    return cap < 1000 ? 1000 : cap;
+}
+
+static void fx_refill(conn_fx *fx, uint64_t rate, uint64_t now)
+{
+    uint64_t cap = fx_bucket_cap(rate), elapsed = now - fx->tokens_ms;
+
+    fx->tokens = elapsed >= RATE_BURST_MS + 1000 ? cap : fx->tokens + elapsed * rate;
+    if (fx->tokens > cap)
+        fx->tokens = cap;
+    fx->tokens_ms = now;
+}
+
+/* Close the gate until `when`; 0, or -1 if no timer could be started. */
+static int fx_hold(echo_server *srv, conn_fx *fx, uint64_t when)
+{
+    return ev_timer_start(srv->loop, &fx->gate, when, on_fx_gate) == 0 ? 0 : -1;
+}
+
+/* Send what the faults let go now (rate, slice); 0, or -1 if the
+ * connection failed. */
+static int fx_flush(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+    conn_fx *fx = c->fx;
+    uint64_t now = ev_now(srv->loop);
+
+    while (c->out.len > 0 && !ev_timer_pending(&fx->gate)) {
+        size_t n = c->out.len;
+        ssize_t sent;
+
+        if (now < fx->next_send_ms)
+            return fx_hold(srv, fx, fx->next_send_ms);
+        if (f != NULL && f->slice != 0 && n > f->slice)
+            n = f->slice;
+        if (f != NULL && f->rate != 0) {
+            uint64_t avail, want;
+
+            fx_refill(fx, f->rate, now);
+            avail = fx->tokens / 1000;
+            want = fx_bucket_cap(f->rate) / 1000;
+            if (want > n)
+                want = n;
+            if (avail < want) /* wait until a burst's worth (or all) may go */
+                return fx_hold(srv, fx, now + (want * 1000 - fx->tokens + f->rate - 1) / f->rate);
+            if (n > avail)
+                n = (size_t)avail;
+        }
+        sent = send(c->io.fd, outbuf_begin(&c->out), n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent < 0)
+            return is_reset(errno) ? -1 : 0;
+        count(&srv->stats.bytes_out, (uint64_t)sent);
+        outbuf_consume(&c->out, (size_t)sent);
+        if (f != NULL && f->rate != 0)
+            fx->tokens -= (uint64_t)sent * 1000;
+        if (f != NULL && f->slice != 0 && f->slice_delay_ms != 0 && c->out.len > 0)
+            fx->next_send_ms = now + f->slice_delay_ms;
+        if ((size_t)sent < n)
+            return 0; /* the socket is full: wait until it is writable */
+    }
+    return 0;
+}
+
+/* Move the echo that is due from `delayed` to the output queue. */
+static int fx_release_due(echo_server *srv, conn *c)
+{
+    conn_fx *fx = c->fx;
+    uint64_t now = ev_now(srv->loop);
+
+    while (fx->delayed.head != NULL && fx->delayed.head->due_ms <= now) {
+        fx_chunk *ch = fx_queue_pop(&fx->delayed);
+        int rc = outbuf_append(&c->out, ch->data, ch->len);
+
+        free(ch);
+        if (rc != 0)
+            return -1;
+    }
+    if (fx->delayed.head != NULL &&
+        ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
+        return -1;
+    return 0;
+}
+
+/* After the queues changed: send, then end the connection if it was ending
+ * and everything is out, else watch what is needed. 1 if it was closed. */
+static int fx_progress(echo_server *srv, conn *c)
+{
+    if (fx_release_due(srv, c) != 0 || fx_flush(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (c->closing && !c->lingering && queued(c) == 0 && c->fx->waiting == 0) {
+        conn_done(srv, c, c->closing - 1);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Echo data through the faults: stall_after and limit cut it, latency and
+ * jitter hold it, rate and slice pace it (fx_flush). Returns 0, 1 when the
+ * limit is reached (the caller ends the connection), or -1 on failure.
+ */
+static int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
+{
+    const echo_faults *f = srv->faults;
+    conn_fx *fx = c->fx;
+    int limit_reached = 0;
+
+    if (f->stall_after >= 0 && fx->echoed + len > (uint64_t)f->stall_after)
+        len = fx->echoed >= (uint64_t)f->stall_after ? 0 : (size_t)((uint64_t)f->stall_after - fx->echoed);
+    if (f->limit >= 0 && fx->echoed + len >= (uint64_t)f->limit) {
+        len = (size_t)((uint64_t)f->limit - fx->echoed);
+        limit_reached = 1;
+    }
+    fx->echoed += len;
+    if (len > 0 && (f->latency_ms != 0 || f->jitter_ms != 0)) {
+        uint64_t due = ev_now(srv->loop) + fx_delay(&fx->rng, f);
+
+        if (fx_queue_push(&fx->delayed, due, data, len, NULL, 1) != 0)
+            return -1;
+        if (!ev_timer_pending(&fx->release) &&
+            ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
+            return -1;
+    } else if (outbuf_append(&c->out, data, len) != 0) {
+        return -1;
+    }
+    if (fx_flush(srv, c) != 0)
+        return -1;
+    return limit_reached;
+}
+
+static void on_fx_release(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, release);
+
+    (void)loop;
+    fx_progress(fx->c->srv, fx->c);
+}
+
+static void on_fx_gate(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, gate);
+
+    (void)loop;
+    fx_progress(fx->c->srv, fx->c);
+}
+
+static void on_fx_reset(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, reset);
+
+    (void)loop;
+    conn_reset(fx->c->srv, fx->c, ECHO_CLOSE_RESET_AFTER);
+}
+
+/* accept_delay is over (serve it now), or close_delay (end it now). */
+static void on_fx_wait(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, wait);
+    conn *c = fx->c;
+    int was = fx->waiting;
+
+    (void)loop;
+    fx->waiting = 0;
+    if (was == CLOSE_WAIT)
+        conn_done(c->srv, c, c->closing - 1);
+    else
+        fx_progress(c->srv, c);
+}
+
+/*
+ * Bring a connection in line with the server's faults, new or changed:
+ * reseed nothing (its generator is its own), re-arm reset_after from when
+ * it opened, release held echo no later than the new latency allows (at
+ * once with none), and reopen the send gate. 1 if it was closed.
+ */
+static int fx_update(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+    uint64_t now = ev_now(srv->loop);
+    conn_fx *fx = c->fx;
+
+    if (f == NULL && fx == NULL)
+        return 0;
+    if (fx == NULL && (fx = fx_attach(srv, c)) == NULL) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (f != NULL && f->reset_after_ms >= 0) {
+        uint64_t at = c->opened_ms + (uint64_t)f->reset_after_ms;
+
+        if (ev_timer_start(srv->loop, &fx->reset, at > now ? at : now, on_fx_reset) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+    } else {
+        ev_timer_stop(srv->loop, &fx->reset);
+    }
+    fx_queue_hurry(&fx->delayed, f == NULL ? now : now + f->latency_ms + f->jitter_ms);
+    if (fx->delayed.head != NULL)
+        ev_timer_stop(srv->loop, &fx->release);
+    ev_timer_stop(srv->loop, &fx->gate);
+    fx->next_send_ms = now;
+    if (fx->waiting == ACCEPT_WAIT && (f == NULL || f->accept_delay_ms == 0)) {
+        ev_timer_stop(srv->loop, &fx->wait);
+        fx->waiting = 0;
+    }
+    return fx_progress(srv, c);
+}
+
+/* ---- the echo path ------------------------------------------------------------ */
+
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
+    if (c->fx != NULL)
+        return fx_flush(srv, c);
     while (c->out.len > 0) {
         ssize_t n = send(c->io.fd, outbuf_begin(&c->out), c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -234,9 +558,17 @@ static int flush_out(echo_server *srv, conn *c)
     return 0;
 }
 
-/* Echo data: straight to the socket when nothing is queued before it. */
+/* Echo data: straight to the socket when nothing is queued before it.
+ * 0, 1 when the limit fault is reached, or -1 on failure. */
 static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 {
+    if (c->fx != NULL) {
+        if (srv->faults != NULL)
+            return fx_echo(srv, c, data, len);
+        if (outbuf_append(&c->out, data, len) != 0)
+            return -1;
+        return fx_flush(srv, c);
+    }
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -281,7 +613,7 @@ static void on_readable(echo_server *srv, conn *c)
     size_t want = srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
     uint8_t *buf = srv->scratch;
     size_t emit;
-    int quit;
+    int quit, rc;
     ssize_t n;
 
     if (held > 0)
@@ -295,22 +627,24 @@ static void on_readable(echo_server *srv, conn *c)
     if (n == 0) {
         /* Half-close: a partial line is still echoed, nothing is lost. */
         drop_held(c);
-        if (echo_out(srv, c, buf, held) != 0)
+        rc = echo_out(srv, c, buf, held);
+        if (rc < 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
-            finish(srv, c, ECHO_CLOSE_PEER);
+            finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
         return;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
     touch(srv, c);
     emit = echo_scan(&srv->cfg, &c->cont, buf, held + (size_t)n, &quit);
-    if (echo_out(srv, c, buf, emit) != 0) {
+    rc = echo_out(srv, c, buf, emit);
+    if (rc < 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
-    if (quit) {
+    if (rc == 1 || quit) {
         drop_held(c);
-        finish(srv, c, ECHO_CLOSE_QUIT);
+        finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
         return;
     }
     if (srv->cfg.mode == ECHO_MODE_LINE &&
@@ -333,7 +667,7 @@ static int on_writable(echo_server *srv, conn *c)
     }
     if (c->out.len < before)
         touch(srv, c);
-    if (c->closing && c->out.len == 0) {
+    if (c->closing && queued(c) == 0) {
         conn_done(srv, c, c->closing - 1);
         return 1;
     }
@@ -356,16 +690,17 @@ static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
         if (!c->lingering)
             on_readable(srv, c);
         else if (drop_input(srv, c))
-            conn_close(srv, c, ECHO_CLOSE_QUIT);
+            conn_close(srv, c, c->closing - 1);
     }
 }
 
 /* ---- deadlines ------------------------------------------------------------ */
 
+/* reason -1: the reason each was ending for. */
 static void close_expired(echo_server *srv, conn_list *l, uint64_t timeout, int reason)
 {
     while (l->oldest != NULL && l->oldest->last_active_ms + timeout <= ev_now(srv->loop))
-        conn_close(srv, l->oldest, reason);
+        conn_close(srv, l->oldest, reason >= 0 ? reason : l->oldest->closing - 1);
     arm_deadline(srv, l);
 }
 
@@ -382,8 +717,9 @@ static void on_linger(ev_loop *loop, ev_timer *t)
     echo_server *srv = CONTAINER_OF(t, echo_server, lingering.timer);
 
     (void)loop;
-    /* Their echo is out and the peer asked to quit: that is how they end. */
-    close_expired(srv, &srv->lingering, LINGER_MS, ECHO_CLOSE_QUIT);
+    /* Their echo is out and they were ending (quit, limit): that is how
+     * they end. */
+    close_expired(srv, &srv->lingering, LINGER_MS, -1);
 }
 
 /* ---- accepting ----------------------------------------------------------- */
@@ -407,6 +743,7 @@ static void pause_accepting(echo_server *srv)
 
 static void add_conn(echo_server *srv, int fd, const net_addr *peer)
 {
+    const echo_faults *f = srv->faults;
     conn *c = calloc(1, sizeof *c);
     int one = 1;
 
@@ -421,11 +758,31 @@ static void add_conn(echo_server *srv, int fd, const net_addr *peer)
     c->srv = srv;
     c->peer = *peer;
     c->id = ++srv->next_id;
-    c->last_active_ms = ev_now(srv->loop);
+    c->opened_ms = c->last_active_ms = ev_now(srv->loop);
     list_append(srv, &srv->active, c);
     count(&srv->stats.accepted, 1);
     count(&srv->stats.open, 1);
     notify(srv, c, ECHO_EVENT_OPEN, 0);
+    if (f == NULL)
+        return;
+    /* Faults: its generator's first draw decides `refuse`. */
+    if (fx_attach(srv, c) == NULL) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (fx_chance(&c->fx->rng, f->refuse_ppm)) {
+        conn_reset(srv, c, ECHO_CLOSE_REFUSED);
+        return;
+    }
+    if (f->accept_delay_ms > 0) {
+        c->fx->waiting = ACCEPT_WAIT;
+        if (ev_timer_start(srv->loop, &c->fx->wait, c->opened_ms + f->accept_delay_ms,
+                           on_fx_wait) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+    }
+    fx_update(srv, c);
 }
 
 /*
@@ -443,7 +800,7 @@ static int make_room(echo_server *srv)
         return 0;
     /* Unread input would turn close() into a reset: drop it first. */
     drop_input(srv, oldest);
-    conn_close(srv, oldest, ECHO_CLOSE_QUIT);
+    conn_close(srv, oldest, oldest->closing - 1);
     return 1;
 }
 
@@ -477,12 +834,33 @@ static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
 
 /* ---- UDP ------------------------------------------------------------------ */
 
+static void on_udp_release(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, udp_release);
+    uint64_t due = udp_echo_release(srv->udp, srv->listener.fd, ev_now(loop));
+
+    if (due != UINT64_MAX)
+        (void)ev_timer_start(loop, t, due, on_udp_release);
+}
+
+/* UDP: keep the release timer at the first held datagram's time. */
+static void arm_udp_release(echo_server *srv)
+{
+    uint64_t due = udp_echo_due(srv->udp);
+
+    if (due == UINT64_MAX)
+        ev_timer_stop(srv->loop, &srv->udp_release);
+    else if (!ev_timer_pending(&srv->udp_release) || srv->udp_release.when != due)
+        (void)ev_timer_start(srv->loop, &srv->udp_release, due, on_udp_release);
+}
+
 static void on_datagrams(ev_loop *loop, ev_io *io, uint32_t ready)
 {
     echo_server *srv = CONTAINER_OF(io, echo_server, listener);
 
     (void)ready;
     udp_echo_readable(srv->udp, io->fd, ev_now(loop));
+    arm_udp_release(srv);
 }
 
 static void on_drop(void *ctx, int reason, const net_addr *src, uint64_t n)
@@ -507,9 +885,51 @@ static void close_all(echo_server *srv)
 {
     while (srv->active.oldest != NULL)
         conn_close(srv, srv->active.oldest, ECHO_CLOSE_SHUTDOWN);
-    /* Their echo is out and the peer asked to quit: that is how they end. */
+    /* Their echo is out and they were ending: that is how they end. */
     while (srv->lingering.oldest != NULL)
-        conn_close(srv, srv->lingering.oldest, ECHO_CLOSE_QUIT);
+        conn_close(srv, srv->lingering.oldest, srv->lingering.oldest->closing - 1);
+}
+
+/* ---- faults, changed from any thread --------------------------------------- */
+
+static int faults_off(const echo_faults *f)
+{
+    echo_faults off;
+
+    echo_faults_default(&off);
+    off.seed = f->seed;
+    return memcmp(&off, f, sizeof off) == 0;
+}
+
+/* Take the faults echo_server_set_faults() left, if any, and apply them to
+ * every open connection (on the loop's thread, at the start of a turn). */
+static void take_faults(echo_server *srv)
+{
+    echo_faults *f = atomic_exchange(&srv->pending_faults, NULL);
+    echo_faults *old = srv->faults;
+
+    if (f == NULL)
+        return;
+    if (faults_off(f)) {
+        free(f);
+        f = NULL;
+    }
+    srv->faults = f;
+    if (srv->udp != NULL) {
+        udp_echo_set_faults(srv->udp, f, srv->listener.fd, ev_now(srv->loop));
+        arm_udp_release(srv);
+    }
+    free(old);
+    for (conn_list *l = &srv->active; l != NULL; l = l == &srv->active ? &srv->lingering : NULL) {
+        conn *c = l->oldest;
+
+        while (c != NULL) {
+            conn *next = c->next;
+
+            fx_update(srv, c);
+            c = next;
+        }
+    }
 }
 
 /* Was a stop asked for? Then close every connection and end the session. */
@@ -539,6 +959,7 @@ int echo_server_run(echo_server *srv, int timeout_ms)
 
         if (stopped(srv))
             return 0;
+        take_faults(srv);
         now = ev_now(srv->loop);
         if (now >= deadline)
             return 1;
@@ -618,6 +1039,23 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx)
     srv->event_ctx = ctx;
 }
 
+int echo_server_set_faults(echo_server *srv, const echo_faults *f)
+{
+    echo_faults *copy;
+
+    if (srv == NULL || (f != NULL && echo_faults_check(f, srv->cfg.transport) != 0))
+        return -EINVAL;
+    copy = malloc(sizeof *copy);
+    if (copy == NULL)
+        return -ENOMEM;
+    if (f != NULL)
+        *copy = *f;
+    else
+        echo_faults_default(copy);
+    free(atomic_exchange(&srv->pending_faults, copy)); /* a newer one wins */
+    return ev_wake(srv->loop);
+}
+
 int echo_server_stop(echo_server *srv)
 {
     if (srv == NULL)
@@ -657,6 +1095,8 @@ void echo_server_free(echo_server *srv)
         ev_loop_free(srv->loop);
     }
     udp_echo_free(srv->udp);
+    free(srv->faults);
+    free(atomic_load(&srv->pending_faults));
     free(srv->scratch);
     free(srv);
 }

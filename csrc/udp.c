@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "faults.h"
 #include "udp.h"
 
 #define BATCH 32            /* datagrams per recvmmsg()/sendmmsg() */
@@ -46,10 +47,14 @@ struct udp_echo {
     source *sources;    /* SOURCES of them, NULL without a per-source limit */
     uint64_t next_report_ms[ECHO_DROP_REASONS];
     uint64_t unreported[ECHO_DROP_REASONS];
+    const echo_faults *faults; /* NULL: none */
+    uint64_t rng;
+    fx_queue delayed;   /* echoes held by latency, each with its address */
     uint8_t *bufs;      /* BATCH x DGRAM_MAX */
-    struct mmsghdr in[BATCH], out[BATCH];
-    struct iovec in_iov[BATCH], out_iov[BATCH];
+    struct mmsghdr in[BATCH], out[2 * BATCH]; /* a duplicate is a second echo */
+    struct iovec in_iov[BATCH], out_iov[2 * BATCH];
     net_addr from[BATCH];
+    fx_chunk *sending[BATCH]; /* released chunks in the out batch */
 };
 
 /* ---- the guard ------------------------------------------------------------ */
@@ -214,6 +219,43 @@ static void send_batch(udp_echo *u, int fd, int m, uint64_t now_ms)
     }
 }
 
+/* Queue one echo in the out batch. */
+static void out_add(udp_echo *u, int m, void *data, size_t len, const net_addr *to)
+{
+    u->out_iov[m].iov_base = data;
+    u->out_iov[m].iov_len = len;
+    u->out[m].msg_hdr.msg_name = (void *)to;
+    u->out[m].msg_hdr.msg_namelen = net_addr_len(to);
+}
+
+/* Faults on an admitted datagram: drop it, or hold its echo (one or two,
+ * duplicated) for latency. Returns how many echoes go out now (0, 1, 2).
+ * Draws come in this order: drop, duplicate, delay. */
+static int fault(udp_echo *u, const uint8_t *data, size_t len, const net_addr *src,
+                 uint64_t now_ms)
+{
+    const echo_faults *f = u->faults;
+    int copies;
+
+    if (f == NULL)
+        return 1;
+    if (fx_chance(&u->rng, f->drop_ppm)) {
+        drop(u, ECHO_DROP_FAULT, src, 1, now_ms);
+        return 0;
+    }
+    copies = 1 + fx_chance(&u->rng, f->duplicate_ppm);
+    if (f->latency_ms == 0 && f->jitter_ms == 0)
+        return copies;
+    uint64_t due = now_ms + fx_delay(&u->rng, f);
+    for (int i = 0; i < copies; i++) {
+        /* Held echo is bounded like a TCP connection's queue. */
+        if (u->delayed.cost + len + FX_CHUNK_COST > u->cfg.max_pending ||
+            fx_queue_push(&u->delayed, due, data, len, src, 0) != 0)
+            drop(u, ECHO_DROP_FULL, src, 1, now_ms);
+    }
+    return 0;
+}
+
 void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms)
 {
     for (int batch = 0; batch < BATCHES; batch++) {
@@ -229,21 +271,51 @@ void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms)
         for (int i = 0; i < n; i++) {
             const net_addr *src = &u->from[i];
             size_t len = u->in[i].msg_len;
+            int copies;
 
             count(&u->stats->datagrams_in, 1);
             count(&u->stats->bytes_in, len);
             if (!admit(u, src, now_ms))
                 continue;
-            u->out_iov[m].iov_base = u->in_iov[i].iov_base;
-            u->out_iov[m].iov_len = len;
-            u->out[m].msg_hdr.msg_name = (void *)src;
-            u->out[m].msg_hdr.msg_namelen = net_addr_len(src);
-            m++;
+            copies = fault(u, u->in_iov[i].iov_base, len, src, now_ms);
+            while (copies-- > 0)
+                out_add(u, m++, u->in_iov[i].iov_base, len, src);
         }
         send_batch(u, fd, m, now_ms);
         if (n < BATCH)
             return;
     }
+}
+
+uint64_t udp_echo_due(const udp_echo *u)
+{
+    return u->delayed.head != NULL ? u->delayed.head->due_ms : UINT64_MAX;
+}
+
+uint64_t udp_echo_release(udp_echo *u, int fd, uint64_t now_ms)
+{
+    while (u->delayed.head != NULL && u->delayed.head->due_ms <= now_ms) {
+        int m = 0;
+
+        while (m < BATCH && u->delayed.head != NULL && u->delayed.head->due_ms <= now_ms) {
+            fx_chunk *c = fx_queue_pop(&u->delayed);
+
+            u->sending[m] = c;
+            out_add(u, m++, c->data, c->len, &c->to);
+        }
+        send_batch(u, fd, m, now_ms);
+        for (int i = 0; i < m; i++)
+            free(u->sending[i]);
+    }
+    return udp_echo_due(u);
+}
+
+void udp_echo_set_faults(udp_echo *u, const echo_faults *f, int fd, uint64_t now_ms)
+{
+    u->faults = f;
+    u->rng = fx_rng_seed(f != NULL ? f->seed : 0, 0);
+    fx_queue_hurry(&u->delayed, f == NULL ? now_ms : now_ms + f->latency_ms + f->jitter_ms);
+    udp_echo_release(u, fd, now_ms);
 }
 
 /* ---- life cycle ------------------------------------------------------------- */
@@ -273,6 +345,8 @@ int udp_echo_new(const echo_config *cfg, counters *stats, udp_drop_fn on_drop,
         u->in[i].msg_hdr.msg_name = &u->from[i];
         u->in[i].msg_hdr.msg_iov = &u->in_iov[i];
         u->in[i].msg_hdr.msg_iovlen = 1;
+    }
+    for (int i = 0; i < 2 * BATCH; i++) {
         u->out[i].msg_hdr.msg_iov = &u->out_iov[i];
         u->out[i].msg_hdr.msg_iovlen = 1;
     }
@@ -284,6 +358,7 @@ void udp_echo_free(udp_echo *u)
 {
     if (u == NULL)
         return;
+    fx_queue_free(&u->delayed);
     free(u->bufs);
     free(u->sources);
     free(u);

@@ -23,6 +23,13 @@ int udp_echo_new(const echo_config *cfg, counters *stats, udp_drop_fn on_drop,
 void udp_echo_free(udp_echo *u);
 /* Echo what is waiting on fd, a few batches at most. now_ms: ev_now(). */
 void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms);
+/* Faults from now on (NULL: none; the caller keeps f alive until the next
+ * call): reseeds the generator, sends what is now due. */
+void udp_echo_set_faults(udp_echo *u, const echo_faults *f, int fd, uint64_t now_ms);
+/* When the first datagram held by latency is due; UINT64_MAX: none. */
+uint64_t udp_echo_due(const udp_echo *u);
+/* Send the held datagrams that are due; returns udp_echo_due(). */
+uint64_t udp_echo_release(udp_echo *u, int fd, uint64_t now_ms);
 /* Would a datagram from this source be refused by the guard? */
 int udp_guarded(const net_addr *src);
 

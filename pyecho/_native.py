@@ -72,6 +72,7 @@ ABI_STRUCTS = (
     "echo_config",
     "echo_stats",
     "echo_event",
+    "echo_faults",
     "echo_loadgen_config",
     "echo_loadgen_result",
 )

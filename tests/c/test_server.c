@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -426,6 +427,244 @@ static void test_udp_rate(void)
     stop(&r);
 }
 
+/* ---- faults --------------------------------------------------------------- */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int tcp_to(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval tv = {5, 0};
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    CHECK_EQ(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+/* Read until EOF, error or `want` bytes; how many came, and the errno of
+ * an error (0 at EOF). */
+static size_t read_all(int fd, uint8_t *buf, size_t want, int *err)
+{
+    size_t got = 0;
+
+    *err = 0;
+    while (got < want) {
+        ssize_t n = recv(fd, buf + got, want - got, 0);
+
+        if (n <= 0) {
+            *err = n < 0 ? errno : 0;
+            break;
+        }
+        got += (size_t)n;
+    }
+    return got;
+}
+
+static void wait_closed(running *r, int reason, int n)
+{
+    for (int i = 0; i < 2000 && r->reasons[reason] < n; i++)
+        usleep(2000);
+    CHECK_EQ(r->reasons[reason], n);
+}
+
+static void test_faults_latency_limit_reset(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    uint8_t buf[64];
+    uint64_t t0;
+    int fd, err;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    start(&r, &cfg);
+    echo_faults_default(&f);
+    f.latency_ms = 60;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "hello", 5, 0), 5);
+    CHECK_EQ(read_all(fd, buf, 5, &err), 5);
+    CHECK(now_ms() - t0 >= 60);
+    CHECK(now_ms() - t0 < 1000);
+
+    /* Back to a plain echo at runtime, on the open connection. */
+    CHECK_EQ(echo_server_set_faults(r.srv, NULL), 0);
+    usleep(20000);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "x", 1, 0), 1);
+    CHECK_EQ(read_all(fd, buf, 1, &err), 1);
+    CHECK(now_ms() - t0 < 50);
+    close(fd);
+
+    /* limit: EOF after exactly that many bytes, reason "limit". */
+    echo_faults_default(&f);
+    f.limit = 7;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(send(fd, "0123456789", 10, 0), 10);
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 7);
+    CHECK_EQ(err, 0);
+    CHECK(memcmp(buf, "0123456", 7) == 0);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_LIMIT, 1);
+
+    /* reset_after: the client sees a reset, reason "reset_after". */
+    echo_faults_default(&f);
+    f.reset_after_ms = 50;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 0);
+    CHECK_EQ(err, ECONNRESET);
+    CHECK(now_ms() - t0 >= 40);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_RESET_AFTER, 1);
+
+    /* refuse (always): reset at once, reason "refused". */
+    echo_faults_default(&f);
+    f.refuse_ppm = 1000000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 0);
+    CHECK_EQ(err, ECONNRESET);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_REFUSED, 1);
+    stop(&r);
+}
+
+static void test_faults_pacing(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    static uint8_t data[20000], buf[20000];
+    uint64_t t0;
+    ssize_t n;
+    int fd, err, pieces = 0;
+    size_t got = 0;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    start(&r, &cfg);
+
+    /* slice: pieces of at most 100 bytes, 10 ms apart. */
+    echo_faults_default(&f);
+    f.slice = 100;
+    f.slice_delay_ms = 10;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, data, 500, 0), 500);
+    while (got < 500 && (n = recv(fd, buf, sizeof buf, 0)) > 0) {
+        CHECK(n <= 100);
+        got += (size_t)n;
+        pieces++;
+    }
+    CHECK_EQ(got, 500);
+    CHECK(pieces >= 5);
+    CHECK(now_ms() - t0 >= 40);
+    close(fd);
+
+    /* rate: 20,000 bytes at 100,000 bytes/s take at least ~0.2 s. */
+    echo_faults_default(&f);
+    f.rate = 100000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, data, sizeof data, 0), (ssize_t)sizeof data);
+    CHECK_EQ(read_all(fd, buf, sizeof data, &err), sizeof data);
+    CHECK(now_ms() - t0 >= 180);
+    CHECK(now_ms() - t0 < 2000);
+    close(fd);
+
+    /* stall_after: 3 bytes, then nothing (the input is still taken). */
+    echo_faults_default(&f);
+    f.stall_after = 3;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(send(fd, "abcdef", 6, 0), 6);
+    CHECK_EQ(read_all(fd, buf, 3, &err), 3);
+    {
+        struct timeval tv = {0, 100000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    CHECK_EQ(recv(fd, buf, 1, 0), -1);
+    CHECK(errno == EAGAIN || errno == EWOULDBLOCK);
+    close(fd);
+
+    /* accept_delay and close_delay. */
+    echo_faults_default(&f);
+    f.accept_delay_ms = 50;
+    f.close_delay_ms = 50;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "ab", 2, 0), 2);
+    CHECK_EQ(read_all(fd, buf, 2, &err), 2);
+    CHECK(now_ms() - t0 >= 45);
+    shutdown(fd, SHUT_WR);
+    t0 = now_ms();
+    CHECK_EQ(read_all(fd, buf, 1, &err), 0); /* EOF, after close_delay */
+    CHECK(now_ms() - t0 >= 45);
+    close(fd);
+    stop(&r);
+}
+
+static void test_faults_udp(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    echo_stats s;
+    uint8_t buf[16];
+    int fd;
+    struct timeval tv = {0, 300000};
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    start(&r, &cfg);
+    echo_faults_default(&f);
+    f.rate = 1;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), -EINVAL); /* TCP only */
+    echo_faults_default(&f);
+    f.duplicate_ppm = 1000000;
+    f.latency_ms = 30;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = udp_socket_from(0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    send_to(fd, r.port, 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 1); /* the duplicate */
+    echo_faults_default(&f);
+    f.drop_ppm = 1000000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    send_to(fd, r.port, 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), -1);
+    s = stop(&r);
+    CHECK_EQ(s.datagrams_out, 2);
+    CHECK_EQ(s.dropped[ECHO_DROP_FAULT], 1);
+    close(fd);
+}
+
 int main(void)
 {
     RUN(test_raw);
@@ -436,5 +675,8 @@ int main(void)
     RUN(test_udp_echo);
     RUN(test_udp_guard);
     RUN(test_udp_rate);
+    RUN(test_faults_latency_limit_reset);
+    RUN(test_faults_pacing);
+    RUN(test_faults_udp);
     return check_summary("test_server");
 }
