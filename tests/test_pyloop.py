@@ -5,6 +5,7 @@ tests; the servers on both loops are tested together everywhere else.)"""
 from __future__ import annotations
 
 import random
+import select
 import socket
 import threading
 import time
@@ -275,3 +276,49 @@ def test_many_wakes_never_block(loop: Loop) -> None:
     began = time.monotonic()
     loop.run_once(100)
     assert time.monotonic() - began >= 0.09
+
+
+def test_a_late_wake_up_does_not_make_the_next_session_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 1 made certain for the Python server: its stop's wake-up is
+    delayed until after the busy loop saw the stop flag and the session
+    ended. The next session drains it in its first turn and then sleeps."""
+    import pyecho
+
+    real_wake = Loop.wake
+    late: list[threading.Timer] = []
+
+    def delayed_wake(self: Loop) -> None:
+        late.append(threading.Timer(0.2, real_wake, (self,)))
+        late[-1].start()
+
+    with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw").start() as server:
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            stop = threading.Event()
+
+            def pump() -> None:  # keeps the loop turning: it sees the flag
+                try:
+                    while not stop.is_set() and s.send(b"x" * 64):
+                        s.recv(65536)
+                except OSError:
+                    pass
+
+            pumping = threading.Thread(target=pump)
+            pumping.start()
+            time.sleep(0.05)
+            monkeypatch.setattr(Loop, "wake", delayed_wake)
+            server.shutdown()
+            monkeypatch.undo()
+            stop.set()
+            pumping.join(timeout=10)
+        late[0].join()
+        wake_r = server._core._loop._wake_r
+        readable, _, _ = select.select([wake_r], [], [], 0)
+        assert readable, "the wake-up did not land after the session: no race made"
+        server.start()
+        cpu, began = time.process_time(), time.monotonic()
+        time.sleep(0.3)
+        share = (time.process_time() - cpu) / (time.monotonic() - began)
+        server.shutdown()
+    assert share < 0.1, f"the idle server used {share:.0%} of a CPU"
