@@ -406,16 +406,18 @@ def test_an_event_handler_error_during_close_is_raised_after_everything_closed(
     server.close()  # again: nothing left to raise
 
 
-def test_a_lingering_connection_does_not_hold_a_max_clients_slot(engine: str) -> None:
+def test_a_lingering_connection_makes_room_at_max_clients(engine: str) -> None:
     with pyecho.EchoServer(
         (LOOPBACK, 0), engine=engine, mode="line", max_clients=1
     ).start() as server:
         a = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
         assert a.echo(b"bye\nexit\n") == b"bye\n" and a.server_closed
-        # a keeps its socket open, so the server lingers on it; b is served.
+        # a keeps its socket open, so the server lingers on it, holding the
+        # one slot; b takes it: a is closed to make room.
         with pyecho.EchoClient(server.server_address, engine=engine, mode="line") as b:
             b.timeout = 10
             assert b.echo(b"next\n") == b"next\n"
+            assert server.stats.open == 1 and server.stats.closed["quit"] == 1
         a.close()
         assert server.stats.rejected == 0
 
