@@ -57,6 +57,7 @@ def _line_scanner(cfg: Config) -> Scanner:
     """
     max_line = cfg.max_line
     needles = _quit_needles(cfg)
+    word = cfg.quit_word if needles else None  # the one search in the common case
 
     def quit_at(cont: bool, buf: bytes) -> int:
         """Where the first quit line starts, or -1: a search per candidate
@@ -73,7 +74,7 @@ def _line_scanner(cfg: Config) -> Scanner:
         return first
 
     def scan_lines(cont: bool, buf: bytes) -> tuple[int, bool, bool]:
-        if needles:
+        if word is not None and word in buf:
             stop = quit_at(cont, buf)
             if stop >= 0:  # everything before the quit line is echoed
                 return stop, False, True
