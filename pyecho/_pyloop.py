@@ -155,22 +155,28 @@ class Loop:
         return heap[0][0] if heap else None
 
     def _run_timers(self) -> None:
+        """Run the due timers, earliest first. Those started by these very
+        callbacks wait for a later turn, even if due; a timer whose entry
+        is popped is no longer pending, so a callback that raises (a signal)
+        leaves every other timer in the heap, consistent."""
         heap, now = self._heap, self.now
-        due = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if entry[2] is None:
-                self._dead -= 1
-            else:
-                due.append(entry)
-        # Timers started from these callbacks run in a later turn, even if due.
-        for entry in due:
-            timer = entry[2]
-            if timer is None:  # stopped by an earlier callback of this turn
-                continue
-            entry[2] = None
-            timer._entry = None
-            timer.fn()
+        turn = next(self._seq)  # entries started from here on are newer
+        later = []
+        try:
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)
+                timer = entry[2]
+                if timer is None:
+                    self._dead -= 1
+                elif entry[1] > turn:
+                    later.append(entry)
+                else:
+                    entry[2] = None
+                    timer._entry = None
+                    timer.fn()
+        finally:
+            for entry in later:
+                heapq.heappush(heap, entry)
 
     # ---- wake-up ----
 

@@ -77,6 +77,7 @@ class PyServer:
         self._line = cfg.mode == "line"
         self._next_id = 0
         self._stop = False  # set by stop(), from any thread
+        self._accept_paused = False  # out of descriptors: waiting for the accept timer
         self._active: OrderedDict[int, _Conn] = OrderedDict()  # least recently active first
         self._lingering: OrderedDict[int, _Conn] = OrderedDict()  # in the order they began
         self._counts = dict.fromkeys(("accepted", "open", "rejected", "bytes_in", "bytes_out"), 0)
@@ -277,10 +278,12 @@ class PyServer:
 
     def _pause_accepting(self) -> None:
         self._loop.io_set(self._listener, 0)
+        self._accept_paused = True
         self._loop.timer_start(self._accept_timer, self._loop.now + ACCEPT_PAUSE_MS)
 
     def _on_accept_resume(self) -> None:
         self._loop.io_set(self._listener, READ)
+        self._accept_paused = False
 
     def _add_conn(self, sock: socket.socket, peer: tuple) -> None:
         sock.setblocking(False)
@@ -350,6 +353,19 @@ class PyServer:
                 return
             self._conn_close(oldest, QUIT)
 
+    def _arm_timers(self) -> None:
+        """Arm the idle and linger timers if a list has entries and its timer
+        is not pending, and the accept pause's if accepting is paused: a
+        signal may have interrupted the callback that would have done it."""
+        if self._idle_ms and self._active and not self._idle_timer.pending:
+            oldest = next(iter(self._active.values()))
+            self._loop.timer_start(self._idle_timer, oldest.last_active_ms + self._idle_ms)
+        if self._lingering and not self._linger_timer.pending:
+            oldest = next(iter(self._lingering.values()))
+            self._loop.timer_start(self._linger_timer, oldest.last_active_ms + LINGER_MS)
+        if self._accept_paused and not self._accept_timer.pending:
+            self._loop.timer_start(self._accept_timer, self._loop.now)
+
     def _close_all(self, reason: str) -> None:
         while self._active:
             self._conn_close(next(iter(self._active.values())), reason)
@@ -365,6 +381,7 @@ class PyServer:
         connection is then closed)."""
         loop = self._loop
         loop.update_now()
+        self._arm_timers()
         deadline = None if timeout is None else loop.now + round(timeout * 1000)
         while True:
             # Once per turn; the wake-up that came with it is drained by the

@@ -322,3 +322,23 @@ def test_a_late_wake_up_does_not_make_the_next_session_spin(
         share = (time.process_time() - cpu) / (time.monotonic() - began)
         server.shutdown()
     assert share < 0.1, f"the idle server used {share:.0%} of a CPU"
+
+
+def test_a_timer_callback_that_raises_leaves_the_others_pending(loop: Loop) -> None:
+    """A signal's exception (Ctrl+C) out of one timer callback: the timers
+    due after it stay pending and run in the next turn."""
+    fired: list[str] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    first, second = Timer(interrupted), Timer(lambda: fired.append("second"))
+    now = loop.update_now()
+    loop.timer_start(first, now + 5)
+    loop.timer_start(second, now + 5)
+    time.sleep(0.02)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_once(0)
+    assert not first.pending and second.pending
+    loop.run_once(0)
+    assert fired == ["second"] and not second.pending
