@@ -35,20 +35,20 @@ def talkative_server(banner: bytes, reply: bytes, expect: int) -> Iterator[tuple
         peer, _ = listener.accept()
         with peer:
             peer.settimeout(10)
-            if banner:
-                peer.sendall(banner)
-            got = b""
-            while len(got) < expect:
-                chunk = peer.recv(expect - len(got))
-                if not chunk:
-                    return
-                got += chunk
-            peer.sendall(reply)
             try:
+                if banner:
+                    peer.sendall(banner)
+                got = b""
+                while len(got) < expect:
+                    chunk = peer.recv(expect - len(got))
+                    if not chunk:
+                        return
+                    got += chunk
+                peer.sendall(reply)
                 while peer.recv(4096):
                     pass
-            except ConnectionResetError:
-                pass  # the client left with our extra bytes unread
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # the client saw the extra bytes and left, unread ones reset it
 
     thread = threading.Thread(target=serve)
     thread.start()
