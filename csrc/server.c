@@ -27,6 +27,7 @@
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
 #define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
+#define MAKE_ROOM_READS 16     /* input drained from a lingering connection closed early */
 #define RATE_BURST_MS 10       /* faults: a rate-limited send waits for this much */
 
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -260,19 +261,18 @@ static void conn_done(echo_server *srv, conn *c, int reason)
         conn_close(srv, c, reason);
 }
 
-/* Read and drop what a lingering peer sends (a few reads at most, so a
- * flood cannot hold the loop); 1 at its EOF (or failure). */
-static int drop_input(echo_server *srv, conn *c)
+/* Read and drop up to `reads` chunks of what a lingering peer sends (one
+ * per readiness event, so a flood cannot hold the loop); 1 at its EOF (or
+ * failure). */
+static int drop_input(echo_server *srv, conn *c, int reads)
 {
-    for (int i = 0; i < 4; i++) {
-        ssize_t n = recv(c->io.fd, srv->scratch, srv->scratch_cap, 0);
+    for (int i = 0; i < reads; i++) {
+        ssize_t n = recv(c->io.fd, srv->scratch, READ_CHUNK, 0);
 
         if (n > 0)
             count(&srv->stats.bytes_in, (uint64_t)n);
         else
             return n == 0 || is_reset(errno);
-        if ((size_t)n < srv->scratch_cap)
-            break;
     }
     return 0;
 }
@@ -689,7 +689,7 @@ static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
     if ((ready & EV_READ) && (c->io.mask & EV_READ)) {
         if (!c->lingering)
             on_readable(srv, c);
-        else if (drop_input(srv, c))
+        else if (drop_input(srv, c, 1))
             conn_close(srv, c, c->closing - 1);
     }
 }
@@ -799,7 +799,7 @@ static int make_room(echo_server *srv)
     if (oldest == NULL)
         return 0;
     /* Unread input would turn close() into a reset: drop it first. */
-    drop_input(srv, oldest);
+    drop_input(srv, oldest, MAKE_ROOM_READS);
     conn_close(srv, oldest, oldest->closing - 1);
     return 1;
 }
