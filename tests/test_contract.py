@@ -7,13 +7,23 @@ from __future__ import annotations
 import errno
 import inspect
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pyecho
 from pyecho import _engine, _native, cli
-from pyecho._config import DEFAULTS, SETTINGS, TIMEOUT, Config, Setting, make_config, settings_for
+from pyecho._config import (
+    DEFAULTS,
+    RESOLUTION,
+    SETTINGS,
+    TIMEOUT,
+    Config,
+    Setting,
+    make_config,
+    settings_for,
+)
 
 NUMERIC = [s for s in SETTINGS if s.kind in ("count", "bytes", "seconds")]
 
@@ -208,3 +218,25 @@ def test_both_engines_implement_the_interface(engine: str) -> None:
             if callable(member) and not name.startswith("_"):
                 expected = list(inspect.signature(member).parameters)
                 assert list(inspect.signature(getattr(cls, name)).parameters) == expected, name
+
+
+def doc_row(s: Setting) -> str:
+    """The row docs/PROTOCOL.md's settings table must have for a setting."""
+    unit = f" {s.unit}" if s.unit else ""
+    if s.kind == "choice":
+        default, bounds = f"`{s.default}`", ", ".join(f"`{c}`" for c in s.choices)
+    elif s.kind == "word":
+        default, bounds = f"`{s.default.decode()}`", f"{s.lower} to {s.upper} bytes"
+    else:
+        default = "0" if s.default == 0 else f"{s.default:,}{unit}"
+        lower = max(s.lower, RESOLUTION) if s.kind == "seconds" else s.lower
+        bounds = f"{lower:,} to {s.upper:,}{unit}"
+    if s.off:
+        bounds += f"; {'0 or ' if s.off_value == 0 else ''}`None`: {s.off}"
+    return f"| `{s.name}` | {default} | {bounds} | {s.side} | {s.help} |"
+
+
+def test_the_documented_settings_are_the_tables() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
+    table = doc.split("## Settings and their bounds")[1].split("\n\n")[2].splitlines()
+    assert table[2:] == [doc_row(s) for s in (*SETTINGS, TIMEOUT)]
