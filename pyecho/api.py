@@ -227,7 +227,7 @@ class EchoServer:
     def shutdown(self) -> None:
         """Stop serve_forever() and wait for it: every client connection is
         closed (reason "shutdown"). The listening socket stays open until
-        close()."""
+        close(), unless on_event raised (the error is raised here)."""
         self._stop_and_wait()
         if self._serving_thread is not threading.current_thread():
             self._raise_error()
