@@ -36,7 +36,9 @@ struct echo_client {
     /* the operation in progress, if a signal interrupted it */
     enum op op;
     const uint8_t *op_buf;
-    size_t op_len, sent, got, expect;
+    size_t op_len;
+    size_t tracked;     /* bytes of op_buf fed through the framing: sendable */
+    size_t sent, got, expect;
     int eof;
 };
 
@@ -71,7 +73,7 @@ static size_t track(echo_client *cli, const uint8_t *buf, size_t len, int *quit)
 static void op_reset(echo_client *cli)
 {
     cli->op = OP_NONE;
-    cli->sent = cli->got = cli->expect = 0;
+    cli->tracked = cli->sent = cli->got = cli->expect = 0;
 }
 
 /* Is this call the resumption of the interrupted one? */
@@ -81,22 +83,38 @@ static int op_resumes(const echo_client *cli, enum op op, const uint8_t *buf,
     return cli->op == op && cli->op_buf == buf && cli->op_len == len;
 }
 
+/*
+ * Let the operation send more of its buffer: all of it, except in seed mode,
+ * where it goes one piece of at most bufsize bytes at a time, each sent only
+ * once the echo of the one before has arrived, so that each is one read of
+ * the server, as the framing assumes. After the quit word nothing more is
+ * tracked (in seed mode nothing more is sent either).
+ */
+static void track_more(echo_client *cli)
+{
+    size_t n = cli->op_len - cli->tracked;
+    int quit = 0;
+
+    if (cli->cfg.mode == ECHO_MODE_SEED && n > cli->cfg.bufsize)
+        n = cli->cfg.bufsize;
+    if (!cli->quit_sent) {
+        cli->owed += track(cli, cli->op_buf + cli->tracked, n, &quit);
+        cli->quit_sent = quit;
+    }
+    cli->tracked += n;
+    cli->expect = cli->got + cli->owed;
+}
+
 /* Start an operation; -EPIPE if it would send after the quit word. */
 static int op_begin(echo_client *cli, enum op op, const uint8_t *buf, size_t len)
 {
-    int quit = 0;
-
     op_reset(cli);
     if (cli->quit_sent && len > 0)
         return -EPIPE;
     cli->op = op;
     cli->op_buf = buf;
     cli->op_len = len;
-    if (!cli->quit_sent) {
-        cli->owed += track(cli, buf, len, &quit);
-        cli->quit_sent = quit;
-    }
-    cli->expect = cli->owed;
+    track_more(cli);
     return 0;
 }
 
@@ -126,7 +144,7 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
     }
     cli->fd = -1;
     cli->timeout_ms = timeout_ms;
-    if (cfg->mode != ECHO_MODE_RAW) {
+    if (cfg->transport == ECHO_TCP && cfg->mode != ECHO_MODE_RAW) {
         size_t piece = cfg->mode == ECHO_MODE_SEED ? cfg->bufsize : TRACK_CHUNK;
         cli->scratch = malloc(cfg->max_line + piece);
         if (cli->scratch == NULL) {
@@ -134,7 +152,8 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
             return -ENOMEM;
         }
     }
-    rc = net_connect(host, port, timeout_ms, &cli->fd);
+    rc = net_connect(host, port, cfg->transport == ECHO_UDP ? SOCK_DGRAM : SOCK_STREAM,
+                     timeout_ms, &cli->fd);
     if (rc != 0) {
         echo_client_free(cli);
         return rc;
@@ -164,7 +183,7 @@ int echo_client_fileno(const echo_client *cli)
 /* One non-blocking send of the rest of the operation's buffer. */
 static int send_some(echo_client *cli)
 {
-    ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->op_len - cli->sent,
+    ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->tracked - cli->sent,
                      MSG_NOSIGNAL);
 
     if (n >= 0) {
@@ -174,10 +193,84 @@ static int send_some(echo_client *cli)
     return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
 }
 
+/* ---- UDP: a datagram out, a datagram back -------------------------------- */
+
+static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
+{
+    for (;;) {
+        int rc;
+
+        if (send(cli->fd, buf, len, MSG_NOSIGNAL) >= 0)
+            return 0;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* Wait for one datagram; its whole length in *len (MSG_TRUNC), at most cap
+ * bytes of it in buf. */
+static int udp_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *len)
+{
+    for (;;) {
+        ssize_t n = recv(cli->fd, buf, cap, MSG_TRUNC | MSG_DONTWAIT);
+        int rc;
+
+        if (n >= 0) {
+            *len = (size_t)n;
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -errno; /* ECONNREFUSED: nothing listens there */
+        rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* Echo over UDP: drop datagrams already waiting (late or duplicated answers
+ * to earlier ones), send buf, and return the datagram that comes back. A
+ * signal while waiting returns -EINTR; the same call then resumes waiting. */
+static int udp_echo(echo_client *cli, const uint8_t *buf, size_t len, uint8_t *reply,
+                    size_t cap, size_t *got)
+{
+    size_t n = 0;
+    int rc;
+
+    *got = 0;
+    if (!op_resumes(cli, OP_ECHO, buf, len)) {
+        op_reset(cli);
+        while (recv(cli->fd, reply, cap, MSG_DONTWAIT) >= 0 || errno == EINTR)
+            ;
+        rc = udp_send(cli, buf, len);
+        if (rc != 0)
+            return rc;
+        cli->op = OP_ECHO;
+        cli->op_buf = buf;
+        cli->op_len = len;
+    }
+    rc = udp_recv(cli, reply, cap, &n);
+    if (rc != 0)
+        return op_end(cli, rc);
+    *got = n < cap ? n : cap;
+    if (n != len || memcmp(reply, buf, len) != 0)
+        return op_end(cli, -EPROTO);
+    return op_end(cli, ECHO_REPLY_OPEN);
+}
+
+/* ---- TCP ------------------------------------------------------------------ */
+
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
 {
     if (cli == NULL || (buf == NULL && len > 0) || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return udp_send(cli, buf, len);
+    /* A seed message is one read: nothing longer can be framed by send(). */
+    if (cli->cfg.mode == ECHO_MODE_SEED && len > cli->cfg.bufsize)
+        return -EMSGSIZE;
     if (!op_resumes(cli, OP_SEND, buf, len)) {
         int rc = op_begin(cli, OP_SEND, buf, len);
         if (rc != 0)
@@ -202,6 +295,12 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
     if (cli == NULL || buf == NULL || got == NULL || cli->fd < 0)
         return -EINVAL;
     *got = 0;
+    if (cli->cfg.transport == ECHO_UDP) {
+        rc = udp_recv(cli, buf, cap, got);
+        if (*got > cap)
+            *got = cap; /* the rest of the datagram is gone */
+        return rc;
+    }
     for (;;) {
         rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
         if (rc < 0)
@@ -217,13 +316,15 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
     }
 }
 
-/* One non-blocking receive into the reply; sets cli->eof at end of stream. */
-static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
+/* One non-blocking receive into the reply, never of more than is still
+ * expected (once all is in, of one byte: any is too many); sets cli->eof at
+ * end of stream. */
+static int recv_some(echo_client *cli, uint8_t *reply)
 {
     uint8_t extra;
-    uint8_t *into = cli->got < cap ? reply + cli->got : &extra;
-    size_t room = cli->got < cap ? cap - cli->got : 1;
-    ssize_t n = recv(cli->fd, into, room, 0);
+    int more = cli->got < cli->expect;
+    ssize_t n = recv(cli->fd, more ? reply + cli->got : &extra,
+                     more ? cli->expect - cli->got : 1, 0);
 
     if (n > 0) {
         cli->got += (size_t)n;
@@ -246,12 +347,24 @@ static int recv_some(echo_client *cli, uint8_t *reply, size_t cap)
     return -errno;
 }
 
+/* The whole echo is in: bytes already waiting are more than the framing
+ * allows (a banner, a trailer, another mode). */
+static int check_surplus(echo_client *cli)
+{
+    uint8_t byte;
+    ssize_t n = recv(cli->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    return n > 0 ? -EPROTO : 0;
+}
+
 int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
                      uint8_t *reply, size_t cap, size_t *got)
 {
     if (cli == NULL || (buf == NULL && len > 0) || reply == NULL ||
         got == NULL || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return cap < len ? -EINVAL : udp_echo(cli, buf, len, reply, cap, got);
     if (!op_resumes(cli, OP_ECHO, buf, len)) {
         int rc = cap < echo_client_reply_room(cli, len) ? -EINVAL
                                                          : op_begin(cli, OP_ECHO, buf, len);
@@ -259,7 +372,7 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             return rc;
     }
     for (;;) {
-        int sending = cli->sent < len;
+        int sending = cli->sent < cli->tracked;
         int receiving = !cli->eof && (cli->got < cli->expect || cli->quit_sent);
         short events = (short)((sending ? POLLOUT : 0) | (receiving ? POLLIN : 0));
         int ready, rc = 0;
@@ -267,8 +380,17 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
         *got = cli->got;
         if (!receiving && cli->got < cli->expect)
             return op_end(cli, ECHO_REPLY_SHORT);
-        if (!receiving && !sending)
-            return op_end(cli, cli->eof ? ECHO_REPLY_CLOSED : ECHO_REPLY_OPEN);
+        if (!receiving && !sending) {
+            if (cli->eof)
+                return op_end(cli, ECHO_REPLY_CLOSED);
+            rc = check_surplus(cli);
+            if (rc != 0)
+                return op_end(cli, rc);
+            if (cli->tracked == len)
+                return op_end(cli, ECHO_REPLY_OPEN);
+            track_more(cli); /* seed mode: the next piece */
+            continue;
+        }
         ready = net_wait(cli->fd, events, cli->timeout_ms);
         if (ready < 0)
             return op_end(cli, ready);
@@ -279,12 +401,12 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             rc = send_some(cli);
             /* The server may close on the quit word before taking the rest. */
             if ((rc == -EPIPE || rc == -ECONNRESET) && cli->quit_sent) {
-                cli->sent = len;
+                cli->sent = cli->tracked;
                 rc = 0;
             }
         }
         if (rc == 0 && receiving && (ready & POLLIN))
-            rc = recv_some(cli, reply, cap);
+            rc = recv_some(cli, reply);
         if (rc != 0) {
             *got = cli->got;
             return op_end(cli, rc);
@@ -302,6 +424,8 @@ int echo_client_shutdown_write(echo_client *cli)
 {
     if (cli == NULL || cli->fd < 0)
         return -EINVAL;
+    if (cli->cfg.transport == ECHO_UDP)
+        return -EOPNOTSUPP; /* datagrams have no end of stream */
     if (shutdown(cli->fd, SHUT_WR) != 0)
         return -errno;
     /* At EOF the server echoes a partial line too: it is owed now. */

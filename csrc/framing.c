@@ -20,6 +20,9 @@ void echo_config_default(echo_config *cfg)
     cfg->max_line = 64 * 1024;
     cfg->max_pending = 256 * 1024;
     cfg->backlog = 128;
+    cfg->udp_guard = 1;
+    cfg->udp_rate = 1000000;
+    cfg->udp_rate_per_source = 100000;
 }
 
 /* Upper bounds keep buffers sane and every size computation far from overflow;
@@ -27,10 +30,13 @@ void echo_config_default(echo_config *cfg)
 #define MAX_BUFSIZE ((size_t)1 << 20)
 #define MAX_LINE ((size_t)1 << 24)
 #define MAX_PENDING ((size_t)1 << 30)
+#define MAX_UDP_RATE 1000000000u
 
 int echo_config_check(const echo_config *cfg)
 {
     if (cfg == NULL)
+        return -EINVAL;
+    if (cfg->transport != ECHO_TCP && cfg->transport != ECHO_UDP)
         return -EINVAL;
     if (cfg->mode < ECHO_MODE_RAW || cfg->mode > ECHO_MODE_SEED)
         return -EINVAL;
@@ -44,6 +50,10 @@ int echo_config_check(const echo_config *cfg)
     if (cfg->max_pending == 0 || cfg->max_pending > MAX_PENDING)
         return -EINVAL;
     if (cfg->backlog < 1 || cfg->backlog > 65535)
+        return -EINVAL;
+    if (cfg->udp_guard != 0 && cfg->udp_guard != 1)
+        return -EINVAL;
+    if (cfg->udp_rate > MAX_UDP_RATE || cfg->udp_rate_per_source > MAX_UDP_RATE)
         return -EINVAL;
     return 0;
 }

@@ -46,28 +46,40 @@ static int close_with(int fd, int rc)
     return rc;
 }
 
-int net_listen(const char *host, int port, int backlog, int *fd_out)
+int net_listen(const char *host, int port, int type, int backlog, int *fd_out)
 {
     net_addr addr;
     socklen_t len;
-    int fd, one = 1;
+    int fd, one = 1, zero = 0;
     int rc = net_resolve(host, port, &addr, &len);
 
     if (rc != 0)
         return rc;
-    fd = socket(addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = socket(addr.sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     /* Restarting right after a stop must not fail on TIME_WAIT sockets. */
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+    if (type == SOCK_STREAM &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
         return close_with(fd, -errno);
-    if (bind(fd, &addr.sa, len) != 0 || listen(fd, backlog) != 0)
+    /* Dual stack whatever the system default: "::" serves IPv4 as well. */
+    if (addr.sa.sa_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0)
+        return close_with(fd, -errno);
+    if (bind(fd, &addr.sa, len) != 0)
+        return close_with(fd, -errno);
+    if (type == SOCK_STREAM && listen(fd, backlog) != 0)
         return close_with(fd, -errno);
     *fd_out = fd;
     return 0;
 }
 
-int net_connect(const char *host, int port, int timeout_ms, int *fd_out)
+socklen_t net_addr_len(const net_addr *addr)
+{
+    return addr->sa.sa_family == AF_INET6 ? sizeof addr->in6 : sizeof addr->in4;
+}
+
+int net_connect(const char *host, int port, int type, int timeout_ms, int *fd_out)
 {
     net_addr addr;
     socklen_t len;
@@ -77,11 +89,12 @@ int net_connect(const char *host, int port, int timeout_ms, int *fd_out)
 
     if (rc != 0)
         return rc;
-    fd = socket(addr.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = socket(addr.sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     /* Echo traffic is request/response: do not wait to coalesce. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (type == SOCK_STREAM)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, &addr.sa, len) != 0) {
         if (errno != EINPROGRESS)
             return close_with(fd, -errno);

@@ -19,10 +19,16 @@ typedef union net_addr {
 
 /* Resolve a numeric host and port (no DNS: Python resolves names). */
 int net_resolve(const char *host, int port, net_addr *addr, socklen_t *len);
-/* A non-blocking listening socket with SO_REUSEADDR, as the original had. */
-int net_listen(const char *host, int port, int backlog, int *fd);
+/*
+ * A non-blocking bound socket of type SOCK_STREAM (listening, with
+ * SO_REUSEADDR as the original had) or SOCK_DGRAM. An IPv6 socket also
+ * serves IPv4 (IPV6_V6ONLY off), so "::" is every address of both families.
+ */
+int net_listen(const char *host, int port, int type, int backlog, int *fd);
 /* Connect with a timeout (< 0: none); the socket is left non-blocking. */
-int net_connect(const char *host, int port, int timeout_ms, int *fd);
+int net_connect(const char *host, int port, int type, int timeout_ms, int *fd);
+/* The length of addr's sockaddr for its family. */
+socklen_t net_addr_len(const net_addr *addr);
 /* Numeric host and port of addr; host gets at most hostlen bytes. */
 int net_format(const net_addr *addr, char *host, size_t hostlen, int *port);
 /*

@@ -15,7 +15,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- the library itself ------------------------------------------------ */
+
+/*
+ * A loader checks that the library it opened was built from this header:
+ * echo_abi_version() must equal ECHO_ABI_VERSION (raise it whenever a struct
+ * or signature here changes), and echo_abi_sizeof() of each struct must
+ * equal the size the loader computes from this header.
+ */
+enum { ECHO_ABI_VERSION = 3 };
+int echo_abi_version(void);
+/* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
+size_t echo_abi_sizeof(const char *name);
+
 /* ---- protocol ---------------------------------------------------------- */
+
+enum echo_transport {
+    ECHO_TCP = 0, /* a stream per client, framed by the mode */
+    ECHO_UDP = 1  /* RFC 862 over UDP: every datagram echoed whole */
+};
 
 enum echo_mode {
     ECHO_MODE_RAW = 0,  /* RFC 862: every byte echoed, no commands */
@@ -30,11 +48,27 @@ enum echo_close_reason {
     ECHO_CLOSE_RESET = 2,    /* the connection was reset or failed */
     ECHO_CLOSE_SHUTDOWN = 3, /* the server stopped while it was open */
     ECHO_CLOSE_IDLE = 4,     /* silent for longer than idle_timeout */
-    ECHO_CLOSE_REASONS = 5
+    ECHO_CLOSE_LIMIT = 5,    /* fault: `limit` bytes were echoed */
+    ECHO_CLOSE_RESET_AFTER = 6, /* fault: reset `reset_after` after opening */
+    ECHO_CLOSE_REFUSED = 7,  /* fault: reset at once (`refuse`) */
+    ECHO_CLOSE_REASONS = 8
+};
+
+/* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
+enum echo_drop_reason {
+    ECHO_DROP_GUARD = 0,       /* from port 0, a self-answering service's port,
+                                  or a multicast or broadcast address */
+    ECHO_DROP_RATE_SOURCE = 1, /* over udp_rate_per_source */
+    ECHO_DROP_RATE_GLOBAL = 2, /* over udp_rate */
+    ECHO_DROP_FULL = 3,        /* the socket's send buffer was full */
+    ECHO_DROP_ERROR = 4,       /* sending it failed (too big, no route...) */
+    ECHO_DROP_FAULT = 5,       /* fault: `drop` chose it */
+    ECHO_DROP_REASONS = 6
 };
 
 typedef struct echo_config {
-    int mode;                  /* enum echo_mode */
+    int transport;             /* enum echo_transport */
+    int mode;                  /* enum echo_mode (TCP) */
     const uint8_t *quit_word;  /* NULL: no quit word */
     size_t quit_len;
     size_t bufsize;            /* seed mode: bytes per read (the original: 99) */
@@ -43,9 +77,13 @@ typedef struct echo_config {
     uint32_t max_clients;      /* 0: no limit */
     uint32_t idle_timeout_ms;  /* 0: never */
     int backlog;
+    int udp_guard;             /* 1: drop datagrams from ports and addresses
+                                  that could answer (echo loops, reflection) */
+    uint32_t udp_rate;         /* datagrams echoed per second in all; 0: no limit */
+    uint32_t udp_rate_per_source; /* ... to one address and port; 0: no limit */
 } echo_config;
 
-/* Fill cfg with the documented defaults (seed mode, quit word "exit"). */
+/* Fill cfg with the documented defaults (TCP, seed mode, quit word "exit"). */
 void echo_config_default(echo_config *cfg);
 /* 0 if cfg is usable, -EINVAL otherwise. */
 int echo_config_check(const echo_config *cfg);
@@ -61,6 +99,40 @@ int echo_config_check(const echo_config *cfg);
 size_t echo_scan(const echo_config *cfg, int *cont, const uint8_t *buf,
                  size_t len, int *quit);
 
+/* ---- faults: a server that misbehaves on purpose ------------------------ */
+
+/*
+ * What the server does to its echo, on purpose, for testing clients against
+ * a bad network (toxiproxy's vocabulary). All off (echo_faults_default) costs
+ * nothing. Random choices (jitter, refuse, drop, duplicate) come from one
+ * generator per connection seeded with (seed, connection id), and one for
+ * UDP seeded with (seed, 0): a run is reproducible, and pyecho's Python
+ * engine makes the same choices for the same seed. docs/PROTOCOL.md says
+ * exactly what each field does.
+ */
+typedef struct echo_faults {
+    uint32_t latency_ms;      /* each chunk of echo is held this long ... */
+    uint32_t jitter_ms;       /* ... plus or minus up to this (whole ms) */
+    uint64_t rate;            /* TCP: echo bytes per second; 0: no limit */
+    uint32_t slice;           /* TCP: echo sent in pieces of at most this; 0: whole */
+    uint32_t slice_delay_ms;  /* TCP: between pieces */
+    int64_t limit;            /* TCP: bytes of echo, then the connection closes; -1: none */
+    int64_t reset_after_ms;   /* TCP: reset (RST) this long after opening; -1: never */
+    int64_t stall_after;      /* TCP: bytes of echo, then no more; -1: never */
+    uint32_t close_delay_ms;  /* TCP: a close the server decides waits this long */
+    uint32_t accept_delay_ms; /* TCP: a new connection waits this long to be served */
+    uint32_t refuse_ppm;      /* TCP: chance, per million, a connection is reset at once */
+    uint32_t drop_ppm;        /* UDP: chance, per million, a datagram is not echoed */
+    uint32_t duplicate_ppm;   /* UDP: chance, per million, a datagram is echoed twice */
+    uint64_t seed;
+} echo_faults;
+
+/* Everything off. */
+void echo_faults_default(echo_faults *f);
+/* 0 if f is usable with the transport, -EINVAL otherwise (out of range, or a
+ * TCP-only field set for UDP or the reverse). */
+int echo_faults_check(const echo_faults *f, int transport);
+
 /* ---- server ------------------------------------------------------------ */
 
 typedef struct echo_server echo_server;
@@ -69,27 +141,38 @@ typedef struct echo_stats {
     uint64_t accepted;   /* connections accepted and served */
     uint64_t open;       /* connections open now */
     uint64_t rejected;   /* closed at once because max_clients were open */
-    uint64_t bytes_in;   /* bytes read from clients */
-    uint64_t bytes_out;  /* bytes written to clients */
-    uint64_t closed[5];  /* closes by enum echo_close_reason */
+    uint64_t bytes_in;   /* bytes read from clients (UDP: in datagrams) */
+    uint64_t bytes_out;  /* bytes written to clients (UDP: echoed) */
+    uint64_t closed[16]; /* closes by enum echo_close_reason (room to grow) */
+    uint64_t datagrams_in;  /* UDP: datagrams received */
+    uint64_t datagrams_out; /* UDP: datagrams echoed (a duplicate counts) */
+    uint64_t dropped[16];   /* UDP: by enum echo_drop_reason (room to grow) */
 } echo_stats;
 
-enum echo_event_kind { ECHO_EVENT_OPEN = 0, ECHO_EVENT_CLOSE = 1 };
+enum echo_event_kind {
+    ECHO_EVENT_OPEN = 0,  /* a connection opened */
+    ECHO_EVENT_CLOSE = 1, /* a connection closed: reason */
+    ECHO_EVENT_DROP = 2   /* UDP: datagrams dropped for reason (at most one
+                             such event per reason per second: count is how
+                             many since the last one; host/port: the latest) */
+};
 
 typedef struct echo_event {
     int kind;          /* enum echo_event_kind */
-    uint64_t conn_id;  /* 1, 2, ... in accept order */
-    int reason;        /* enum echo_close_reason, for ECHO_EVENT_CLOSE */
+    uint64_t conn_id;  /* 1, 2, ... in accept order (0 for DROP) */
+    int reason;        /* enum echo_close_reason or echo_drop_reason */
     char host[64];     /* peer address, numeric */
     int port;
+    uint64_t count;    /* DROP: datagrams */
 } echo_event;
 
 /* Called on the serving thread when a connection opens or closes. */
 typedef void (*echo_event_fn)(void *ctx, const echo_event *event);
 
 /*
- * Create a server listening on a numeric host ("127.0.0.1", "::1",
- * "0.0.0.0") and port (0: any free port). cfg is copied, quit word included.
+ * Create a server listening on a numeric host ("127.0.0.1", "::1", "::",
+ * "fe80::1%eth0") and port (0: any free port), TCP or UDP as cfg says. "::"
+ * serves IPv4 too (dual stack). cfg is copied, quit word included.
  */
 int echo_server_new(const echo_config *cfg, const char *host, int port,
                     echo_server **out);
@@ -101,11 +184,18 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
 /*
  * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
  * out while still serving, 0 once echo_server_stop() was called (every client
- * connection is then closed), or a negative errno on failure.
+ * connection is then closed), -EINTR when a signal arrived (call it again once
+ * the signal is handled), or another negative errno on failure.
  */
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
 int echo_server_stop(echo_server *srv);
+/*
+ * Change the server's faults (NULL: none), from any thread, serving or not.
+ * The serving loop applies them within one turn, to open connections too.
+ * f is copied.
+ */
+int echo_server_set_faults(echo_server *srv, const echo_faults *f);
 /* A consistent-enough snapshot, safe from any thread while serving. */
 void echo_server_stats(const echo_server *srv, echo_stats *out);
 /* Close every socket and free. Not while echo_server_run() is running. */
@@ -115,13 +205,19 @@ void echo_server_free(echo_server *srv);
 
 typedef struct echo_client echo_client;
 
-/* Connect to a numeric host and port; timeout_ms < 0 waits forever. */
+/*
+ * Connect to a numeric host and port; timeout_ms < 0 waits forever. Over UDP
+ * (cfg->transport) the socket is connected to the server, and echo() sends
+ * one datagram and returns the one that comes back (-EPROTO if it differs,
+ * -ETIMEDOUT if none came); datagrams already waiting are dropped first.
+ */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
 /*
  * Send all of buf; its echo is owed until received. Once the quit word was
  * sent (by this or echo()), sending more fails with -EPIPE: the server is
- * closing the connection.
+ * closing the connection. In seed mode a message is one read of the server,
+ * so buf may hold at most bufsize bytes (-EMSGSIZE otherwise).
  */
 int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len);
 /* Receive up to cap bytes into buf (paying off the owed echo); *got is 0
@@ -133,7 +229,11 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
  * earlier sent bytes of the same line). Sends and receives at once, so a
  * large buf cannot deadlock. reply needs echo_client_reply_room(cli, len)
  * bytes. When the framing says the quit word ends the connection, waits for
- * the server to close it. Returns an echo_reply, or a negative errno.
+ * the server to close it. In seed mode, buf goes in pieces of at most bufsize
+ * bytes, each sent once the echo of the one before arrived (each piece is one
+ * read of the server); nothing after a piece that is the quit word is sent.
+ * Once the whole echo is in, bytes already waiting are more than the server
+ * may send: -EPROTO. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */

@@ -1,36 +1,42 @@
 /*
- * server.c - the echo server: one thread, one epoll loop, many clients.
+ * server.c - the TCP echo server on the event loop (loop.h).
  *
  * Each connection echoes what echo_scan() releases. Output the client does
  * not take yet is queued per connection up to max_pending; past that the
  * connection is not read until it drains (backpressure), so memory stays
- * bounded and nothing is lost. pyecho/_pyengine.py is the same loop in Python.
+ * bounded and nothing is lost. pyecho/_pyserver.py is the same server in
+ * Python.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/tcp.h>
-#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "faults.h"
+#include "loop.h"
 #include "net.h"
 #include "outbuf.h"
 #include "pyecho.h"
+#include "stats.h"
+#include "udp.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
-#define MAX_EVENTS 256         /* epoll events handled per wake-up */
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
 #define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
+#define RATE_BURST_MS 10       /* faults: a rate-limited send waits for this much */
+
+#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+typedef struct conn_fx conn_fx;
 
 typedef struct conn {
-    int fd;
-    uint32_t events;   /* what epoll watches now */
+    ev_io io;
     int closing;       /* 0, or 1 + the close reason once the peer is done */
-    int lingering;     /* after quit: output sent and shut, input dropped */
+    int lingering;     /* after quit (or limit): output sent and shut, input dropped */
     int cont;          /* line mode: inside a line longer than max_line */
     uint64_t id;
     uint64_t last_active_ms;  /* or, lingering, when the lingering began */
@@ -39,57 +45,64 @@ typedef struct conn {
     size_t held_len;
     outbuf out;        /* echo the client has not taken yet */
     net_addr peer;
+    uint64_t opened_ms;
+    conn_fx *fx;       /* fault state; NULL until faults apply to it */
+    struct echo_server *srv;
 } conn;
 
+/* A connection's faults: echo held for latency, the send gate (rate,
+ * slice), its reset and wait timers, and its own random generator. */
+struct conn_fx {
+    conn *c;
+    uint64_t rng;
+    fx_queue delayed;       /* echo held until its time (latency, jitter) */
+    ev_timer release;       /* when the head of `delayed` is due */
+    ev_timer gate;          /* pending: sending waits (rate, slice_delay) */
+    ev_timer reset;         /* reset_after */
+    ev_timer wait;          /* accept_delay, then close_delay */
+    uint64_t next_send_ms;  /* slice_delay: not before */
+    uint64_t tokens;        /* rate: thousandths of a byte */
+    uint64_t tokens_ms;
+    uint64_t echoed;        /* bytes let into the echo: limit, stall_after */
+    int waiting;            /* 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs */
+    int close_waited;       /* close_delay already spent */
+};
+
+enum { ACCEPT_WAIT = 1, CLOSE_WAIT = 2 };
+
+/* Oldest first: idle and linger deadlines are then O(1) to find. */
 typedef struct conn_list {
     conn *oldest, *newest;
+    ev_timer timer; /* at the oldest one's deadline (or earlier: re-armed) */
 } conn_list;
-
-/* Counters have one writer (the serving thread) and readers anywhere. */
-typedef struct counters {
-    _Atomic uint64_t accepted, open, rejected, bytes_in, bytes_out;
-    _Atomic uint64_t closed[ECHO_CLOSE_REASONS];
-} counters;
 
 struct echo_server {
     echo_config cfg;
     uint8_t quit_word[256];
-    int epfd;
-    int listen_fd, wake_fd; /* epoll's data.ptr: &listen_fd, &wake_fd or a conn */
-    uint64_t accept_resume_ms; /* 0: accepting */
-    uint64_t now_ms;
+    ev_loop *loop;
+    ev_io listener;         /* TCP: the listening socket; UDP: the socket */
+    udp_echo *udp;          /* UDP only */
+    ev_timer accept_pause;  /* accepting resumes when it fires */
     uint64_t next_id;
-    conn_list active;          /* least recently active first */
-    conn_list lingering;       /* in the order they began lingering */
-    uint64_t lingering_n;      /* how many: they do not count for max_clients */
-    uint8_t *scratch;          /* held line + one read */
+    conn_list active;       /* least recently active first */
+    conn_list lingering;    /* in the order they began lingering */
+    uint8_t *scratch;       /* held line + one read */
     size_t scratch_cap;
     echo_event_fn event_fn;
     void *event_ctx;
     atomic_int stop;
+    echo_faults *faults;    /* in effect (loop thread); NULL: none */
+    _Atomic(echo_faults *) pending_faults; /* from echo_server_set_faults() */
+    ev_timer udp_release;   /* UDP: the next delayed datagram is due */
     counters stats;
-    struct epoll_event events[MAX_EVENTS];
 };
 
-static void count(_Atomic uint64_t *c, uint64_t n)
+static uint64_t open_now(const echo_server *srv)
 {
-    /* Single writer: a relaxed load and store, no locked instruction. */
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                          memory_order_relaxed);
+    return counted(&srv->stats.open);
 }
 
-static void uncount(_Atomic uint64_t *c)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - 1,
-                          memory_order_relaxed);
-}
-
-/* ---- connection lists (oldest first, for timeouts) ---------------------- */
-
-static conn_list *list_of(echo_server *srv, const conn *c)
-{
-    return c->lingering ? &srv->lingering : &srv->active;
-}
+/* ---- connection lists and their deadlines ------------------------------- */
 
 static void list_unlink(conn_list *l, conn *c)
 {
@@ -98,22 +111,45 @@ static void list_unlink(conn_list *l, conn *c)
     c->prev = c->next = NULL;
 }
 
-static void list_append(conn_list *l, conn *c)
+static void on_idle(ev_loop *loop, ev_timer *t);
+static void on_linger(ev_loop *loop, ev_timer *t);
+
+/* Arm the list's timer at its oldest connection's deadline, unless it is
+ * armed already: when it fires early (the oldest was touched since), it
+ * re-arms itself here. The server's few timers fit the loop's preallocated
+ * heap, so starting one cannot fail. */
+static void arm_deadline(echo_server *srv, conn_list *l)
+{
+    int idle = l == &srv->active;
+    uint64_t timeout = idle ? srv->cfg.idle_timeout_ms : LINGER_MS;
+
+    if (timeout != 0 && l->oldest != NULL && !ev_timer_pending(&l->timer))
+        (void)ev_timer_start(srv->loop, &l->timer, l->oldest->last_active_ms + timeout,
+                             idle ? on_idle : on_linger);
+}
+
+static void list_append(echo_server *srv, conn_list *l, conn *c)
 {
     c->prev = l->newest;
     c->next = NULL;
     if (l->newest) l->newest->next = c; else l->oldest = c;
     l->newest = c;
+    arm_deadline(srv, l);
+}
+
+static conn_list *list_of(echo_server *srv, const conn *c)
+{
+    return c->lingering ? &srv->lingering : &srv->active;
 }
 
 static void touch(echo_server *srv, conn *c)
 {
     if (srv->cfg.idle_timeout_ms == 0 || c->lingering)
         return;
-    c->last_active_ms = srv->now_ms;
+    c->last_active_ms = ev_now(srv->loop);
     if (srv->active.newest != c) {
         list_unlink(&srv->active, c);
-        list_append(&srv->active, c);
+        list_append(srv, &srv->active, c);
     }
 }
 
@@ -134,41 +170,52 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
     srv->event_fn(srv->event_ctx, &ev);
 }
 
+static void fx_free(echo_server *srv, conn_fx *fx);
+
 static void conn_close(echo_server *srv, conn *c, int reason)
 {
-    /* close() alone would leave it in epoll if a fork() duplicated the fd. */
-    epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    close(c->fd);
+    ev_io_stop(srv->loop, &c->io);
+    close(c->io.fd);
     list_unlink(list_of(srv, c), c);
-    if (c->lingering)
-        srv->lingering_n--;
     uncount(&srv->stats.open);
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
+    fx_free(srv, c->fx);
     free(c->held);
     outbuf_free(&c->out);
     free(c);
 }
 
+/* Close with a reset (RST) instead of a FIN: SO_LINGER with no time. */
+static void conn_reset(echo_server *srv, conn *c, int reason)
+{
+    struct linger now = {1, 0};
+
+    setsockopt(c->io.fd, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+    conn_close(srv, c, reason);
+}
+
+/* Echo not yet handed to the kernel: queued, and held by faults. */
+static size_t queued(const conn *c)
+{
+    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost : 0);
+}
+
 /* Watch for input while the peer may still send and the queue has room (or,
- * lingering, for its EOF); for output while anything is queued. */
+ * lingering, for its EOF); for output while anything is queued and no fault
+ * holds sending back. Nothing while a fault makes it wait. */
 static int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
-    struct epoll_event ev;
+    const conn_fx *fx = c->fx;
 
-    if (c->lingering || (!c->closing && c->out.len < srv->cfg.max_pending))
-        want |= EPOLLIN;
-    if (c->out.len > 0)
-        want |= EPOLLOUT;
-    if (want == c->events)
-        return 0;
-    ev.events = want;
-    ev.data.ptr = c;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
-        return -errno;
-    c->events = want;
-    return 0;
+    if (fx != NULL && fx->waiting != 0)
+        return ev_io_set(srv->loop, &c->io, 0);
+    if (c->lingering || (!c->closing && queued(c) < srv->cfg.max_pending))
+        want |= EV_READ;
+    if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
+        want |= EV_WRITE;
+    return ev_io_set(srv->loop, &c->io, want);
 }
 
 static int is_reset(int err)
@@ -176,54 +223,332 @@ static int is_reset(int err)
     return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
 }
 
+static void on_fx_wait(ev_loop *loop, ev_timer *t);
+
 /*
- * All echo is out and the connection ends. After the quit word the peer may
- * still be sending, and close() with unread input answers with a reset that
- * destroys echo still in flight to it. So linger instead: shut our side (the
- * FIN follows the echo), drop what the peer sends, and close at its EOF or
- * after LINGER_MS.
+ * All echo is out and the connection ends. After the quit word (or the
+ * limit fault) the peer may still be sending, and close() with unread input
+ * answers with a reset that destroys echo still in flight to it. So linger
+ * instead: shut our side (the FIN follows the echo), drop what the peer
+ * sends, and close at its EOF or after LINGER_MS. The close_delay fault
+ * makes any of these ends wait first.
  */
 static void conn_done(echo_server *srv, conn *c, int reason)
 {
-    if (reason != ECHO_CLOSE_QUIT || shutdown(c->fd, SHUT_WR) != 0) {
+    conn_fx *fx = c->fx;
+
+    if (fx != NULL && srv->faults != NULL && srv->faults->close_delay_ms > 0 &&
+        !fx->close_waited) {
+        fx->close_waited = 1;
+        fx->waiting = CLOSE_WAIT;
+        if (ev_timer_start(srv->loop, &fx->wait, ev_now(srv->loop) + srv->faults->close_delay_ms,
+                           on_fx_wait) != 0 ||
+            update_interest(srv, c) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if ((reason != ECHO_CLOSE_QUIT && reason != ECHO_CLOSE_LIMIT) ||
+        shutdown(c->io.fd, SHUT_WR) != 0) {
         conn_close(srv, c, reason);
         return;
     }
     list_unlink(&srv->active, c);
     c->lingering = 1;
-    srv->lingering_n++;
-    c->last_active_ms = srv->now_ms;
-    list_append(&srv->lingering, c);
+    c->last_active_ms = ev_now(srv->loop);
+    list_append(srv, &srv->lingering, c);
     if (update_interest(srv, c) != 0)
         conn_close(srv, c, reason);
 }
 
-/* Lingering: read and drop; the peer's EOF (or failure) ends it. */
-static void on_lingering_readable(echo_server *srv, conn *c)
+/* Read and drop what a lingering peer sends (a few reads at most, so a
+ * flood cannot hold the loop); 1 at its EOF (or failure). */
+static int drop_input(echo_server *srv, conn *c)
 {
-    ssize_t n = recv(c->fd, srv->scratch, srv->scratch_cap, 0);
+    for (int i = 0; i < 4; i++) {
+        ssize_t n = recv(c->io.fd, srv->scratch, srv->scratch_cap, 0);
 
-    if (n > 0)
-        count(&srv->stats.bytes_in, (uint64_t)n);
-    else if (n == 0 || is_reset(errno))
-        conn_close(srv, c, ECHO_CLOSE_QUIT);
+        if (n > 0)
+            count(&srv->stats.bytes_in, (uint64_t)n);
+        else
+            return n == 0 || is_reset(errno);
+        if ((size_t)n < srv->scratch_cap)
+            break;
+    }
+    return 0;
 }
 
-/* The peer is done (EOF or quit): end now or once the queue drains. */
+/* The peer is done (EOF or quit) or the limit is reached: end now or once
+ * the queue drains. */
 static void finish(echo_server *srv, conn *c, int reason)
 {
     c->closing = 1 + reason;
-    if (c->out.len == 0)
+    if (queued(c) == 0)
         conn_done(srv, c, reason);
     else if (update_interest(srv, c) != 0)
         conn_close(srv, c, ECHO_CLOSE_RESET);
 }
 
+/* ---- faults on the echo path ------------------------------------------------ */
+
+static void on_fx_release(ev_loop *loop, ev_timer *t);
+static void on_fx_gate(ev_loop *loop, ev_timer *t);
+static void on_fx_reset(ev_loop *loop, ev_timer *t);
+
+static conn_fx *fx_attach(echo_server *srv, conn *c)
+{
+    conn_fx *fx = calloc(1, sizeof *fx);
+
+    if (fx == NULL)
+        return NULL;
+    fx->c = c;
+    fx->rng = fx_rng_seed(srv->faults->seed, c->id);
+    fx->tokens_ms = ev_now(srv->loop);
+    c->fx = fx;
+    return fx;
+}
+
+static void fx_free(echo_server *srv, conn_fx *fx)
+{
+    if (fx == NULL)
+        return;
+    ev_timer_stop(srv->loop, &fx->release);
+    ev_timer_stop(srv->loop, &fx->gate);
+    ev_timer_stop(srv->loop, &fx->reset);
+    ev_timer_stop(srv->loop, &fx->wait);
+    fx_queue_free(&fx->delayed);
+    free(fx);
+}
+
+/* Rate: refill the bucket; a burst is RATE_BURST_MS of the rate (1 byte at
+ * least). Tokens are thousandths of a byte: the rate is bytes per second. */
+static uint64_t fx_bucket_cap(uint64_t rate)
+{
+    uint64_t cap = rate * RATE_BURST_MS;
+
+    return cap < 1000 ? 1000 : cap;
+}
+
+static void fx_refill(conn_fx *fx, uint64_t rate, uint64_t now)
+{
+    uint64_t cap = fx_bucket_cap(rate), elapsed = now - fx->tokens_ms;
+
+    fx->tokens = elapsed >= RATE_BURST_MS + 1000 ? cap : fx->tokens + elapsed * rate;
+    if (fx->tokens > cap)
+        fx->tokens = cap;
+    fx->tokens_ms = now;
+}
+
+/* Close the gate until `when`; 0, or -1 if no timer could be started. */
+static int fx_hold(echo_server *srv, conn_fx *fx, uint64_t when)
+{
+    return ev_timer_start(srv->loop, &fx->gate, when, on_fx_gate) == 0 ? 0 : -1;
+}
+
+/* Send what the faults let go now (rate, slice); 0, or -1 if the
+ * connection failed. */
+static int fx_flush(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+    conn_fx *fx = c->fx;
+    uint64_t now = ev_now(srv->loop);
+
+    while (c->out.len > 0 && !ev_timer_pending(&fx->gate)) {
+        size_t n = c->out.len;
+        ssize_t sent;
+
+        if (now < fx->next_send_ms)
+            return fx_hold(srv, fx, fx->next_send_ms);
+        if (f != NULL && f->slice != 0 && n > f->slice)
+            n = f->slice;
+        if (f != NULL && f->rate != 0) {
+            uint64_t avail, want;
+
+            fx_refill(fx, f->rate, now);
+            avail = fx->tokens / 1000;
+            want = fx_bucket_cap(f->rate) / 1000;
+            if (want > n)
+                want = n;
+            if (avail < want) /* wait until a burst's worth (or all) may go */
+                return fx_hold(srv, fx, now + (want * 1000 - fx->tokens + f->rate - 1) / f->rate);
+            if (n > avail)
+                n = (size_t)avail;
+        }
+        sent = send(c->io.fd, outbuf_begin(&c->out), n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent < 0)
+            return is_reset(errno) ? -1 : 0;
+        count(&srv->stats.bytes_out, (uint64_t)sent);
+        outbuf_consume(&c->out, (size_t)sent);
+        if (f != NULL && f->rate != 0)
+            fx->tokens -= (uint64_t)sent * 1000;
+        if (f != NULL && f->slice != 0 && f->slice_delay_ms != 0 && c->out.len > 0)
+            fx->next_send_ms = now + f->slice_delay_ms;
+        if ((size_t)sent < n)
+            return 0; /* the socket is full: wait until it is writable */
+    }
+    return 0;
+}
+
+/* Move the echo that is due from `delayed` to the output queue. */
+static int fx_release_due(echo_server *srv, conn *c)
+{
+    conn_fx *fx = c->fx;
+    uint64_t now = ev_now(srv->loop);
+
+    while (fx->delayed.head != NULL && fx->delayed.head->due_ms <= now) {
+        fx_chunk *ch = fx_queue_pop(&fx->delayed);
+        int rc = outbuf_append(&c->out, ch->data, ch->len);
+
+        free(ch);
+        if (rc != 0)
+            return -1;
+    }
+    if (fx->delayed.head != NULL &&
+        ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
+        return -1;
+    return 0;
+}
+
+/* After the queues changed: send, then end the connection if it was ending
+ * and everything is out, else watch what is needed. 1 if it was closed. */
+static int fx_progress(echo_server *srv, conn *c)
+{
+    if (fx_release_due(srv, c) != 0 || fx_flush(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (c->closing && !c->lingering && queued(c) == 0 && c->fx->waiting == 0) {
+        conn_done(srv, c, c->closing - 1);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Echo data through the faults: stall_after and limit cut it, latency and
+ * jitter hold it, rate and slice pace it (fx_flush). Returns 0, 1 when the
+ * limit is reached (the caller ends the connection), or -1 on failure.
+ */
+static int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
+{
+    const echo_faults *f = srv->faults;
+    conn_fx *fx = c->fx;
+    int limit_reached = 0;
+
+    if (f->stall_after >= 0 && fx->echoed + len > (uint64_t)f->stall_after)
+        len = fx->echoed >= (uint64_t)f->stall_after ? 0 : (size_t)((uint64_t)f->stall_after - fx->echoed);
+    if (f->limit >= 0 && fx->echoed + len >= (uint64_t)f->limit) {
+        len = (size_t)((uint64_t)f->limit - fx->echoed);
+        limit_reached = 1;
+    }
+    fx->echoed += len;
+    if (len > 0 && (f->latency_ms != 0 || f->jitter_ms != 0)) {
+        uint64_t due = ev_now(srv->loop) + fx_delay(&fx->rng, f);
+
+        if (fx_queue_push(&fx->delayed, due, data, len, NULL, 1) != 0)
+            return -1;
+        if (!ev_timer_pending(&fx->release) &&
+            ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
+            return -1;
+    } else if (outbuf_append(&c->out, data, len) != 0) {
+        return -1;
+    }
+    if (fx_flush(srv, c) != 0)
+        return -1;
+    return limit_reached;
+}
+
+static void on_fx_release(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, release);
+
+    (void)loop;
+    fx_progress(fx->c->srv, fx->c);
+}
+
+static void on_fx_gate(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, gate);
+
+    (void)loop;
+    fx_progress(fx->c->srv, fx->c);
+}
+
+static void on_fx_reset(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, reset);
+
+    (void)loop;
+    conn_reset(fx->c->srv, fx->c, ECHO_CLOSE_RESET_AFTER);
+}
+
+/* accept_delay is over (serve it now), or close_delay (end it now). */
+static void on_fx_wait(ev_loop *loop, ev_timer *t)
+{
+    conn_fx *fx = CONTAINER_OF(t, conn_fx, wait);
+    conn *c = fx->c;
+    int was = fx->waiting;
+
+    (void)loop;
+    fx->waiting = 0;
+    if (was == CLOSE_WAIT)
+        conn_done(c->srv, c, c->closing - 1);
+    else
+        fx_progress(c->srv, c);
+}
+
+/*
+ * Bring a connection in line with the server's faults, new or changed:
+ * reseed nothing (its generator is its own), re-arm reset_after from when
+ * it opened, release held echo no later than the new latency allows (at
+ * once with none), and reopen the send gate. 1 if it was closed.
+ */
+static int fx_update(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+    uint64_t now = ev_now(srv->loop);
+    conn_fx *fx = c->fx;
+
+    if (f == NULL && fx == NULL)
+        return 0;
+    if (fx == NULL && (fx = fx_attach(srv, c)) == NULL) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (f != NULL && f->reset_after_ms >= 0) {
+        uint64_t at = c->opened_ms + (uint64_t)f->reset_after_ms;
+
+        if (ev_timer_start(srv->loop, &fx->reset, at > now ? at : now, on_fx_reset) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+    } else {
+        ev_timer_stop(srv->loop, &fx->reset);
+    }
+    fx_queue_hurry(&fx->delayed, f == NULL ? now : now + f->latency_ms + f->jitter_ms);
+    if (fx->delayed.head != NULL)
+        ev_timer_stop(srv->loop, &fx->release);
+    ev_timer_stop(srv->loop, &fx->gate);
+    fx->next_send_ms = now;
+    if (fx->waiting == ACCEPT_WAIT && (f == NULL || f->accept_delay_ms == 0)) {
+        ev_timer_stop(srv->loop, &fx->wait);
+        fx->waiting = 0;
+    }
+    return fx_progress(srv, c);
+}
+
+/* ---- the echo path ------------------------------------------------------------ */
+
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
+    if (c->fx != NULL)
+        return fx_flush(srv, c);
     while (c->out.len > 0) {
-        ssize_t n = send(c->fd, outbuf_begin(&c->out), c->out.len,
+        ssize_t n = send(c->io.fd, outbuf_begin(&c->out), c->out.len,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
@@ -233,11 +558,19 @@ static int flush_out(echo_server *srv, conn *c)
     return 0;
 }
 
-/* Echo data: straight to the socket when nothing is queued before it. */
+/* Echo data: straight to the socket when nothing is queued before it.
+ * 0, 1 when the limit fault is reached, or -1 on failure. */
 static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 {
+    if (c->fx != NULL) {
+        if (srv->faults != NULL)
+            return fx_echo(srv, c, data, len);
+        if (outbuf_append(&c->out, data, len) != 0)
+            return -1;
+        return fx_flush(srv, c);
+    }
     if (c->out.len == 0 && len > 0) {
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
             if (is_reset(errno))
@@ -251,20 +584,26 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     return outbuf_append(&c->out, data, len);
 }
 
+static void drop_held(conn *c)
+{
+    free(c->held);
+    c->held = NULL;
+    c->held_len = 0;
+}
+
 static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
 {
-    if (len > 0 && c->held == NULL) {
+    if (len == 0) {
+        drop_held(c);
+        return 0;
+    }
+    if (c->held == NULL) {
         c->held = malloc(srv->cfg.max_line);
         if (c->held == NULL)
             return -1;
     }
-    if (len > 0)
-        memcpy(c->held, rest, len);
+    memcpy(c->held, rest, len);
     c->held_len = len;
-    if (len == 0) {
-        free(c->held);
-        c->held = NULL;
-    }
     return 0;
 }
 
@@ -274,12 +613,12 @@ static void on_readable(echo_server *srv, conn *c)
     size_t want = srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
     uint8_t *buf = srv->scratch;
     size_t emit;
-    int quit;
+    int quit, rc;
     ssize_t n;
 
     if (held > 0)
         memcpy(buf, c->held, held);
-    n = recv(c->fd, buf + held, want, 0);
+    n = recv(c->io.fd, buf + held, want, 0);
     if (n < 0) {
         if (is_reset(errno))
             conn_close(srv, c, ECHO_CLOSE_RESET);
@@ -287,24 +626,25 @@ static void on_readable(echo_server *srv, conn *c)
     }
     if (n == 0) {
         /* Half-close: a partial line is still echoed, nothing is lost. */
-        if (echo_out(srv, c, buf, held) != 0)
+        drop_held(c);
+        rc = echo_out(srv, c, buf, held);
+        if (rc < 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
-            finish(srv, c, ECHO_CLOSE_PEER);
+            finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
         return;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
     touch(srv, c);
     emit = echo_scan(&srv->cfg, &c->cont, buf, held + (size_t)n, &quit);
-    if (echo_out(srv, c, buf, emit) != 0) {
+    rc = echo_out(srv, c, buf, emit);
+    if (rc < 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
-    if (quit) {
-        free(c->held);
-        c->held = NULL;
-        c->held_len = 0;
-        finish(srv, c, ECHO_CLOSE_QUIT);
+    if (rc == 1 || quit) {
+        drop_held(c);
+        finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
         return;
     }
     if (srv->cfg.mode == ECHO_MODE_LINE &&
@@ -327,7 +667,7 @@ static int on_writable(echo_server *srv, conn *c)
     }
     if (c->out.len < before)
         touch(srv, c);
-    if (c->closing && c->out.len == 0) {
+    if (c->closing && queued(c) == 0) {
         conn_done(srv, c, c->closing - 1);
         return 1;
     }
@@ -338,59 +678,142 @@ static int on_writable(echo_server *srv, conn *c)
     return 0;
 }
 
-/* ---- accepting ----------------------------------------------------------- */
-
-static int set_listening(echo_server *srv, uint32_t events)
+static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
 {
-    struct epoll_event ev = {.events = events, .data.ptr = &srv->listen_fd};
+    conn *c = CONTAINER_OF(io, conn, io);
+    echo_server *srv = c->srv;
 
-    return epoll_ctl(srv->epfd, EPOLL_CTL_MOD, srv->listen_fd, &ev) ? -errno : 0;
+    (void)loop;
+    if ((ready & EV_WRITE) && on_writable(srv, c))
+        return;
+    if ((ready & EV_READ) && (c->io.mask & EV_READ)) {
+        if (!c->lingering)
+            on_readable(srv, c);
+        else if (drop_input(srv, c))
+            conn_close(srv, c, c->closing - 1);
+    }
 }
 
+/* ---- deadlines ------------------------------------------------------------ */
+
+/* reason -1: the reason each was ending for. */
+static void close_expired(echo_server *srv, conn_list *l, uint64_t timeout, int reason)
+{
+    while (l->oldest != NULL && l->oldest->last_active_ms + timeout <= ev_now(srv->loop))
+        conn_close(srv, l->oldest, reason >= 0 ? reason : l->oldest->closing - 1);
+    arm_deadline(srv, l);
+}
+
+static void on_idle(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, active.timer);
+
+    (void)loop;
+    close_expired(srv, &srv->active, srv->cfg.idle_timeout_ms, ECHO_CLOSE_IDLE);
+}
+
+static void on_linger(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, lingering.timer);
+
+    (void)loop;
+    /* Their echo is out and they were ending (quit, limit): that is how
+     * they end. */
+    close_expired(srv, &srv->lingering, LINGER_MS, -1);
+}
+
+/* ---- accepting ----------------------------------------------------------- */
+
+static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, accept_pause);
+
+    if (ev_io_set(loop, &srv->listener, EV_READ) != 0)
+        (void)ev_timer_start(loop, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+}
+
+/* Out of descriptors or memory: leave new connections in the backlog for a
+ * while rather than spin on a listener that stays readable. */
 static void pause_accepting(echo_server *srv)
 {
-    if (set_listening(srv, 0) == 0)
-        srv->accept_resume_ms = srv->now_ms + ACCEPT_PAUSE_MS;
+    if (ev_io_set(srv->loop, &srv->listener, 0) == 0)
+        (void)ev_timer_start(srv->loop, &srv->accept_pause,
+                             ev_now(srv->loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
 }
 
 static void add_conn(echo_server *srv, int fd, const net_addr *peer)
 {
-    struct epoll_event ev = {.events = EPOLLIN};
+    const echo_faults *f = srv->faults;
     conn *c = calloc(1, sizeof *c);
     int one = 1;
 
     /* Echoes go out as they are made: do not hold them back to coalesce. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (c == NULL) {
-        close(fd);
-        pause_accepting(srv);
-        return;
-    }
-    c->fd = fd;
-    c->events = EPOLLIN;
-    c->peer = *peer;
-    c->id = ++srv->next_id;
-    c->last_active_ms = srv->now_ms;
-    ev.data.ptr = c;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    if (c == NULL || ev_io_start(srv->loop, &c->io, fd, EV_READ, on_conn) != 0) {
         close(fd);
         free(c);
         pause_accepting(srv);
         return;
     }
-    list_append(&srv->active, c);
+    c->srv = srv;
+    c->peer = *peer;
+    c->id = ++srv->next_id;
+    c->opened_ms = c->last_active_ms = ev_now(srv->loop);
+    list_append(srv, &srv->active, c);
     count(&srv->stats.accepted, 1);
     count(&srv->stats.open, 1);
     notify(srv, c, ECHO_EVENT_OPEN, 0);
+    if (f == NULL)
+        return;
+    /* Faults: its generator's first draw decides `refuse`. */
+    if (fx_attach(srv, c) == NULL) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (fx_chance(&c->fx->rng, f->refuse_ppm)) {
+        conn_reset(srv, c, ECHO_CLOSE_REFUSED);
+        return;
+    }
+    if (f->accept_delay_ms > 0) {
+        c->fx->waiting = ACCEPT_WAIT;
+        if (ev_timer_start(srv->loop, &c->fx->wait, c->opened_ms + f->accept_delay_ms,
+                           on_fx_wait) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+    }
+    fx_update(srv, c);
 }
 
-static void on_acceptable(echo_server *srv)
+/*
+ * Is there room for one more client? Lingering connections (after the quit
+ * word) hold descriptors too, so they count; at the limit the oldest of them
+ * is closed to make room: its echo is out and it was ending anyway.
+ */
+static int make_room(echo_server *srv)
 {
+    conn *oldest = srv->lingering.oldest;
+
+    if (srv->cfg.max_clients == 0 || open_now(srv) < srv->cfg.max_clients)
+        return 1;
+    if (oldest == NULL)
+        return 0;
+    /* Unread input would turn close() into a reset: drop it first. */
+    drop_input(srv, oldest);
+    conn_close(srv, oldest, oldest->closing - 1);
+    return 1;
+}
+
+static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
+{
+    echo_server *srv = CONTAINER_OF(io, echo_server, listener);
+
+    (void)loop;
+    (void)ready;
     for (int i = 0; i < ACCEPT_BURST; i++) {
         net_addr peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(srv->listen_fd, &peer.sa, &len,
-                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(io->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -400,9 +823,7 @@ static void on_acceptable(echo_server *srv)
             pause_accepting(srv); /* EMFILE, ENFILE, ENOBUFS, ENOMEM */
             return;
         }
-        if (srv->cfg.max_clients != 0 &&
-            atomic_load_explicit(&srv->stats.open, memory_order_relaxed) -
-                    srv->lingering_n >= srv->cfg.max_clients) {
+        if (!make_room(srv)) {
             close(fd);
             count(&srv->stats.rejected, 1);
             continue;
@@ -411,94 +832,118 @@ static void on_acceptable(echo_server *srv)
     }
 }
 
+/* ---- UDP ------------------------------------------------------------------ */
+
+static void on_udp_release(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, udp_release);
+    uint64_t due = udp_echo_release(srv->udp, srv->listener.fd, ev_now(loop));
+
+    if (due != UINT64_MAX)
+        (void)ev_timer_start(loop, t, due, on_udp_release);
+}
+
+/* UDP: keep the release timer at the first held datagram's time. */
+static void arm_udp_release(echo_server *srv)
+{
+    uint64_t due = udp_echo_due(srv->udp);
+
+    if (due == UINT64_MAX)
+        ev_timer_stop(srv->loop, &srv->udp_release);
+    else if (!ev_timer_pending(&srv->udp_release) || srv->udp_release.when != due)
+        (void)ev_timer_start(srv->loop, &srv->udp_release, due, on_udp_release);
+}
+
+static void on_datagrams(ev_loop *loop, ev_io *io, uint32_t ready)
+{
+    echo_server *srv = CONTAINER_OF(io, echo_server, listener);
+
+    (void)ready;
+    udp_echo_readable(srv->udp, io->fd, ev_now(loop));
+    arm_udp_release(srv);
+}
+
+static void on_drop(void *ctx, int reason, const net_addr *src, uint64_t n)
+{
+    echo_server *srv = ctx;
+    echo_event ev;
+
+    if (srv->event_fn == NULL)
+        return;
+    memset(&ev, 0, sizeof ev);
+    ev.kind = ECHO_EVENT_DROP;
+    ev.reason = reason;
+    ev.count = n;
+    if (net_format(src, ev.host, sizeof ev.host, &ev.port) != 0)
+        ev.host[0] = '\0';
+    srv->event_fn(srv->event_ctx, &ev);
+}
+
 /* ---- the loop ------------------------------------------------------------ */
 
-static void close_expired(echo_server *srv)
-{
-    uint32_t idle = srv->cfg.idle_timeout_ms;
-    conn_list *l = &srv->active;
-
-    while (idle != 0 && l->oldest != NULL && l->oldest->last_active_ms + idle <= srv->now_ms)
-        conn_close(srv, l->oldest, ECHO_CLOSE_IDLE);
-    l = &srv->lingering;
-    while (l->oldest != NULL && l->oldest->last_active_ms + LINGER_MS <= srv->now_ms)
-        conn_close(srv, l->oldest, ECHO_CLOSE_QUIT);
-}
-
-static void close_all(echo_server *srv, int reason)
+static void close_all(echo_server *srv)
 {
     while (srv->active.oldest != NULL)
-        conn_close(srv, srv->active.oldest, reason);
-    /* Their echo is out and the peer asked to quit: that is how they end. */
+        conn_close(srv, srv->active.oldest, ECHO_CLOSE_SHUTDOWN);
+    /* Their echo is out and they were ending: that is how they end. */
     while (srv->lingering.oldest != NULL)
-        conn_close(srv, srv->lingering.oldest, ECHO_CLOSE_QUIT);
+        conn_close(srv, srv->lingering.oldest, srv->lingering.oldest->closing - 1);
 }
 
-#define FOREVER UINT64_MAX
-#define LONGEST_WAIT_MS 3600000 /* keeps the int for epoll_wait in range */
+/* ---- faults, changed from any thread --------------------------------------- */
 
-/* How long epoll may sleep: until the deadline, the next idle or linger
- * expiry or the end of an accept pause, whichever is first; -1 for none. */
-static int next_wait(const echo_server *srv, uint64_t deadline)
+static int faults_off(const echo_faults *f)
 {
-    uint64_t until = deadline;
+    echo_faults off;
 
-    if (srv->cfg.idle_timeout_ms != 0 && srv->active.oldest != NULL) {
-        uint64_t t = srv->active.oldest->last_active_ms + srv->cfg.idle_timeout_ms;
-        if (t < until)
-            until = t;
-    }
-    if (srv->lingering.oldest != NULL) {
-        uint64_t t = srv->lingering.oldest->last_active_ms + LINGER_MS;
-        if (t < until)
-            until = t;
-    }
-    if (srv->accept_resume_ms != 0 && srv->accept_resume_ms < until)
-        until = srv->accept_resume_ms;
-    if (until == FOREVER)
-        return -1;
-    if (until <= srv->now_ms)
-        return 0;
-    return until - srv->now_ms > LONGEST_WAIT_MS ? LONGEST_WAIT_MS
-                                                 : (int)(until - srv->now_ms);
+    echo_faults_default(&off);
+    off.seed = f->seed;
+    return memcmp(&off, f, sizeof off) == 0;
 }
 
-static void dispatch(echo_server *srv, struct epoll_event *ev)
+/* Take the faults echo_server_set_faults() left, if any, and apply them to
+ * every open connection (on the loop's thread, at the start of a turn). */
+static void take_faults(echo_server *srv)
 {
-    conn *c = ev->data.ptr;
+    echo_faults *f = atomic_exchange(&srv->pending_faults, NULL);
+    echo_faults *old = srv->faults;
 
-    if (ev->data.ptr == &srv->listen_fd) {
-        on_acceptable(srv);
+    if (f == NULL)
         return;
+    if (faults_off(f)) {
+        free(f);
+        f = NULL;
     }
-    if (ev->data.ptr == &srv->wake_fd)
-        return; /* the stop flag is checked by the loop */
-    /* Errors and hang-ups surface through recv() or send(). */
-    if (ev->events & (EPOLLERR | EPOLLHUP))
-        ev->events |= c->events;
-    if ((ev->events & EPOLLOUT) && on_writable(srv, c))
-        return;
-    if ((ev->events & EPOLLIN) && (c->events & EPOLLIN)) {
-        if (c->lingering)
-            on_lingering_readable(srv, c);
-        else
-            on_readable(srv, c);
+    srv->faults = f;
+    if (srv->udp != NULL) {
+        udp_echo_set_faults(srv->udp, f, srv->listener.fd, ev_now(srv->loop));
+        arm_udp_release(srv);
+    }
+    free(old);
+    for (conn_list *l = &srv->active; l != NULL; l = l == &srv->active ? &srv->lingering : NULL) {
+        conn *c = l->oldest;
+
+        while (c != NULL) {
+            conn *next = c->next;
+
+            fx_update(srv, c);
+            c = next;
+        }
     }
 }
 
+/* Was a stop asked for? Then close every connection and end the session. */
 static int stopped(echo_server *srv)
 {
-    uint64_t drain;
-
     if (!atomic_load(&srv->stop))
         return 0;
-    close_all(srv, ECHO_CLOSE_SHUTDOWN);
+    close_all(srv);
     /* Only now: a stop asked for by a close event belongs to this stop. */
-    while (read(srv->wake_fd, &drain, sizeof drain) > 0)
-        ;
     atomic_store(&srv->stop, 0);
     return 1;
 }
+
+#define FOREVER UINT64_MAX
 
 int echo_server_run(echo_server *srv, int timeout_ms)
 {
@@ -506,33 +951,21 @@ int echo_server_run(echo_server *srv, int timeout_ms)
 
     if (srv == NULL)
         return -EINVAL;
-    srv->now_ms = net_now_ms();
-    deadline = timeout_ms >= 0 ? srv->now_ms + (uint64_t)timeout_ms : FOREVER;
+    ev_update_now(srv->loop);
+    deadline = timeout_ms >= 0 ? ev_now(srv->loop) + (uint64_t)timeout_ms : FOREVER;
     for (;;) {
-        int n;
+        uint64_t now;
+        int rc;
 
         if (stopped(srv))
             return 0;
-        n = epoll_wait(srv->epfd, srv->events, MAX_EVENTS,
-                       next_wait(srv, deadline));
-        if (n < 0) {
-            if (errno == EINTR)
-                return 1; /* let the caller handle the signal */
-            return -errno;
-        }
-        srv->now_ms = net_now_ms();
-        /* A connection is only ever closed from its own event here (an fd
-         * appears once per batch, and conn_close removes it from epoll) or
-         * after the batch, so no event can point at a freed connection. */
-        for (int i = 0; i < n; i++)
-            dispatch(srv, &srv->events[i]);
-        close_expired(srv);
-        if (srv->accept_resume_ms != 0 && srv->now_ms >= srv->accept_resume_ms) {
-            if (set_listening(srv, EPOLLIN) == 0)
-                srv->accept_resume_ms = 0;
-        }
-        if (srv->now_ms >= deadline)
+        take_faults(srv);
+        now = ev_now(srv->loop);
+        if (now >= deadline)
             return 1;
+        rc = ev_run_once(srv->loop, deadline == FOREVER ? -1 : (int)(deadline - now));
+        if (rc < 0)
+            return rc; /* -EINTR: the caller handles the signal, then runs again */
     }
 }
 
@@ -541,9 +974,8 @@ int echo_server_run(echo_server *srv, int timeout_ms)
 int echo_server_new(const echo_config *cfg, const char *host, int port,
                     echo_server **out)
 {
-    struct epoll_event ev = {.events = EPOLLIN};
     echo_server *srv;
-    int rc = echo_config_check(cfg);
+    int fd, rc = echo_config_check(cfg);
 
     if (rc != 0 || host == NULL || out == NULL || port < 0 || port > 65535)
         return -EINVAL;
@@ -555,7 +987,7 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
         memcpy(srv->quit_word, cfg->quit_word, cfg->quit_len);
         srv->cfg.quit_word = srv->quit_word;
     }
-    srv->epfd = srv->listen_fd = srv->wake_fd = -1;
+    srv->listener.fd = -1;
     srv->scratch_cap = READ_CHUNK + (cfg->mode == ECHO_MODE_LINE ? cfg->max_line : 0);
     if (cfg->mode == ECHO_MODE_SEED && cfg->bufsize > srv->scratch_cap)
         srv->scratch_cap = cfg->bufsize;
@@ -564,23 +996,21 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
         rc = -ENOMEM;
         goto fail;
     }
-    srv->epfd = epoll_create1(EPOLL_CLOEXEC);
-    srv->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (srv->epfd < 0 || srv->wake_fd < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    rc = net_listen(host, port, cfg->backlog, &srv->listen_fd);
+    rc = ev_loop_new(&srv->loop);
     if (rc != 0)
         goto fail;
-    ev.data.ptr = &srv->listen_fd;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->listen_fd, &ev) != 0) {
-        rc = -errno;
-        goto fail;
+    if (cfg->transport == ECHO_UDP) {
+        rc = udp_echo_new(cfg, &srv->stats, on_drop, srv, &srv->udp);
+        if (rc != 0)
+            goto fail;
     }
-    ev.data.ptr = &srv->wake_fd;
-    if (epoll_ctl(srv->epfd, EPOLL_CTL_ADD, srv->wake_fd, &ev) != 0) {
-        rc = -errno;
+    rc = net_listen(host, port, srv->udp ? SOCK_DGRAM : SOCK_STREAM, cfg->backlog, &fd);
+    if (rc != 0)
+        goto fail;
+    rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ,
+                     srv->udp ? on_datagrams : on_acceptable);
+    if (rc != 0) {
+        close(fd);
         goto fail;
     }
     *out = srv;
@@ -598,7 +1028,7 @@ int echo_server_address(const echo_server *srv, char *host, size_t hostlen,
 
     if (srv == NULL || host == NULL || port == NULL)
         return -EINVAL;
-    if (getsockname(srv->listen_fd, &addr.sa, &len) != 0)
+    if (getsockname(srv->listener.fd, &addr.sa, &len) != 0)
         return -errno;
     return net_format(&addr, host, hostlen, port);
 }
@@ -609,43 +1039,64 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx)
     srv->event_ctx = ctx;
 }
 
+int echo_server_set_faults(echo_server *srv, const echo_faults *f)
+{
+    echo_faults *copy;
+
+    if (srv == NULL || (f != NULL && echo_faults_check(f, srv->cfg.transport) != 0))
+        return -EINVAL;
+    copy = malloc(sizeof *copy);
+    if (copy == NULL)
+        return -ENOMEM;
+    if (f != NULL)
+        *copy = *f;
+    else
+        echo_faults_default(copy);
+    free(atomic_exchange(&srv->pending_faults, copy)); /* a newer one wins */
+    return ev_wake(srv->loop);
+}
+
 int echo_server_stop(echo_server *srv)
 {
-    uint64_t one = 1;
-
     if (srv == NULL)
         return -EINVAL;
     atomic_store(&srv->stop, 1);
-    /* write() is async-signal-safe; a full counter still wakes the loop. */
-    if (write(srv->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-        return -errno;
-    return 0;
+    return ev_wake(srv->loop);
 }
 
 void echo_server_stats(const echo_server *srv, echo_stats *out)
 {
     const counters *s = &srv->stats;
 
-    out->accepted = atomic_load_explicit(&s->accepted, memory_order_relaxed);
-    out->open = atomic_load_explicit(&s->open, memory_order_relaxed);
-    out->rejected = atomic_load_explicit(&s->rejected, memory_order_relaxed);
-    out->bytes_in = atomic_load_explicit(&s->bytes_in, memory_order_relaxed);
-    out->bytes_out = atomic_load_explicit(&s->bytes_out, memory_order_relaxed);
+    memset(out, 0, sizeof *out);
+    out->accepted = counted(&s->accepted);
+    out->open = counted(&s->open);
+    out->rejected = counted(&s->rejected);
+    out->bytes_in = counted(&s->bytes_in);
+    out->bytes_out = counted(&s->bytes_out);
     for (int i = 0; i < ECHO_CLOSE_REASONS; i++)
-        out->closed[i] = atomic_load_explicit(&s->closed[i], memory_order_relaxed);
+        out->closed[i] = counted(&s->closed[i]);
+    out->datagrams_in = counted(&s->datagrams_in);
+    out->datagrams_out = counted(&s->datagrams_out);
+    for (int i = 0; i < ECHO_DROP_REASONS; i++)
+        out->dropped[i] = counted(&s->dropped[i]);
 }
 
 void echo_server_free(echo_server *srv)
 {
     if (srv == NULL)
         return;
-    close_all(srv, ECHO_CLOSE_SHUTDOWN);
-    if (srv->listen_fd >= 0)
-        close(srv->listen_fd);
-    if (srv->wake_fd >= 0)
-        close(srv->wake_fd);
-    if (srv->epfd >= 0)
-        close(srv->epfd);
+    if (srv->loop != NULL) {
+        close_all(srv);
+        if (srv->listener.fd >= 0) {
+            ev_io_stop(srv->loop, &srv->listener);
+            close(srv->listener.fd);
+        }
+        ev_loop_free(srv->loop);
+    }
+    udp_echo_free(srv->udp);
+    free(srv->faults);
+    free(atomic_load(&srv->pending_faults));
     free(srv->scratch);
     free(srv);
 }

@@ -63,7 +63,44 @@ def _load() -> tuple[Any, Any]:
         lib = ffi.dlopen(str(library))
     except OSError as e:
         raise NativeUnavailableError(f"cannot load {library}: {e}") from e
+    _check_abi(ffi, lib, library, header)
     return ffi, lib
+
+
+# The structs csrc/abi.c reports on: their layout is what a mismatched
+# build would get wrong silently.
+ABI_STRUCTS = (
+    "echo_config",
+    "echo_stats",
+    "echo_event",
+    "echo_faults",
+    "echo_loadgen_config",
+    "echo_loadgen_result",
+)
+
+
+def _check_abi(ffi: Any, lib: Any, library: Path, header: str) -> None:
+    """Refuse a library built from another pyecho.h than the one read."""
+    rebuild = "rebuild it (pip install .) or unset PYECHO_LIBRARY"
+    try:
+        version = lib.echo_abi_version()
+    except AttributeError:
+        raise NativeUnavailableError(
+            f"{library} is not a pyecho core library of this version "
+            f"(it has no echo_abi_version); {rebuild}"
+        ) from None
+    if version != lib.ECHO_ABI_VERSION:
+        raise NativeUnavailableError(
+            f"{library} was built for ABI version {version}, this pyecho needs "
+            f"{lib.ECHO_ABI_VERSION}; {rebuild}"
+        )
+    for name in ABI_STRUCTS:
+        built, expected = lib.echo_abi_sizeof(name.encode()), ffi.sizeof(name)
+        if built != expected:
+            raise NativeUnavailableError(
+                f"{library} disagrees with its header on {name} ({built} bytes, the header "
+                f"says {expected}); {rebuild}"
+            )
 
 
 _loaded: tuple[Any, Any] | None = None
@@ -211,6 +248,8 @@ class NativeServer:
         if self._callback_error is not None:
             error, self._callback_error = self._callback_error, None
             raise error
+        if rc == -EINTR:
+            return 1  # a signal: Python runs its handler, then the caller runs us again
         return _check(rc)
 
     def stop(self) -> None:

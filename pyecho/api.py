@@ -385,6 +385,11 @@ class EchoClient:
     def send(self, data: bytes) -> None:
         """Send all of data; its echo is owed to the next echo() (or recv())."""
         data = check_data(data)
+        if self.config.mode == "seed" and len(data) > self.config.bufsize:
+            raise ValueError(
+                f"in seed mode one send() is one message of at most bufsize "
+                f"({self.config.bufsize}) bytes, got {len(data)}; echo() splits longer data"
+            )
         core = self._open()
         self._framed("send", data, lambda: core.send(data))
 

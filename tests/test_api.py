@@ -527,15 +527,73 @@ def test_an_event_handler_error_during_close_is_raised_after_everything_closed(
     server.close()  # again: nothing left to raise
 
 
-def test_a_lingering_connection_does_not_hold_a_max_clients_slot(engine: str) -> None:
+def test_a_lingering_connection_makes_room_at_max_clients(engine: str) -> None:
     with pyecho.EchoServer(
         (LOOPBACK, 0), engine=engine, mode="line", max_clients=1
     ).start() as server:
         a = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
         assert a.echo(b"bye\nexit\n") == b"bye\n" and a.server_closed
-        # a keeps its socket open, so the server lingers on it; b is served.
+        # a keeps its socket open, so the server lingers on it, holding the
+        # one slot; b takes it: a is closed to make room.
         with pyecho.EchoClient(server.server_address, engine=engine, mode="line") as b:
             b.timeout = 10
             assert b.echo(b"next\n") == b"next\n"
+            assert server.stats.open == 1 and server.stats.closed["quit"] == 1
         a.close()
         assert server.stats.rejected == 0
+
+
+def idle_cpu_share(seconds: float) -> float:
+    """The share of one CPU this process used over ``seconds`` of sleep."""
+    cpu, began = time.process_time(), time.monotonic()
+    time.sleep(seconds)
+    return (time.process_time() - cpu) / (time.monotonic() - began)
+
+
+class Pumps:
+    """Connections echoing 64 B back and forth as fast as the server goes,
+    each on its own thread, until the server closes them."""
+
+    def __init__(self, address: tuple[str, int], count: int) -> None:
+        self.threads = [threading.Thread(target=self._pump, args=(address,)) for _ in range(count)]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _pump(address: tuple[str, int]) -> None:
+        try:
+            with socket.create_connection(address, timeout=10) as s:
+                while True:
+                    s.sendall(b"x" * 64)
+                    if not s.recv(65536):
+                        return
+        except OSError:
+            return  # reset by the shutdown
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=10)
+            assert not t.is_alive()
+
+
+def test_a_restarted_idle_server_sleeps_after_stops_that_raced_it(engine: str) -> None:
+    """Defect 1: stop() sets a flag, then wakes the loop. When the busy loop
+    sees the flag first and the session ends, the wake-up lands afterwards;
+    left readable, it made every turn of the next session return at once
+    (100 % CPU while idle). Many stops race a loop busy with 20 connections;
+    after each, the next session's first idle moments, and at the end half a
+    second of it, must cost almost no CPU. The race is timing-dependent
+    (test_pyloop.py makes it certain for the Python engine)."""
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="raw") as server:
+        for cycle in range(40):
+            server.start()
+            share = idle_cpu_share(0.03)
+            assert share < 0.5, f"session {cycle} spun at {share:.0%} CPU while idle"
+            pumps = Pumps(server.server_address, 20)
+            time.sleep(0.02)
+            server.shutdown()  # while the loop is busy: the race
+            pumps.join()
+        server.start()
+        share = idle_cpu_share(0.5)
+        server.shutdown()
+    assert share < 0.1, f"the idle server used {share:.0%} of a CPU"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pyecho.bench.runner import SCENARIOS, TARGETS
+from pyecho.bench.servers import SERVER_MODES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -57,8 +58,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_scenario_on_every_server(bench: dict[str, Any]) -> None:
     summary = bench["json"]["summary"]
     for sc in SCENARIOS:
-        servers = ALWAYS if sc.mode == "raw" else ("native", "python")
-        for server in servers:
+        for server in (s for s in ALWAYS if sc.mode in SERVER_MODES[s]):
             assert server in summary[sc.name], f"{server} missing from {sc.name}"
     assert bench["json"]["errors"] == []
 
@@ -81,6 +81,17 @@ def test_every_figure_is_a_positive_number(bench: dict[str, Any]) -> None:
         assert rec["lat_p50_us"] <= rec["lat_p99_us"] <= rec["lat_p999_us"], where
         for key in ("server_cpu_cores", "loadgen_cpu_cores", "other_cpu_cores"):
             assert rec[key] >= 0, (where, key)
+
+
+def test_pipelined_lines_against_an_asyncio_line_server(bench: dict[str, Any]) -> None:
+    """The pipelined line scenario: 16 lines in flight per connection, the
+    Python engine measured against asyncio echoing whole lines."""
+    records = [r for r in bench["json"]["records"] if r["scenario"] == "c50-64B-line-p16"]
+    assert {r["server"] for r in records} >= {"native", "python", "asyncio"}
+    for r in records:
+        assert (r["mode"], r["depth"], r["msg_size"], r["connections"]) == ("line", 16, 64, 50)
+    (target,) = [t for t in bench["json"]["targets"] if "per line" in t["name"]]
+    assert target["status"] in ("met", "missed") and target["value"] > 0
 
 
 def test_progress_table_and_markdown(bench: dict[str, Any]) -> None:
@@ -108,7 +119,7 @@ def test_targets_are_evaluated(bench: dict[str, Any]) -> None:
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop is not installed (pip install '.[bench]')")
 def test_uvloop_is_measured(bench: dict[str, Any]) -> None:
     for sc in SCENARIOS:
-        if sc.mode == "raw":
+        if sc.mode in SERVER_MODES["uvloop"]:
             assert "uvloop" in bench["json"]["summary"][sc.name]
 
 

@@ -306,3 +306,53 @@ def test_half_close_after_the_quit_word_owes_nothing_more() -> None:
             return c.echo(b""), c.server_closed
 
     assert run_matrix(scenario, mode="line")["transcript"] == (b"abc\n", True)
+
+
+def _seed_pieces(data: bytes, bufsize: int, quit_word: bytes = b"exit") -> bytes:
+    """What echo() returns in seed mode: each bufsize piece is one message
+    (one trailing newline dropped); a quit piece ends it."""
+    out = b""
+    for start in range(0, len(data), bufsize):
+        msg = data[start : start + bufsize]
+        msg = msg[:-1] if msg.endswith(b"\n") else msg
+        if msg == quit_word:
+            break
+        out += msg
+    return out
+
+
+def test_seed_echo_longer_than_bufsize_goes_in_pieces() -> None:
+    """Defect 4: in seed mode echo() of more than bufsize bytes sends it in
+    pieces of bufsize, each once the echo of the one before is in, so each
+    is one read of the server (newlines anywhere; 300 KB used to fail)."""
+    rng = random.Random(4)
+    data = b"".join(
+        bytes(rng.choice(b"abc \n") for _ in range(rng.randrange(1, 200))) for _ in range(3000)
+    )
+
+    def scenario(server, client):
+        with client() as c:
+            return c.echo(data), c.echo(b"after\n"), c.server_closed
+
+    assert len(data) > 290_000
+    reply, after, closed = run_matrix(scenario, mode="seed")["transcript"]
+    assert reply == _seed_pieces(data, 99)
+    assert (after, closed) == (b"after", False)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"abcdexitefgh", b"abcdexit", b"abcdexitexit", b"abc\nexit"],
+    ids=["middle", "last", "twice", "after-a-newline"],
+)
+def test_seed_echo_stops_at_a_quit_piece(data: bytes) -> None:
+    """A piece that is the quit word ends the call: nothing after it is
+    sent, and echo() returns what came before once the server closed."""
+
+    def scenario(server, client):
+        with client() as c:
+            return c.echo(data), c.server_closed
+
+    result = run_matrix(scenario, mode="seed", bufsize=4)
+    assert result["transcript"] == (_seed_pieces(data, 4), True)
+    assert result["stats"]["bytes_in"] == 8 and closes(result["stats"]) == {"quit": 1}

@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
@@ -57,6 +58,81 @@ def test_max_clients_rejects_new_connections_only() -> None:
     assert stats["closed"]["peer"] == 4
     # Rejected connections produce no events: only the four served ones do.
     assert [e[0] for e in result["events"]].count("open") == 4
+
+
+def test_lingering_connections_count_toward_max_clients() -> None:
+    """Defect 3: a client that sent the quit word and keeps its socket open
+    lingers (up to 2 s) and holds a descriptor, so it counts toward
+    max_clients. A new connection at the limit closes the oldest lingering
+    one (reason "quit") to make room; only with none lingering is it
+    rejected."""
+
+    def scenario(server, client):
+        quitters = [client() for _ in range(2)]
+        replies = [q.echo(b"bye %d\nexit\n" % i) for i, q in enumerate(quitters)]
+        wait_for(lambda: server.stats.open == 2, 10)
+        served = []
+        counts = []
+        for i in range(2):  # each takes the place of the oldest lingering one
+            served.append(client())
+            replies.append(served[-1].echo(b"served %d\n" % i))
+            counts.append((server.stats.open, server.stats.closed["quit"]))
+        with client() as extra:  # none lingering: rejected
+            refused = extra.recv()
+        wait_for(lambda: server.stats.rejected == 1, 10)
+        replies += [c.echo(b"still %d\n" % i) for i, c in enumerate(served)]
+        for c in served + quitters:
+            c.close()
+        return replies, counts, refused
+
+    result = run_matrix(scenario, mode="line", max_clients=2)
+    replies, counts, refused = result["transcript"]
+    assert replies == [b"bye 0\n", b"bye 1\n", b"served 0\n", b"served 1\n", b"still 0\n"] + [
+        b"still 1\n"
+    ]
+    assert counts == [(2, 1), (2, 2)] and refused == b""
+    assert [e[:2] + e[3:] for e in result["events"]] == [
+        ("open", 1, None),
+        ("open", 2, None),
+        ("close", 1, "quit"),
+        ("open", 3, None),
+        ("close", 2, "quit"),
+        ("open", 4, None),
+        ("close", 3, "peer"),
+        ("close", 4, "peer"),
+    ]
+    stats = result["stats"]
+    assert (stats["accepted"], stats["rejected"]) == (4, 1)
+
+
+def test_max_clients_bounds_the_descriptors_held(engine: str) -> None:
+    """Defect 3: clients that send the quit word and hold their sockets open
+    cannot make the server hold more than max_clients descriptors for them
+    (they used to pass at thousands per second)."""
+    limit, total = 10, 300
+    with ProcServer(engine, mode="line", max_clients=limit) as server:
+        base = server.fds()
+        held = []
+        try:
+            for i in range(total):
+                s = socket.create_connection(server.address, timeout=10)
+                s.sendall(b"exit\n")
+                held.append(s)
+                if i % 50 == 49:
+                    assert server.fds() <= base + limit + 1  # + 1 while accepting
+            wait_for(
+                lambda: (st := server.stats())["accepted"] + st["rejected"] == total,
+                15,
+                "every connection to be accepted or rejected",
+            )
+            stats = server.stats()
+            assert stats["open"] <= limit and server.fds() <= base + limit
+            assert stats["closed"]["quit"] == stats["accepted"] - stats["open"]
+        finally:
+            for s in held:
+                s.close()
+        wait_for(lambda: server.stats()["open"] == 0, 10)
+        server.quit()
 
 
 def test_idle_timeout_closes_silent_connections_only() -> None:

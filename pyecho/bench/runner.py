@@ -34,6 +34,7 @@ from .serve import raise_nofile_limit
 from .servers import (
     CLK_TCK,
     DESCRIPTIONS,
+    SERVER_MODES,
     SERVERS,
     STEADY_MALLOC_ENV,
     ServerProcess,
@@ -64,6 +65,7 @@ SCENARIOS = (
     Scenario("c10-64KiB", "10 conns x 64 KiB", 10, 64 * 1024),
     Scenario("c50-64B-seed", "50 conns x 64 B, seed mode", 50, 64, mode="seed"),
     Scenario("c50-64B-line", "50 conns x 64 B, line mode", 50, 64, mode="line"),
+    Scenario("c50-64B-line-p16", "50 conns x 64 B lines, 16 deep", 50, 64, depth=16, mode="line"),
     Scenario("idle", "idle connections held", 10_000, 64, idle=True),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
@@ -137,6 +139,13 @@ TARGETS = (
         ("asyncio", "c50-64B", "cpu_us_per_rt"),
         "<=",
         1.2,
+    ),
+    Target(
+        "python CPU per line / asyncio line server's, 50 x 64 B lines, 16 deep",
+        ("python", "c50-64B-line-p16", "cpu_us_per_rt"),
+        ("asyncio", "c50-64B-line-p16", "cpu_us_per_rt"),
+        "<=",
+        1.5,
     ),
 )
 
@@ -520,12 +529,7 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     launcher = f"python benchmarks/{prog}" if prog.endswith(".py") else prog
     command = " ".join([launcher, *([shlex.join(given)] if given else [])])
 
-    plan = [
-        (sc, s)
-        for sc in scenarios
-        for s in servers
-        if sc.mode == "raw" or s in ("native", "python")
-    ]
+    plan = [(sc, s) for sc in scenarios for s in servers if sc.mode in SERVER_MODES[s]]
     total = len(plan) * args.runs
     _progress(
         f"pyecho bench: {args.runs} run(s) x {len(plan)} measurements, "
@@ -539,7 +543,9 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     for run in range(args.runs):
         for sc in scenarios:
             # Rotate the order each run so no server always goes first.
-            order = [s for s in servers if sc.mode == "raw" or s in ("native", "python")]
+            order = [s for s in servers if sc.mode in SERVER_MODES[s]]
+            if not order:
+                continue
             shift = run % len(order)
             for server in order[shift:] + order[:shift]:
                 done += 1

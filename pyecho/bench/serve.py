@@ -3,6 +3,8 @@ and memory apart from the load generator's.
 
     python -m pyecho.bench.serve {native,python,asyncio,uvloop} [--mode raw]
 
+(asyncio and uvloop: raw or line mode, with the Protocols below.)
+
 prints ``PORT <n>`` on stdout once listening on 127.0.0.1 and serves until
 killed (SIGTERM); it also dies with its parent. The floor server is the C
 program floor_server.c (see servers.py), with the same protocol.
@@ -70,21 +72,37 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[attr-defined]
 
 
-async def _serve_asyncio() -> None:
+class LineEchoProtocol(EchoProtocol):
+    """A line echo server on asyncio: complete lines are echoed as they
+    arrive, a whole buffer of them at once (one rfind, one write), the rest
+    held. The least such a server does: no quit word, no line limit."""
+
+    held = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.held + data if self.held else data
+        end = buf.rfind(b"\n") + 1
+        if end:
+            self.transport.write(buf if end == len(buf) else buf[:end])  # type: ignore[attr-defined]
+        self.held = buf[end:] if end < len(buf) else b""
+
+
+async def _serve_asyncio(mode: str) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, HOST, 0, backlog=BACKLOG)
+    protocol = LineEchoProtocol if mode == "line" else EchoProtocol
+    server = await loop.create_server(protocol, HOST, 0, backlog=BACKLOG)
     _announce(server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
 
 
-def serve_asyncio(use_uvloop: bool) -> None:
+def serve_asyncio(use_uvloop: bool, mode: str) -> None:
     if use_uvloop:
         import uvloop
 
-        uvloop.run(_serve_asyncio())
+        uvloop.run(_serve_asyncio(mode))
     else:
-        asyncio.run(_serve_asyncio())
+        asyncio.run(_serve_asyncio(mode))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.server in ("native", "python"):
         serve_pyecho(args.server, args.mode)
     else:
-        if args.mode != "raw":
-            parser.error(f"{args.server} serves raw mode only")
-        serve_asyncio(args.server == "uvloop")
+        if args.mode == "seed":
+            parser.error(f"{args.server} serves raw and line mode only")
+        serve_asyncio(args.server == "uvloop", args.mode)
     return 0
 
 

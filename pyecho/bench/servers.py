@@ -20,8 +20,18 @@ DESCRIPTIONS = {
     "floor": "minimal single-threaded C epoll echo server (the floor: the kernel's cost)",
     "native": "pyecho, engine='native' (C core through cffi)",
     "python": "pyecho, engine='python' (pure-Python reference engine)",
-    "asyncio": "standard library asyncio Protocol echo server",
-    "uvloop": "the same asyncio Protocol on uvloop",
+    "asyncio": "standard library asyncio Protocol echo server "
+    "(line mode: echoes each buffer's complete lines with one write)",
+    "uvloop": "the same asyncio Protocols on uvloop",
+}
+# The modes each server speaks: the reference servers have no seed mode, the
+# floor server echoes raw bytes only.
+SERVER_MODES = {
+    "floor": ("raw",),
+    "native": ("raw", "line", "seed"),
+    "python": ("raw", "line", "seed"),
+    "asyncio": ("raw", "line"),
+    "uvloop": ("raw", "line"),
 }
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,9 +94,9 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def _command(name: str, mode: str) -> list[str]:
+    if mode not in SERVER_MODES[name]:
+        raise ValueError(f"the {name} server has no {mode} mode")
     if name == "floor":
-        if mode != "raw":
-            raise ValueError("the floor server echoes raw bytes only")
         return [str(floor_binary()), "127.0.0.1", "0", "1024"]
     return [sys.executable, "-m", "pyecho.bench.serve", name, "--mode", mode]
 

@@ -7,19 +7,22 @@
  * outbuf.c and net.c, which it cannot inside a Python process.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "pyecho.h"
+#include "udp.h"
 
 typedef struct running {
     echo_server *srv;
     pthread_t thread;
-    int port, rc, opens, closes;
+    int port, rc, opens, closes, drop_events, dropped_reported;
     int reasons[ECHO_CLOSE_REASONS];
 } running;
 
@@ -27,7 +30,10 @@ static void on_event(void *ctx, const echo_event *ev)
 {
     running *r = ctx;
 
-    if (ev->kind == ECHO_EVENT_OPEN) {
+    if (ev->kind == ECHO_EVENT_DROP) {
+        r->drop_events++;
+        r->dropped_reported += (int)ev->count;
+    } else if (ev->kind == ECHO_EVENT_OPEN) {
         r->opens++;
     } else {
         r->closes++;
@@ -43,15 +49,20 @@ static void *serve(void *arg)
     return NULL;
 }
 
-static void start(running *r, const echo_config *cfg)
+static void start_on(running *r, const echo_config *cfg, const char *where)
 {
     char host[64];
 
     memset(r, 0, sizeof *r);
-    CHECK_EQ(echo_server_new(cfg, "127.0.0.1", 0, &r->srv), 0);
+    CHECK_EQ(echo_server_new(cfg, where, 0, &r->srv), 0);
     CHECK_EQ(echo_server_address(r->srv, host, sizeof host, &r->port), 0);
     echo_server_set_event_fn(r->srv, on_event, r);
     CHECK_EQ(pthread_create(&r->thread, NULL, serve, r), 0);
+}
+
+static void start(running *r, const echo_config *cfg)
+{
+    start_on(r, cfg, "127.0.0.1");
 }
 
 /* Wait (bounded) until the server has no connection open. */
@@ -259,6 +270,401 @@ static void test_bad_arguments(void)
     echo_client_free(NULL);
 }
 
+/* UDP: datagrams of every size come back whole, over IPv4 and IPv6. */
+static void test_udp_echo(void)
+{
+    static const char *hosts[] = {"127.0.0.1", "::1"};
+    static const size_t sizes[] = {0, 1, 1000, 65507};
+    uint8_t *data = malloc(65507), *reply = malloc(65507);
+
+    for (size_t i = 0; i < 65507; i++)
+        data[i] = (uint8_t)(i * 13 + 1);
+    for (int h = 0; h < 2; h++) {
+        echo_config cfg;
+        running r;
+        echo_client *cli = NULL;
+        echo_stats s;
+        uint64_t bytes = 0;
+
+        echo_config_default(&cfg);
+        cfg.transport = ECHO_UDP;
+        start_on(&r, &cfg, hosts[h]);
+        CHECK_EQ(echo_client_new(&cfg, hosts[h], r.port, 5000, &cli), 0);
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            size_t got = 0;
+
+            CHECK_EQ(echo_client_echo(cli, data, sizes[k], reply, sizes[k], &got),
+                     ECHO_REPLY_OPEN);
+            CHECK_EQ(got, sizes[k]);
+            CHECK(memcmp(reply, data, sizes[k]) == 0);
+            bytes += sizes[k];
+        }
+        CHECK_EQ(echo_client_shutdown_write(cli), -EOPNOTSUPP);
+        echo_client_free(cli);
+        s = stop(&r);
+        CHECK_EQ(s.datagrams_in, 4);
+        CHECK_EQ(s.datagrams_out, 4);
+        CHECK_EQ(s.bytes_in, bytes);
+        CHECK_EQ(s.bytes_out, bytes);
+        CHECK_EQ(s.accepted, 0);
+    }
+    free(data);
+    free(reply);
+}
+
+static int udp_socket_from(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), one = 1;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void send_to(int fd, int port, int n)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(sendto(fd, "x", 1, 0, (struct sockaddr *)&a, sizeof a), 1);
+}
+
+/* Wait (bounded) until the server has seen n datagrams. */
+static echo_stats wait_datagrams(running *r, uint64_t n)
+{
+    echo_stats s;
+
+    for (int i = 0; i < 2000; i++) {
+        echo_server_stats(r->srv, &s);
+        if (s.datagrams_in >= n)
+            break;
+        usleep(2000);
+    }
+    return s;
+}
+
+/* The loop guard: never answer a self-answering service's port (as root we
+ * can bind one), port 0 or a multicast or broadcast source. */
+static void test_udp_guard(void)
+{
+    echo_config cfg;
+    running r;
+    echo_stats s;
+    net_addr a;
+    int fd;
+
+    memset(&a, 0, sizeof a);
+    a.in4.sin_family = AF_INET;
+    a.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.in4.sin_port = htons(7);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(0);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(19);
+    CHECK(udp_guarded(&a));
+    a.in4.sin_port = htons(1024);
+    CHECK(!udp_guarded(&a));
+    a.in4.sin_addr.s_addr = htonl(0xe0000001); /* 224.0.0.1 */
+    CHECK(udp_guarded(&a));
+    a.in4.sin_addr.s_addr = htonl(0xffffffff);
+    CHECK(udp_guarded(&a));
+    memset(&a, 0, sizeof a);
+    a.in6.sin6_family = AF_INET6;
+    a.in6.sin6_port = htons(40000);
+    a.in6.sin6_addr.s6_addr[15] = 1; /* ::1 */
+    CHECK(!udp_guarded(&a));
+    a.in6.sin6_addr.s6_addr[0] = 0xff; /* ff00::1 */
+    CHECK(udp_guarded(&a));
+    memset(&a.in6.sin6_addr, 0, 16); /* ::ffff:224.0.0.1 */
+    a.in6.sin6_addr.s6_addr[10] = a.in6.sin6_addr.s6_addr[11] = 0xff;
+    a.in6.sin6_addr.s6_addr[12] = 224;
+    a.in6.sin6_addr.s6_addr[15] = 1;
+    CHECK(udp_guarded(&a));
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    start(&r, &cfg);
+    fd = udp_socket_from(7); /* needs root: skipped otherwise */
+    if (fd >= 0) {
+        send_to(fd, r.port, 3);
+        s = wait_datagrams(&r, 3);
+        CHECK_EQ(s.dropped[ECHO_DROP_GUARD], 3);
+        CHECK_EQ(s.datagrams_out, 0);
+        close(fd);
+    }
+    s = stop(&r);
+    CHECK_EQ(r.dropped_reported > 0, fd >= 0);
+}
+
+/* The per-source limit: a burst beyond it is dropped and counted, and the
+ * drop is reported at most once a second. */
+static void test_udp_rate(void)
+{
+    echo_config cfg;
+    running r;
+    echo_stats s;
+    int fd;
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    cfg.udp_rate_per_source = 10;
+    start(&r, &cfg);
+    fd = udp_socket_from(0);
+    send_to(fd, r.port, 30);
+    s = wait_datagrams(&r, 30);
+    CHECK_EQ(s.datagrams_in, 30);
+    CHECK(s.datagrams_out >= 10 && s.datagrams_out <= 12);
+    CHECK_EQ(s.dropped[ECHO_DROP_RATE_SOURCE], 30 - s.datagrams_out);
+    CHECK_EQ(r.drop_events, 1);
+    CHECK_EQ(r.dropped_reported, 1);
+    close(fd);
+    stop(&r);
+}
+
+/* ---- faults --------------------------------------------------------------- */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int tcp_to(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct timeval tv = {5, 0};
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    CHECK_EQ(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+/* Read until EOF, error or `want` bytes; how many came, and the errno of
+ * an error (0 at EOF). */
+static size_t read_all(int fd, uint8_t *buf, size_t want, int *err)
+{
+    size_t got = 0;
+
+    *err = 0;
+    while (got < want) {
+        ssize_t n = recv(fd, buf + got, want - got, 0);
+
+        if (n <= 0) {
+            *err = n < 0 ? errno : 0;
+            break;
+        }
+        got += (size_t)n;
+    }
+    return got;
+}
+
+static void wait_closed(running *r, int reason, int n)
+{
+    for (int i = 0; i < 2000 && r->reasons[reason] < n; i++)
+        usleep(2000);
+    CHECK_EQ(r->reasons[reason], n);
+}
+
+static void test_faults_latency_limit_reset(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    uint8_t buf[64];
+    uint64_t t0;
+    int fd, err;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    start(&r, &cfg);
+    echo_faults_default(&f);
+    f.latency_ms = 60;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "hello", 5, 0), 5);
+    CHECK_EQ(read_all(fd, buf, 5, &err), 5);
+    CHECK(now_ms() - t0 >= 60);
+    CHECK(now_ms() - t0 < 1000);
+
+    /* Back to a plain echo at runtime, on the open connection. */
+    CHECK_EQ(echo_server_set_faults(r.srv, NULL), 0);
+    usleep(20000);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "x", 1, 0), 1);
+    CHECK_EQ(read_all(fd, buf, 1, &err), 1);
+    CHECK(now_ms() - t0 < 50);
+    close(fd);
+
+    /* limit: EOF after exactly that many bytes, reason "limit". */
+    echo_faults_default(&f);
+    f.limit = 7;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(send(fd, "0123456789", 10, 0), 10);
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 7);
+    CHECK_EQ(err, 0);
+    CHECK(memcmp(buf, "0123456", 7) == 0);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_LIMIT, 1);
+
+    /* reset_after: the client sees a reset, reason "reset_after". */
+    echo_faults_default(&f);
+    f.reset_after_ms = 50;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 0);
+    CHECK_EQ(err, ECONNRESET);
+    CHECK(now_ms() - t0 >= 40);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_RESET_AFTER, 1);
+
+    /* refuse (always): reset at once, reason "refused". */
+    echo_faults_default(&f);
+    f.refuse_ppm = 1000000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 0);
+    CHECK_EQ(err, ECONNRESET);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_REFUSED, 1);
+    stop(&r);
+}
+
+static void test_faults_pacing(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    static uint8_t data[20000], buf[20000];
+    uint64_t t0;
+    ssize_t n;
+    int fd, err, pieces = 0;
+    size_t got = 0;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    start(&r, &cfg);
+
+    /* slice: pieces of at most 100 bytes, 10 ms apart. */
+    echo_faults_default(&f);
+    f.slice = 100;
+    f.slice_delay_ms = 10;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, data, 500, 0), 500);
+    while (got < 500 && (n = recv(fd, buf, sizeof buf, 0)) > 0) {
+        CHECK(n <= 100);
+        got += (size_t)n;
+        pieces++;
+    }
+    CHECK_EQ(got, 500);
+    CHECK(pieces >= 5);
+    CHECK(now_ms() - t0 >= 40);
+    close(fd);
+
+    /* rate: 20,000 bytes at 100,000 bytes/s take at least ~0.2 s. */
+    echo_faults_default(&f);
+    f.rate = 100000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, data, sizeof data, 0), (ssize_t)sizeof data);
+    CHECK_EQ(read_all(fd, buf, sizeof data, &err), sizeof data);
+    CHECK(now_ms() - t0 >= 180);
+    CHECK(now_ms() - t0 < 2000);
+    close(fd);
+
+    /* stall_after: 3 bytes, then nothing (the input is still taken). */
+    echo_faults_default(&f);
+    f.stall_after = 3;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    CHECK_EQ(send(fd, "abcdef", 6, 0), 6);
+    CHECK_EQ(read_all(fd, buf, 3, &err), 3);
+    {
+        struct timeval tv = {0, 100000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    CHECK_EQ(recv(fd, buf, 1, 0), -1);
+    CHECK(errno == EAGAIN || errno == EWOULDBLOCK);
+    close(fd);
+
+    /* accept_delay and close_delay. */
+    echo_faults_default(&f);
+    f.accept_delay_ms = 50;
+    f.close_delay_ms = 50;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "ab", 2, 0), 2);
+    CHECK_EQ(read_all(fd, buf, 2, &err), 2);
+    CHECK(now_ms() - t0 >= 45);
+    shutdown(fd, SHUT_WR);
+    t0 = now_ms();
+    CHECK_EQ(read_all(fd, buf, 1, &err), 0); /* EOF, after close_delay */
+    CHECK(now_ms() - t0 >= 45);
+    close(fd);
+    stop(&r);
+}
+
+static void test_faults_udp(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    echo_stats s;
+    uint8_t buf[16];
+    int fd;
+    struct timeval tv = {0, 300000};
+
+    echo_config_default(&cfg);
+    cfg.transport = ECHO_UDP;
+    start(&r, &cfg);
+    echo_faults_default(&f);
+    f.rate = 1;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), -EINVAL); /* TCP only */
+    echo_faults_default(&f);
+    f.duplicate_ppm = 1000000;
+    f.latency_ms = 30;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = udp_socket_from(0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    send_to(fd, r.port, 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 1); /* the duplicate */
+    echo_faults_default(&f);
+    f.drop_ppm = 1000000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    send_to(fd, r.port, 1);
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), -1);
+    s = stop(&r);
+    CHECK_EQ(s.datagrams_out, 2);
+    CHECK_EQ(s.dropped[ECHO_DROP_FAULT], 1);
+    close(fd);
+}
+
 int main(void)
 {
     RUN(test_raw);
@@ -266,5 +672,11 @@ int main(void)
     RUN(test_seed_reset_and_stop);
     RUN(test_limits);
     RUN(test_bad_arguments);
+    RUN(test_udp_echo);
+    RUN(test_udp_guard);
+    RUN(test_udp_rate);
+    RUN(test_faults_latency_limit_reset);
+    RUN(test_faults_pacing);
+    RUN(test_faults_udp);
     return check_summary("test_server");
 }

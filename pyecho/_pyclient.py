@@ -1,0 +1,211 @@
+"""The echo client of the pure-Python engine: the twin of csrc/client.c.
+
+A blocking client with timeouts. It runs the server's framing over what it
+sends, so echo() knows how many bytes to wait for and whether the quit word
+will end the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+
+from ._config import REPLY_CLOSED, REPLY_OPEN, REPLY_SHORT, Config
+from ._framing import scanner
+
+TRACK_CHUNK = 64 * 1024
+
+# Not a failure: try again when poll() says so.
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+def _oserror(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class PyClient:
+    """A blocking echo client with timeouts, tracking the server's framing so
+    echo() knows how many bytes to wait for."""
+
+    def __init__(
+        self, cfg: Config, family: int, host: str, port: int, timeout: float | None
+    ) -> None:
+        self.cfg = cfg
+        self.timeout = timeout
+        self._scan = scanner(cfg)
+        self._cont = False
+        self._held = b""  # line mode: sent bytes of an unfinished line
+        self._owed = 0  # echo the server will send that was not received
+        self._quit_sent = False  # the quit word went out: the server is closing
+        self._eof = False
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock.setblocking(False)
+            err = self._sock.connect_ex((host, port))
+            if err == errno.EINPROGRESS:
+                self._wait(select.POLLOUT)
+                err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise _oserror(err)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _wait(self, events: int) -> int:
+        """poll() the socket; the events that occurred, or TimeoutError."""
+        p = select.poll()
+        p.register(self._sock, events)
+        ms = None if self.timeout is None else max(0, round(self.timeout * 1000))
+        ready = p.poll(ms)
+        if not ready:
+            raise _oserror(errno.ETIMEDOUT)
+        return ready[0][1]
+
+    def _track(self, data: bytes) -> None:
+        """Feed bytes about to be sent through the framing: add the echo they
+        cause to what is owed; refuse to send after the quit word."""
+        cfg = self.cfg
+        if self._quit_sent:
+            if data:
+                raise _oserror(errno.EPIPE)
+            return
+        if cfg.mode == "raw":
+            self._owed += len(data)
+            return
+        piece = cfg.bufsize if cfg.mode == "seed" else TRACK_CHUNK
+        for start in range(0, len(data), piece):
+            buf = self._held + data[start : start + piece]
+            emit, self._cont, quit_ = self._scan(self._cont, buf)
+            self._owed += emit
+            if quit_:
+                self._quit_sent = True
+                self._held = b""  # the server drops what follows the quit
+                return
+            if cfg.mode == "line":
+                self._held = buf[emit:]
+
+    def _send_some(self, view: memoryview) -> int:
+        try:
+            return self._sock.send(view, socket.MSG_NOSIGNAL)
+        except _RETRY:
+            return 0
+
+    def send(self, data: bytes) -> None:
+        self._track(data)
+        view = memoryview(data)
+        sent = 0
+        while sent < len(view):
+            self._wait(select.POLLOUT)
+            sent += self._send_some(view[sent:])
+
+    def recv(self, bufsize: int) -> bytes:
+        while True:
+            self._wait(select.POLLIN)
+            try:
+                data = self._sock.recv(bufsize)
+            except _RETRY:
+                continue
+            self._owed = max(0, self._owed - len(data))
+            return data
+
+    def _recv_some(self, reply: bytearray, expect: int) -> None:
+        # Never more than is still expected (after the quit word: one byte,
+        # to see the close): what is surplus is decided by _check_surplus().
+        try:
+            chunk = self._sock.recv(max(1, expect - len(reply)))
+        except _RETRY:
+            return
+        except ConnectionResetError:
+            # After the quit word the server may reset instead of closing
+            # cleanly if it had unread input: the connection is over either way.
+            if self._quit_sent and len(reply) == expect:
+                self._eof = True
+                return
+            raise
+        if not chunk:
+            self._eof = True
+            return
+        reply += chunk
+        self._owed = max(0, self._owed - len(chunk))
+        if len(reply) > expect:  # more than the framing said the server would send
+            raise _oserror(errno.EPROTO)
+
+    def _check_surplus(self) -> None:
+        """The whole echo is in: a byte already waiting beyond it is more than
+        the framing said the server would send."""
+        try:
+            extra = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return  # nothing waiting (or a failure the next call reports)
+        if extra:
+            raise _oserror(errno.EPROTO)
+
+    def _echo(self, data: bytes) -> tuple[bytes, int]:
+        """Send data and receive every echo still owed (for data and earlier
+        sends not yet received): (reply, one of REPLY_*)."""
+        self._track(data)
+        expect = self._owed
+        view = memoryview(data)
+        reply = bytearray()
+        sent = 0
+        while True:
+            sending = sent < len(view)
+            receiving = not self._eof and (len(reply) < expect or self._quit_sent)
+            if not receiving and len(reply) < expect:
+                return bytes(reply), REPLY_SHORT
+            if not receiving and not sending:
+                if self._eof:
+                    return bytes(reply), REPLY_CLOSED
+                self._check_surplus()
+                return bytes(reply), REPLY_OPEN
+            events = (select.POLLOUT if sending else 0) | (select.POLLIN if receiving else 0)
+            ready = self._wait(events)
+            if ready & (select.POLLERR | select.POLLHUP):
+                ready |= events  # errors and hang-ups show up through send/recv
+            if sending and ready & select.POLLOUT:
+                try:
+                    sent += self._send_some(view[sent:])
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server may close on the quit word before taking the rest.
+                    if not self._quit_sent:
+                        raise
+                    sent = len(view)
+            if receiving and ready & select.POLLIN:
+                self._recv_some(reply, expect)
+
+    def echo(self, data: bytes) -> tuple[bytes, int]:
+        """Send data and receive every echo still owed: (reply, one of REPLY_*).
+
+        Seed mode: one message is one read of at most bufsize bytes, so
+        longer data goes in pieces of bufsize bytes, each sent once the echo
+        of the one before arrived (as the original client did per word). A
+        piece that is the quit word ends it: nothing after it is sent."""
+        piece = self.cfg.bufsize
+        if self.cfg.mode != "seed" or len(data) <= piece:
+            return self._echo(data)
+        reply = bytearray()
+        for start in range(0, len(data), piece):
+            part, status = self._echo(data[start : start + piece])
+            reply += part
+            if status != REPLY_OPEN:
+                return bytes(reply), status
+        return bytes(reply), REPLY_OPEN
+
+    @property
+    def quit_sent(self) -> bool:
+        return self._quit_sent
+
+    def shutdown_write(self) -> None:
+        self._sock.shutdown(socket.SHUT_WR)
+        # At EOF the server echoes a partial line too: it is owed now.
+        self._owed += len(self._held)
+        self._held = b""
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
