@@ -1,8 +1,8 @@
 """The interface both engines implement: what api.py may call.
 
 The native engine (pyecho/_native.py, over csrc/) and the Python engine
-(pyecho/_pyengine.py) each provide a server and a client class of these
-shapes; api.py adds argument checks and the life cycle on top. Settings are
+(pyecho/_pyserver.py, pyecho/_pyclient.py) each provide a server and a
+client class of these shapes; api.py adds argument checks and the life cycle on top. Settings are
 checked before an engine sees them: an engine may trust its Config.
 """
 
