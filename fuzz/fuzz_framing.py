@@ -40,7 +40,7 @@ def parse(data: bytes) -> tuple[Any, int, bytes] | None:
     if len(data) < 4:
         return None
     max_line = 65536 if data[1] == 255 else 1 + data[1] % 16
-    cfg = make_config(MODES[data[0] % 3], QUIT_WORDS[data[2] % 4], max_line=max_line)
+    cfg = make_config(mode=MODES[data[0] % 3], quit_word=QUIT_WORDS[data[2] % 4], max_line=max_line)
     return cfg, data[3], data[4:]
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12345  # the original server.c's port
@@ -23,28 +23,197 @@ CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle")
 # What echo() found: enum echo_reply in csrc/pyecho.h.
 REPLY_OPEN, REPLY_CLOSED, REPLY_SHORT = 0, 1, 2
 
-# The same bounds as csrc/framing.c.
-MAX_BUFSIZE = 1 << 20
-MAX_LINE = 1 << 24
-MAX_PENDING = 1 << 30
-MAX_QUIT_LEN = 255
-MAX_CLIENTS = 1 << 31
-MAX_IDLE_TIMEOUT = 4_000_000.0  # seconds; fits the C core's uint32 milliseconds
-MAX_TIMEOUT = 2_000_000.0  # seconds; fits the C core's int milliseconds (and poll())
+# ---- the settings: defined once, here ----
+
+Kind = Literal["choice", "word", "count", "bytes", "seconds"]
+Side = Literal["server", "client", "both"]
+
+# The engines count time in whole milliseconds.
+RESOLUTION = 0.001
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its default, bounds, help and who uses it.
+
+    kind: "choice" (one of ``choices``), "word" (bytes of ``lower`` to
+    ``upper`` length), "count" and "bytes" (ints from ``lower`` to ``upper``),
+    "seconds" (a number from ``lower`` to ``upper``, in steps of RESOLUTION).
+    ``off`` says what None means, if it is accepted; None then becomes
+    ``off_value`` (0 for a count or seconds, where 0 means the same).
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    side: Side
+    help: str
+    lower: int | float = 0
+    upper: int | float = 0
+    choices: tuple[str, ...] = ()
+    off: str = ""
+    off_value: Any = None
+
+    @property
+    def flag(self) -> str:
+        """The command line option."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def unit(self) -> str:
+        return {"bytes": "bytes", "seconds": "seconds"}.get(self.kind, "")
+
+    def show(self, value: Any) -> str:
+        """A value as a user types it: 99 bytes, 10.0 seconds, exit."""
+        if value is None:
+            return self.off
+        if isinstance(value, bytes):
+            return value.decode(errors="backslashreplace")
+        if value == 0 and self.off:
+            return "0"
+        return f"{value} {self.unit}".rstrip()
+
+    def check(self, value: Any, label: str | None = None) -> Any:
+        """The value as the engines take it, or TypeError/ValueError naming
+        the setting (or ``label``, a command line flag, say)."""
+        name = label or self.name
+        if value is None and self.off:
+            return self.off_value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        if self.kind == "word":
+            return self._word(name, value)
+        if self.kind == "seconds":
+            return self._seconds(name, value)
+        return _int(name, value, int(self.lower), int(self.upper))
+
+    def _word(self, name: str, value: Any) -> bytes:
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name} must be bytes, str or None, not {type(value).__name__}")
+        word = bytes(value)
+        if not self.lower <= len(word) <= self.upper:
+            raise ValueError(f"{name} must be {self.lower} to {self.upper} bytes long")
+        return word
+
+    def _seconds(self, name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            or_none = " or None" if self.off else ""
+            raise TypeError(f"{name} must be a number{or_none}, not {type(value).__name__}")
+        zero_is_off = self.off_value == 0
+        if not (math.isfinite(value) and self.lower <= value <= self.upper) or (
+            value == 0 and not zero_is_off
+        ):
+            if zero_is_off:
+                raise ValueError(
+                    f"{name} must be between 0 and {self.upper:g} seconds, got {value}"
+                )
+            raise ValueError(
+                f"{name} must be a positive number of seconds up to {self.upper:g}, got {value}"
+            )
+        if 0 < value < RESOLUTION:
+            raise ValueError(f"{name} must be at least {RESOLUTION} seconds, got {value}")
+        return float(value)
+
+
+def _setting(kind: Kind, default: Any, side: Side, help: str, **bounds: Any) -> Any:
+    """A Config field carrying its Setting (named after the field)."""
+    return field(
+        default=default, metadata={"setting": Setting("", kind, default, side, help, **bounds)}
+    )
 
 
 @dataclass(frozen=True)
 class Config:
-    """Protocol settings: what both engines (server and client) agree on."""
+    """The settings server and client agree on, with their defaults.
 
-    mode: str = "seed"
-    quit_word: bytes | None = b"exit"
-    bufsize: int = 99
-    max_line: int = 64 * 1024
-    max_pending: int = 256 * 1024
-    max_clients: int = 0  # 0: no limit
-    idle_timeout: float = 0.0  # seconds, 0: never
-    backlog: int = 128
+    This class is the one table of settings: each field carries its Setting
+    (bounds, help, side). make_config(), the API's keyword defaults, the
+    command line's options and the C core's echo_config (pyecho/_native.py)
+    all derive from it; tests/test_contract.py pins the C core's defaults
+    and bounds to it.
+    """
+
+    mode: str = _setting(
+        "choice",
+        "seed",
+        "both",
+        "seed: the original programs' protocol; line: newline-terminated lines; "
+        "raw: every byte (RFC 862)",
+        choices=MODES,
+    )
+    quit_word: bytes | None = _setting(
+        "word",
+        b"exit",
+        "both",
+        "the message (seed mode) or line (line mode) that ends a connection",
+        lower=1,
+        upper=255,
+        off="no quit word",
+    )
+    bufsize: int = _setting(
+        "bytes", 99, "both", "seed mode: bytes per read, one message", lower=1, upper=1 << 20
+    )
+    max_line: int = _setting(
+        "bytes", 64 * 1024, "both", "line mode: longest line echoed whole", lower=1, upper=1 << 24
+    )
+    max_pending: int = _setting(
+        "bytes",
+        256 * 1024,
+        "server",
+        "echo queued per client before reading from it pauses",
+        lower=1,
+        upper=1 << 30,
+    )
+    max_clients: int = _setting(
+        "count",
+        0,
+        "server",
+        "connections served at once",
+        lower=0,
+        upper=1 << 31,
+        off="no limit",
+        off_value=0,
+    )
+    idle_timeout: float = _setting(
+        "seconds",
+        0.0,
+        "server",
+        "close a client silent for this many seconds",
+        lower=0,
+        upper=4_000_000,  # fits the C core's uint32 milliseconds
+        off="never",
+        off_value=0.0,
+    )
+    backlog: int = _setting("count", 128, "server", "listen() backlog", lower=1, upper=65535)
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    replace(f.metadata["setting"], name=f.name) for f in fields(Config)
+)
+SETTING: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+# Each client's own, not part of Config: it can change while connected.
+TIMEOUT = Setting(
+    "timeout",
+    "seconds",
+    10.0,
+    "client",
+    "longest wait for the server (to connect, to take data, to echo)",
+    lower=0,
+    upper=2_000_000,  # fits the C core's int milliseconds (and poll())
+    off="wait forever",
+)
+
+DEFAULTS = Config()
+
+
+def settings_for(side: Side) -> tuple[Setting, ...]:
+    """The Config settings a server (or a client) takes."""
+    return tuple(s for s in SETTINGS if s.side in (side, "both"))
 
 
 @dataclass(frozen=True)
@@ -88,69 +257,27 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
 def check_engine(engine: Any) -> str:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
-    return engine
+    return str(engine)
 
 
 def check_port(port: Any, *, allow_zero: bool) -> int:
     return _int("port", port, 0 if allow_zero else 1, 65535)
 
 
-def make_config(
-    mode: Any = "seed",
-    quit_word: Any = b"exit",
-    bufsize: Any = 99,
-    max_line: Any = 64 * 1024,
-    max_pending: Any = 256 * 1024,
-    max_clients: Any = None,
-    idle_timeout: Any = None,
-    backlog: Any = 128,
-) -> Config:
-    """Check every setting and return a Config, or raise TypeError/ValueError."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if isinstance(quit_word, str):
-        quit_word = quit_word.encode()
-    if quit_word is not None:
-        if not isinstance(quit_word, (bytes, bytearray, memoryview)):
-            raise TypeError(f"quit_word must be bytes, str or None, not {type(quit_word).__name__}")
-        quit_word = bytes(quit_word)
-        if not 1 <= len(quit_word) <= MAX_QUIT_LEN:
-            raise ValueError(f"quit_word must be 1 to {MAX_QUIT_LEN} bytes long")
-    if max_clients is None:
-        max_clients = 0
-    if idle_timeout is None:
-        idle_timeout = 0.0
-    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-        raise TypeError(f"idle_timeout must be a number, not {type(idle_timeout).__name__}")
-    if not (math.isfinite(idle_timeout) and 0 <= idle_timeout <= MAX_IDLE_TIMEOUT):
-        raise ValueError(f"idle_timeout must be between 0 and {MAX_IDLE_TIMEOUT:g} seconds")
-    if 0 < idle_timeout < 0.001:
-        raise ValueError("idle_timeout must be at least 0.001 seconds")
-    return Config(
-        mode=mode,
-        quit_word=quit_word,
-        bufsize=_int("bufsize", bufsize, 1, MAX_BUFSIZE),
-        max_line=_int("max_line", max_line, 1, MAX_LINE),
-        max_pending=_int("max_pending", max_pending, 1, MAX_PENDING),
-        max_clients=_int("max_clients", max_clients, 0, MAX_CLIENTS),
-        idle_timeout=float(idle_timeout),
-        backlog=_int("backlog", backlog, 1, 65535),
-    )
+def make_config(**settings: Any) -> Config:
+    """Check each setting given (by name; the rest keep their defaults) and
+    return a Config, or raise TypeError/ValueError naming the setting."""
+    for name in settings:
+        if name not in SETTING:
+            raise TypeError(f"unknown setting {name!r}; known: {', '.join(SETTING)}")
+    return Config(**{name: SETTING[name].check(value) for name, value in settings.items()})
 
 
 def check_timeout(timeout: Any) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
-        raise ValueError(
-            f"timeout must be a positive number of seconds up to {MAX_TIMEOUT:g}, got {timeout}"
-        )
-    return float(timeout)
+    return TIMEOUT.check(timeout)  # type: ignore[no-any-return]
 
 
-def check_data(data: Any) -> bytes | memoryview:
+def check_data(data: Any) -> bytes:
     if isinstance(data, bytes):
         return data
     if isinstance(data, (bytearray, memoryview)):
@@ -178,14 +305,25 @@ def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
     )
-    found = []
+    found: list[tuple[int, str, int]] = []
     for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6) and (family, sockaddr[0], port) not in found:
-            found.append((family, sockaddr[0], port))
+        entry = (int(family), str(sockaddr[0]), port)
+        if family in (socket.AF_INET, socket.AF_INET6) and entry not in found:
+            found.append(entry)
     if not found:
         raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
     return found
 
 
+def hostport(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def to_ms(seconds: float) -> int:
+    """Seconds as the engines' whole milliseconds, rounded up."""
+    return math.ceil(seconds * 1000)
+
+
 def idle_timeout_ms(cfg: Config) -> int:
-    return math.ceil(cfg.idle_timeout * 1000)
+    return to_ms(cfg.idle_timeout)

@@ -14,10 +14,11 @@ import os
 import sys
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, idle_timeout_ms
+from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, to_ms
 
 LIBRARY_NAME = "libpyecho_core.so"
 HEADER_NAME = "pyecho.h"
@@ -43,7 +44,7 @@ class NativeUnavailableError(ImportError):
 
 def _load() -> tuple[Any, Any]:
     try:
-        from cffi import FFI
+        from cffi import FFI  # type: ignore[import-untyped, unused-ignore]
     except ImportError as e:  # pragma: no cover - cffi is a dependency
         raise NativeUnavailableError(f"cffi is not installed ({e})") from e
     library = Path(os.environ.get("PYECHO_LIBRARY") or _installed(LIBRARY_NAME))
@@ -139,15 +140,37 @@ def _release_server(ffi: Any, lib: Any, srv: Any) -> None:
     lib.echo_server_free(srv)
 
 
+@dataclass(frozen=True)
+class CField:
+    """Where a setting goes in csrc/pyecho.h's echo_config, and how."""
+
+    name: str
+    to_c: Callable[[Any], int]
+    from_c: Callable[[int], Any]
+
+
+# One entry per setting of Config (tests/test_contract.py checks that), but
+# quit_word, which is a pointer and a length (quit_word, quit_len).
+C_FIELDS: dict[str, CField] = {
+    "mode": CField("mode", MODES.index, MODES.__getitem__),
+    "bufsize": CField("bufsize", int, int),
+    "max_line": CField("max_line", int, int),
+    "max_pending": CField("max_pending", int, int),
+    "max_clients": CField("max_clients", int, int),
+    "idle_timeout": CField("idle_timeout_ms", to_ms, lambda ms: ms / 1000),
+    "backlog": CField("backlog", int, int),
+}
+
+
 class _CConfig:
     """A C echo_config for a Config, keeping the quit word's buffer alive."""
 
     def __init__(self, cfg: Config) -> None:
         ffi, lib = load()
-        self.struct = ffi.new("echo_config *")
-        lib.echo_config_default(self.struct)
-        c = self.struct
-        c.mode = MODES.index(cfg.mode)
+        self.struct = c = ffi.new("echo_config *")
+        lib.echo_config_default(c)
+        for name, cf in C_FIELDS.items():
+            setattr(c, cf.name, cf.to_c(getattr(cfg, name)))
         if cfg.quit_word is None:
             c.quit_word = ffi.NULL
             c.quit_len = 0
@@ -155,13 +178,15 @@ class _CConfig:
             self._quit = ffi.new("uint8_t[]", cfg.quit_word)
             c.quit_word = self._quit
             c.quit_len = len(cfg.quit_word)
-        c.bufsize = cfg.bufsize
-        c.max_line = cfg.max_line
-        c.max_pending = cfg.max_pending
-        c.max_clients = cfg.max_clients
-        c.idle_timeout_ms = idle_timeout_ms(cfg)
-        c.backlog = cfg.backlog
         _check(lib.echo_config_check(c))
+
+
+def config_from_c(c: Any) -> Config:
+    """The Config an echo_config holds (what echo_config_default() says, say)."""
+    ffi, _ = load()
+    quit_word = None if c.quit_word == ffi.NULL else ffi.buffer(c.quit_word, c.quit_len)[:]
+    fields = {name: cf.from_c(getattr(c, cf.name)) for name, cf in C_FIELDS.items()}
+    return Config(quit_word=quit_word, **fields)
 
 
 class NativeServer:
@@ -194,7 +219,7 @@ class NativeServer:
             )
             lib.echo_server_set_event_fn(self._srv, self._callback, ffi.NULL)
 
-    def _event_trampoline(self, on_event: Callable[[Event], None]) -> Callable:
+    def _event_trampoline(self, on_event: Callable[[Event], None]) -> Callable[[Any, Any], None]:
         ffi = self._ffi
 
         def trampoline(_ctx: Any, ev: Any) -> None:
@@ -296,7 +321,7 @@ class NativeClient:
     def recv(self, bufsize: int) -> bytes:
         buf = self._ffi.new("uint8_t[]", bufsize)
         self._call(self._lib.echo_client_recv, buf, bufsize, self._got)
-        return self._ffi.buffer(buf, self._got[0])[:]
+        return bytes(self._ffi.buffer(buf, self._got[0]))
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
         cap = self._lib.echo_client_reply_room(self._cli, len(data))
@@ -319,7 +344,7 @@ class NativeClient:
         _check(self._lib.echo_client_shutdown_write(self._cli))
 
     def fileno(self) -> int:
-        return self._lib.echo_client_fileno(self._cli)
+        return int(self._lib.echo_client_fileno(self._cli))
 
     def close(self) -> None:
         if self._cli is not None:

@@ -8,17 +8,20 @@ tests/ checks scenario by scenario.
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 from . import _native, _pyengine
 from ._config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULTS,
     REPLY_OPEN,
     REPLY_SHORT,
+    TIMEOUT,
     ConnectionClosedError,
     Event,
     Stats,
@@ -26,16 +29,20 @@ from ._config import (
     check_data,
     check_engine,
     check_timeout,
+    hostport,
     make_config,
     resolve,
 )
+from ._engine import ClientEngine, ClientFactory, EventHandler, ServerEngine, ServerFactory
 
 # Longest a signal (Ctrl+C) can wait while the server is busy; an idle
 # server handles it at once.
 POLL_INTERVAL = 0.1
 
+_T = TypeVar("_T")
 
-def _engine_classes(engine: str) -> tuple[type, type]:
+
+def _engine_classes(engine: str) -> tuple[ServerFactory, ClientFactory]:
     if check_engine(engine) == "native":
         _native.load()  # NativeUnavailableError, with what to do about it
         return _native.NativeServer, _native.NativeClient
@@ -49,9 +56,16 @@ class EchoServer:
     ...     host, port = server.server_address
 
     ``serve_forever()`` serves on the calling thread until ``shutdown()``;
-    ``start()`` does it on a background thread. ``on_event`` is called on the
-    serving thread with an :class:`Event` when a connection opens or closes;
-    if it raises, the server stops and ``serve_forever()`` re-raises it.
+    ``start()`` does it on a background thread. The settings are those of
+    docs/PROTOCOL.md; ``max_clients`` and ``idle_timeout`` of 0 or None mean
+    no limit, ``quit_word=None`` no quit word.
+
+    ``on_event`` is called on the serving thread with an :class:`Event` when a
+    connection opens or closes. If it raises, the server stops and closes
+    (every client connection and the listening socket: new clients are
+    refused), and the error is raised by ``serve_forever()``, or, under
+    ``start()``, by the next call on the server (``close()``, ``shutdown()``,
+    ``stats``, leaving the ``with`` block).
     """
 
     def __init__(
@@ -59,27 +73,37 @@ class EchoServer:
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
         engine: str = "native",
-        mode: str = "seed",
-        quit_word: bytes | str | None = b"exit",
-        bufsize: int = 99,
-        max_line: int = 64 * 1024,
-        max_pending: int = 256 * 1024,
-        max_clients: int | None = None,
-        idle_timeout: float | None = None,
-        backlog: int = 128,
-        on_event: Callable[[Event], None] | None = None,
+        mode: str = DEFAULTS.mode,
+        quit_word: bytes | str | None = DEFAULTS.quit_word,
+        bufsize: int = DEFAULTS.bufsize,
+        max_line: int = DEFAULTS.max_line,
+        max_pending: int = DEFAULTS.max_pending,
+        max_clients: int | None = DEFAULTS.max_clients,
+        idle_timeout: float | None = DEFAULTS.idle_timeout,
+        backlog: int = DEFAULTS.backlog,
+        on_event: EventHandler | None = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError("on_event must be callable or None")
         self.config = make_config(
-            mode, quit_word, bufsize, max_line, max_pending, max_clients, idle_timeout, backlog
+            mode=mode,
+            quit_word=quit_word,
+            bufsize=bufsize,
+            max_line=max_line,
+            max_pending=max_pending,
+            max_clients=max_clients,
+            idle_timeout=idle_timeout,
+            backlog=backlog,
         )
         server_cls, _ = _engine_classes(engine)
         family, host, port = resolve(server_address, server=True)[0]
         self.engine = engine
         self.mode = mode
         self._user_on_event = on_event
+        # An on_event error not yet raised, and whether the session it
+        # happened in must close the server.
         self._error: BaseException | None = None
+        self._failed = False
         # Guards the life cycle; reentrant, as close events run on_event while
         # close() holds it.
         self._lock = threading.RLock()
@@ -88,24 +112,38 @@ class EchoServer:
         self._done = threading.Event()
         self._done.set()
         self._thread: threading.Thread | None = None
-        self._core: Any = server_cls(
-            self.config, family, host, port, self._on_event if on_event else None
+        self._core: ServerEngine | None = server_cls(
+            self.config, family, host, port, None if on_event is None else self._on_event
         )
         self.server_address: tuple[str, int] = self._core.address()
 
     def _on_event(self, event: Event) -> None:
+        assert self._user_on_event is not None
         try:
-            self._user_on_event(event)  # type: ignore[misc]
-        except BaseException as e:  # noqa: BLE001 - re-raised by serve_forever or close
-            if self._error is None:
-                self._error = e
+            self._user_on_event(event)
+        except BaseException as e:  # noqa: BLE001 - raised by the next call
+            with self._lock:
+                if self._error is None:
+                    self._error = e
+                self._failed = True
             self._request_stop()
+
+    def _raise_error(self) -> None:
+        """Raise an on_event error not raised yet, once."""
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def _request_stop(self) -> None:
         """Stop the serving session, once: a second stop would outlive it and
         end the next one at once."""
         with self._lock:
-            if self._serving_thread is not None and not self._stop_requested:
+            if (
+                self._serving_thread is not None
+                and not self._stop_requested
+                and self._core is not None
+            ):
                 self._stop_requested = True
                 self._core.stop()
 
@@ -114,14 +152,17 @@ class EchoServer:
         poll_interval seconds, at once when the server is idle."""
         poll_interval = check_timeout(poll_interval) or POLL_INTERVAL
         self._claim(threading.current_thread())
-        self._serve(poll_interval)
+        self._serve(poll_interval, background=False)
 
     def start(self) -> EchoServer:
         """Serve on a background (daemon) thread; returns self. The server
         counts as serving from this call on, so a shutdown() right after it
         is never missed."""
         thread = threading.Thread(
-            target=self._serve, args=(POLL_INTERVAL,), name=f"pyecho-{self.engine}", daemon=True
+            target=self._serve,
+            args=(POLL_INTERVAL, True),
+            name=f"pyecho-{self.engine}",
+            daemon=True,
         )
         self._claim(thread)
         self._thread = thread
@@ -129,6 +170,7 @@ class EchoServer:
         return self
 
     def _claim(self, thread: threading.Thread) -> None:
+        self._raise_error()
         with self._lock:
             if self._core is None:
                 raise ValueError("start() or serve_forever() on a closed server")
@@ -138,23 +180,39 @@ class EchoServer:
             self._stop_requested = False
             self._done.clear()
 
-    def _serve(self, poll_interval: float) -> None:
-        core = self._core  # close() waits for us before it frees it
+    def _serve(self, poll_interval: float, background: bool) -> None:
+        core = self._core  # close() waits for this session to end before it frees it
+        assert core is not None
         try:
             while core.run(poll_interval) == 1:
                 pass
-        finally:
+        except BaseException as e:
+            if not background:
+                self._end_session(core, take_error=False)
+                raise
+            # Nobody would see it on this thread: treat it as on_event's.
             with self._lock:
-                self._serving_thread = None
-                self._done.set()
-        if self._error is not None:
-            error, self._error = self._error, None
+                if self._error is None:
+                    self._error = e
+                self._failed = True
+        error = self._end_session(core, take_error=not background)
+        if error is not None:
             raise error
 
-    def shutdown(self) -> None:
-        """Stop serve_forever() and wait for it: every client connection is
-        closed (reason "shutdown"). The listening socket stays open until
-        close()."""
+    def _end_session(self, core: ServerEngine, take_error: bool) -> BaseException | None:
+        with self._lock:
+            if self._failed:  # close, so that new clients are refused, not left waiting
+                self._failed = False
+                self._core = None
+                core.free()
+            error = None
+            if take_error:  # serve_forever()'s to raise
+                error, self._error = self._error, None
+            self._serving_thread = None
+            self._done.set()
+            return error
+
+    def _stop_and_wait(self) -> None:
         with self._lock:
             serving = self._serving_thread
             if serving is None:
@@ -166,28 +224,37 @@ class EchoServer:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def shutdown(self) -> None:
+        """Stop serve_forever() and wait for it: every client connection is
+        closed (reason "shutdown"). The listening socket stays open until
+        close(), unless on_event raised (the error is raised here)."""
+        self._stop_and_wait()
+        if self._serving_thread is not threading.current_thread():
+            self._raise_error()
+
     def close(self) -> None:
         """shutdown(), then close every socket. Safe to call twice."""
         if self._serving_thread is threading.current_thread():
             raise RuntimeError("close() from the serving thread (on_event): call shutdown()")
         while True:
-            self.shutdown()
+            self._stop_and_wait()
             with self._lock:  # no start() can come between this check and the free
                 if self._serving_thread is not None:
                     continue  # started again meanwhile
                 core, self._core = self._core, None
                 if core is not None:
                     core.free()
+                self._failed = False
                 break
-        if self._error is not None:  # raised by on_event for a close event
-            error, self._error = self._error, None
-            raise error
+        self._raise_error()  # from on_event, for a close event, say
 
     server_close = close  # socketserver's name
 
     @property
     def stats(self) -> Stats:
         with self._lock:
+            if self._serving_thread is None:
+                self._raise_error()
             if self._core is None:
                 raise ValueError("stats of a closed server")
             return self._core.stats()
@@ -212,7 +279,9 @@ class EchoClient:
 
     ``echo(data)`` sends data and returns its echo as the server's framing
     produces it (the client runs the same framing to know how much to wait
-    for). ``timeout`` bounds each wait for the server, in seconds.
+    for). ``timeout`` bounds each wait for the server, in seconds (default
+    10; None waits forever); when it runs out, TimeoutError says which
+    server did not answer.
     """
 
     def __init__(
@@ -220,42 +289,63 @@ class EchoClient:
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
         engine: str = "native",
-        mode: str = "seed",
-        quit_word: bytes | str | None = b"exit",
-        bufsize: int = 99,
-        max_line: int = 64 * 1024,
-        timeout: float | None = None,
+        mode: str = DEFAULTS.mode,
+        quit_word: bytes | str | None = DEFAULTS.quit_word,
+        bufsize: int = DEFAULTS.bufsize,
+        max_line: int = DEFAULTS.max_line,
+        timeout: float | None = TIMEOUT.default,
     ) -> None:
-        self.config = make_config(mode, quit_word, bufsize, max_line)
+        self.config = make_config(
+            mode=mode, quit_word=quit_word, bufsize=bufsize, max_line=max_line
+        )
         _, client_cls = _engine_classes(engine)
         timeout = check_timeout(timeout)
         self.engine = engine
         self.mode = mode
         self.server_closed = False  # the server closed the connection
         self._broken = False  # an echo() or send() failed part way
+        self._core: ClientEngine | None = None
         # Try each address the name has, as socket.create_connection() does.
         error: OSError | None = None
         for family, host, port in resolve(server_address, server=False):
+            self.server_address = (host, port)
             try:
-                self._core: Any = client_cls(self.config, family, host, port, timeout)
+                connect = functools.partial(client_cls, self.config, family, host, port, timeout)
+                self._core = self._timed("connect", connect, timeout)
             except OSError as e:
                 error = e
                 continue
-            self.server_address = (host, port)
             return
         assert error is not None
         raise error
 
-    def _open(self) -> Any:
+    def _open(self) -> ClientEngine:
         if self._core is None:
             raise ValueError("I/O on a closed client")
         return self._core
 
-    def _framed(self, data: bytes, call: Callable[[], Any]) -> Any:
+    def _timed(self, what: str, call: Callable[[], _T], timeout: float | None) -> _T:
+        """call(), with a TimeoutError that says what the server did not do."""
+        try:
+            return call()
+        except TimeoutError:
+            server = f"the server at {hostport(*self.server_address)}"
+            if what == "connect":
+                message = f"{server} did not accept the connection within {timeout} s"
+            elif what == "send":
+                message = f"{server} did not take the data within {timeout} s (is it reading?)"
+            else:
+                message = (
+                    f"{server} did not answer within {timeout} s (is it in mode {self.mode!r}?)"
+                )
+            raise TimeoutError(errno.ETIMEDOUT, message) from None
+
+    def _framed(self, what: str, data: bytes, call: Callable[[], _T]) -> _T:
         """Run a call that moves the framing on. If it fails or is interrupted
         part way (a timeout, Ctrl+C), how much was sent and what echo is owed
         is unknown: later echo() and send() refuse rather than guess."""
-        if data and self._open().quit_sent:
+        core = self._open()
+        if data and core.quit_sent:
             raise BrokenPipeError(
                 errno.EPIPE, "the quit word was sent: the server is closing this connection"
             )
@@ -265,7 +355,7 @@ class EchoClient:
                 "state is unknown: close it"
             )
         try:
-            return call()
+            return self._timed(what, call, core.timeout)
         except BaseException:
             self._broken = True
             raise
@@ -285,7 +375,7 @@ class EchoClient:
         connection before the whole echo arrived."""
         data = check_data(data)
         core = self._open()
-        reply, status = self._framed(data, lambda: core.echo(data))
+        reply, status = self._framed("echo", data, lambda: core.echo(data))
         if status != REPLY_OPEN:
             self.server_closed = True
         if status == REPLY_SHORT:
@@ -301,12 +391,13 @@ class EchoClient:
                 f"({self.config.bufsize}) bytes, got {len(data)}; echo() splits longer data"
             )
         core = self._open()
-        self._framed(data, lambda: core.send(data))
+        self._framed("send", data, lambda: core.send(data))
 
     def recv(self, bufsize: int = 65536) -> bytes:
         """Receive up to bufsize bytes; b"" when the server closed."""
         bufsize = _int("bufsize", bufsize, 1, 1 << 30)
-        data = self._open().recv(bufsize)
+        core = self._open()
+        data = self._timed("recv", lambda: core.recv(bufsize), core.timeout)
         if not data:
             self.server_closed = True
         return data

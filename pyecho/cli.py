@@ -8,16 +8,33 @@ run time, 2 for bad usage), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
 import select
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from ._config import DEFAULT_HOST, DEFAULT_PORT, ENGINES, MODES, ConnectionClosedError, Event
+import pyecho
+
+from ._config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ENGINES,
+    TIMEOUT,
+    ConnectionClosedError,
+    Event,
+    Setting,
+    Side,
+    _int,
+    hostport,
+    settings_for,
+)
 from ._framing import is_quit_message
 from ._native import NativeUnavailableError
 from .api import EchoClient, EchoServer
@@ -28,6 +45,7 @@ PIECE = 64 * 1024
 
 # The originals' messages, kept word for word where a user saw them.
 MSG_CTRL_C = "\nYou typed Ctrl + C\nBye"
+MSG_SIGTERM = "Terminated (SIGTERM)\nBye"
 MSG_PEER_CLOSED = "INFO :: Disconnect with client... BYE"
 MSG_CLIENT_QUIT = "INFO :: Client want close... BYE"
 MSG_SERVER_GONE = "INFO :: Server Disconnected"
@@ -35,6 +53,10 @@ MSG_SERVER_GONE = "INFO :: Server Disconnected"
 
 class _StdoutGone(Exception):
     """Whoever read our output went away."""
+
+
+class _Terminated(Exception):
+    """SIGTERM: stop as for Ctrl+C (containers and service managers send it)."""
 
 
 class CliError(Exception):
@@ -45,48 +67,102 @@ class CliError(Exception):
         self.status = status
 
 
-def _hostport(host: str, port: int) -> str:
-    """host:port, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
-    return port
+# ---- options, from the settings table (pyecho/_config.py) ----
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line naming the flag, exit status 2; --help
+    shows the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse says "argument --port: ..."; our checks name the flag already.
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
+        self.exit(2, f"pyecho: error: {message}\n")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
+def _converter(setting: Setting) -> Callable[[str], Any]:
+    """The argparse type for a setting: text to a checked value, or one line
+    naming the flag."""
+    flag = setting.flag
+
+    def convert(text: str) -> Any:
+        value: Any = text
+        try:
+            if setting.kind in ("count", "bytes"):
+                value = int(text, 10)
+            elif setting.kind == "seconds":
+                value = float(text)
+        except ValueError:
+            what = "a number of seconds" if setting.kind == "seconds" else "a whole number"
+            raise argparse.ArgumentTypeError(f"{flag} must be {what}, got {text!r}") from None
+        try:
+            return setting.check(value, label=flag)
+        except (TypeError, ValueError) as e:
+            message = str(e)
+            if setting.off and setting.off_value is None:
+                message += f" (or --no-{flag[2:]}: {setting.off})"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return convert
+
+
+_METAVARS = {"count": "N", "bytes": "BYTES", "seconds": "SECONDS", "word": "WORD"}
+
+
+def _add_option(p: argparse.ArgumentParser, setting: Setting) -> None:
+    """--name for a setting, with its default and unit in the help; and
+    --no-name for one whose "off" (None) cannot be typed as a value."""
+    default = setting.default
+    shown = setting.show(default)
+    if setting.off and setting.off_value is not None:  # typed as 0
+        help = f"{setting.help}; 0: {setting.off} (default: {shown})"
+    else:
+        help = f"{setting.help} (default: {shown})"
+    p.add_argument(
+        setting.flag,
+        type=_converter(setting),
+        default=default,
+        metavar="{" + ",".join(setting.choices) + "}"
+        if setting.choices
+        else _METAVARS[setting.kind],
+        help=help,
+    )
+    if setting.off and setting.off_value is None:
+        p.add_argument(
+            f"--no-{setting.flag[2:]}",
+            dest=setting.name,
+            action="store_const",
+            const=None,
+            default=default,
+            help=setting.off,
+        )
+
+
+def _port(side: Side) -> Callable[[str], int]:
+    lowest = 0 if side == "server" else 1  # a server on port 0 gets a free one
+
+    def convert(text: str) -> int:
+        try:
+            port = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--port must be a whole number, got {text!r}"
+            ) from None
+        try:
+            return _int("--port", port, lowest, 65535)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
 
 
 def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     """One clear line for a socket error, naming what failed."""
-    where = f"{host}:{port}"
+    where = hostport(host, port)
     if isinstance(exc, socket.gaierror):
         return f"unknown host {host!r}: {exc.strerror}"
     if exc.errno == errno.EADDRINUSE:
@@ -107,71 +183,69 @@ def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     return f"cannot {action} on {where}: {reason[0].lower() + reason[1:]}"
 
 
-def _common_options(p: argparse.ArgumentParser, host_help: str) -> None:
-    p.add_argument("--host", default=DEFAULT_HOST, help=host_help)
+def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> None:
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"{host_help} (default: {DEFAULT_HOST})")
     p.add_argument(
-        "--port", type=_port, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
+        "--port",
+        type=_port(side),
+        default=DEFAULT_PORT,
+        metavar="PORT",
+        help=f"TCP port (default: {DEFAULT_PORT})",
     )
-    p.add_argument("--engine", choices=ENGINES, default="native", help="default: native")
     p.add_argument(
-        "--mode",
-        choices=MODES,
-        default="seed",
-        help="seed: the original programs' protocol (default); line: newline-terminated "
-        "lines; raw: every byte (RFC 862)",
+        "--engine",
+        type=_choice("--engine", ENGINES),
+        default="native",
+        metavar="{" + ",".join(ENGINES) + "}",
+        help="native: the C core; python: the pure-Python one (default: native)",
     )
-    p.add_argument("--quit-word", default="exit", help="ends a connection (default: exit)")
-    p.add_argument("--bufsize", type=_positive_int, default=99, help="seed mode: bytes per read")
-    p.add_argument(
-        "--max-line", type=_positive_int, default=64 * 1024, help="line mode: longest line"
-    )
+    for setting in settings_for(side):
+        _add_option(p, setting)
 
 
-def _shared_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What server and client must agree on, from _common_options."""
-    return {
-        "engine": args.engine,
-        "mode": args.mode,
-        "quit_word": args.quit_word,
-        "bufsize": args.bufsize,
-        "max_line": args.max_line,
-    }
+def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be one of {', '.join(choices)}; got {text!r}"
+            )
+        return text
+
+    return convert
+
+
+def _settings(args: argparse.Namespace, side: Side) -> dict[str, Any]:
+    """The settings a server (or client) takes, as parsed."""
+    return {"engine": args.engine} | {s.name: getattr(args, s.name) for s in settings_for(side)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyecho", description="A TCP echo server and client (C engine or pure Python)."
     )
+    parser.add_argument("--version", action="version", version=f"pyecho {pyecho.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the echo server (like the original server.c)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the echo server (like the original server.c)",
+        description="Run an echo server until Ctrl+C (or SIGTERM), printing a line per "
+        "connection opened or closed.",
+    )
     _common_options(
         serve,
-        "address to listen on (default 127.0.0.1; 0.0.0.0 listens on every interface, "
-        "as the original did)",
+        "server",
+        "address to listen on; 0.0.0.0 listens on every interface, as the original did",
     )
-    serve.add_argument(
-        "--max-pending",
-        type=_positive_int,
-        default=256 * 1024,
-        help="bytes of echo queued per client before reading from it pauses",
-    )
-    serve.add_argument(
-        "--max-clients", type=int, default=0, help="connections served at once (0: no limit)"
-    )
-    serve.add_argument(
-        "--idle-timeout", type=_seconds, default=None, help="close clients silent this long"
-    )
-    serve.add_argument("--backlog", type=_positive_int, default=128, help="listen() backlog")
 
-    client = sub.add_parser("client", help="talk to an echo server (like the original client.c)")
-    _common_options(client, "server address (default 127.0.0.1)")
-    client.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=10.0,
-        help="seconds to wait for the server's echo (default 10)",
+    client = sub.add_parser(
+        "client",
+        help="talk to an echo server (like the original client.c)",
+        description="Send standard input to an echo server (words in seed mode, lines in "
+        "line mode, bytes in raw mode) and print its echo.",
     )
+    _common_options(client, "client", "server address")
+    _add_option(client, TIMEOUT)
 
     # Listed for --help; main() hands `pyecho bench ...` to pyecho.bench whole.
     sub.add_parser("bench", help="benchmark the engines against C, asyncio and uvloop")
@@ -188,7 +262,7 @@ class _ServeLog:
         self.closed_at_shutdown = 0
 
     def __call__(self, event: Event) -> None:
-        peer = _hostport(*event.peer)
+        peer = hostport(*event.peer)
         if event.kind == "open":
             say(f"INFO :: Connect with client {peer}")
         elif event.reason == "peer":
@@ -203,40 +277,53 @@ class _ServeLog:
             self.closed_at_shutdown += 1
 
 
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While inside, SIGTERM raises _Terminated (once) as SIGINT raises
+    KeyboardInterrupt: the server then closes every connection and says
+    goodbye. Python runs signal handlers on the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the goodbye
+        raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def serve(args: argparse.Namespace) -> int:
     log = _ServeLog()
     try:
-        server = EchoServer(
-            (args.host, args.port),
-            **_shared_options(args),
-            max_pending=args.max_pending,
-            max_clients=args.max_clients,
-            idle_timeout=args.idle_timeout,
-            backlog=args.backlog,
-            on_event=log,
-        )
+        server = EchoServer((args.host, args.port), **_settings(args, "server"), on_event=log)
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
-    shown = _hostport(*server.server_address)
+    shown = hostport(*server.server_address)
     say(
         f"pyecho: serving on {shown} ({args.mode} mode, {args.engine} engine); press Ctrl+C to stop"
     )
-    try:
-        server.serve_forever()
-    except OSError as e:  # from printing a log line: stdout went away, say
-        if e.errno == errno.EPIPE:
-            # Python would report the broken stdout again at exit.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise CliError(f"stopped serving: {e}") from None
-    except KeyboardInterrupt:
-        server.close()  # every client socket, then the listening one
-        say(MSG_CTRL_C)
-        n = log.closed_at_shutdown
-        if n:
-            say(f"INFO :: closed {n} client connection{'s' * (n != 1)}")
-        return 0
-    finally:
-        server.close()
+    with _sigterm_stops():
+        try:
+            server.serve_forever()
+        except OSError as e:  # from printing a log line: stdout went away, say
+            if e.errno == errno.EPIPE:
+                # Python would report the broken stdout again at exit.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise CliError(f"stopped serving: {e}") from None
+        except (KeyboardInterrupt, _Terminated) as e:
+            server.close()  # every client socket, then the listening one
+            say(MSG_CTRL_C if isinstance(e, KeyboardInterrupt) else MSG_SIGTERM)
+            n = log.closed_at_shutdown
+            if n:
+                say(f"INFO :: closed {n} client connection{'s' * (n != 1)}")
+            return 0
+        finally:
+            server.close()
     return 0
 
 
@@ -306,13 +393,10 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
 
 def client(args: argparse.Namespace) -> int:
     try:
-        conn = EchoClient(
-            (args.host, args.port),
-            **_shared_options(args),
-            timeout=args.timeout,
-        )
+        conn = EchoClient((args.host, args.port), **_settings(args, "client"), timeout=args.timeout)
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "connect")) from None
+    where = hostport(args.host, args.port)
     stdout = sys.stdout.buffer
 
     def out(data: bytes) -> None:
@@ -324,9 +408,12 @@ def client(args: argparse.Namespace) -> int:
 
     if sys.stdin.isatty():
         what = "words" if args.mode == "seed" else "lines" if args.mode == "line" else "text"
+        if args.quit_word is None:
+            ends = "Ctrl+D ends"
+        else:
+            ends = f"'{args.quit_word.decode(errors='backslashreplace')}' quits"
         print(
-            f"pyecho: connected to {args.host}:{args.port} ({args.mode} mode); type {what}, "
-            f"'{args.quit_word}' quits",
+            f"pyecho: connected to {where} ({args.mode} mode); type {what}, {ends}",
             file=sys.stderr,
             flush=True,
         )
@@ -358,16 +445,16 @@ def client(args: argparse.Namespace) -> int:
             return 1
         except TimeoutError:
             raise CliError(
-                f"the server at {args.host}:{args.port} did not answer within {args.timeout}s "
+                f"the server at {where} did not answer within {args.timeout}s "
                 f"(does it speak --mode {args.mode}?)"
             ) from None
         except OSError as e:
             if e.errno == errno.EPROTO:
                 raise CliError(
-                    f"the server at {args.host}:{args.port} echoed more than --mode "
+                    f"the server at {where} echoed more than --mode "
                     f"{args.mode} allows (is it in another mode?)"
                 ) from None
-            raise CliError(f"connection to {args.host}:{args.port} failed: {e}") from None
+            raise CliError(f"connection to {where} failed: {e}") from None
 
 
 # ---- entry point ----

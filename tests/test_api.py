@@ -72,8 +72,23 @@ def test_serve_forever_and_shutdown_from_another_thread(engine: str) -> None:
 
 def test_shutdown_when_not_serving_returns_at_once(engine: str) -> None:
     with pyecho.EchoServer((LOOPBACK, 0), engine=engine) as server:
-        server.shutdown()
-        server.shutdown()
+        returned = threading.Event()
+
+        def stop_twice() -> None:
+            server.shutdown()
+            server.shutdown()
+            returned.set()
+
+        threading.Thread(target=stop_twice, daemon=True).start()
+        assert returned.wait(10), "shutdown() of a server not serving did not return"
+        # Nothing of those calls is left over to stop the next session.
+        server.start()
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            assert c.echo(b"served") == b"served"
+            time.sleep(0.3)  # several poll intervals: a stale stop would have ended it
+            assert c.echo(b"still served") == b"still served"
+        assert server._serving_thread is not None
+        assert server.stats.closed["shutdown"] == 0
 
 
 def test_serve_forever_twice_is_refused(engine: str) -> None:
@@ -155,6 +170,57 @@ def test_an_event_handler_error_stops_the_server_and_is_raised(engine: str) -> N
         assert [str(e) for e in errors] == ["handler failed"]
         assert c.recv() == b""  # the server stopped and closed the connection
         c.close()
+        with pytest.raises(ConnectionRefusedError):  # and its listening socket
+            pyecho.EchoClient(server.server_address, engine=engine, timeout=10)
+
+
+@pytest.mark.parametrize("call", ["with", "stats", "shutdown", "close", "start"])
+def test_an_event_handler_error_under_start_closes_and_is_raised_by_the_next_call(
+    engine: str, call: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unhandled: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_value))
+
+    def handler(event: pyecho.Event) -> None:
+        if event.kind == "open":
+            raise RuntimeError("handler failed")
+
+    server = pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=handler).start()
+    c = pyecho.EchoClient(server.server_address, engine=engine, timeout=10)
+    assert c.recv() == b""  # the server stopped and closed the connection
+    c.close()
+    wait_for(lambda: server._serving_thread is None, what="the serving thread to end")
+    # The listening socket is closed: a new client is refused, not left waiting.
+    with pytest.raises(ConnectionRefusedError):
+        pyecho.EchoClient(server.server_address, engine=engine, timeout=10)
+    with pytest.raises(RuntimeError, match="handler failed"):
+        if call == "with":
+            with server:
+                pass
+        elif call == "stats":
+            _ = server.stats
+        else:
+            getattr(server, call)()
+    assert unhandled == []
+    # Raised once; then it is a closed server.
+    server.close()
+    with pytest.raises(ValueError, match="closed server"):
+        _ = server.stats
+    with pytest.raises(ValueError, match="closed server"):
+        server.start()
+
+
+def test_a_falsy_event_handler_is_called(engine: str) -> None:
+    class Falsy(Recorder):
+        def __bool__(self) -> bool:
+            return False
+
+    rec = Falsy()
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, on_event=rec).start() as server:
+        with pyecho.EchoClient(server.server_address, engine=engine, timeout=10) as c:
+            c.echo(b"exit")
+        wait_for(lambda: len(rec.events) == 2)
+    assert [(e.kind, e.reason) for e in rec.events] == [("open", None), ("close", "quit")]
 
 
 def test_port_already_in_use(engine: str) -> None:
@@ -193,6 +259,61 @@ def test_client_timeout(engine: str) -> None:
                 c.echo(b"hello?")
             assert time.monotonic() - started >= 0.19
             assert c.timeout == pytest.approx(0.2)
+
+
+def test_the_client_never_waits_forever_unless_asked(engine: str) -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        with pyecho.EchoClient(listener.getsockname(), engine=engine) as c:
+            assert c.timeout == 10.0
+        with pyecho.EchoClient(listener.getsockname(), engine=engine, timeout=None) as c:
+            assert c.timeout is None
+
+
+@pytest.mark.parametrize("mode", pyecho.MODES)
+def test_a_timeout_says_which_server_did_not_answer(engine: str, mode: str) -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        expected = (
+            f"the server at 127.0.0.1:{port} did not answer within 0.2 s (is it in mode {mode!r}?)"
+        )
+        with pyecho.EchoClient((LOOPBACK, port), engine=engine, mode=mode, timeout=0.2) as c:
+            with pytest.raises(TimeoutError) as info:
+                c.echo(b"hello?\n")
+            assert (info.value.errno, info.value.strerror) == (errno.ETIMEDOUT, expected)
+        with pyecho.EchoClient((LOOPBACK, port), engine=engine, mode=mode, timeout=0.2) as c:
+            with pytest.raises(TimeoutError) as info:
+                c.recv()
+            assert (info.value.errno, info.value.strerror) == (errno.ETIMEDOUT, expected)
+
+
+def test_a_send_timeout_says_the_server_did_not_take_the_data(engine: str) -> None:
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pyecho.EchoClient((LOOPBACK, port), engine=engine, mode="raw", timeout=0.2) as c:
+            with pytest.raises(TimeoutError) as info:
+                c.send(b"x" * (64 << 20))  # far more than the socket buffers hold
+        assert info.value.strerror == (
+            f"the server at 127.0.0.1:{port} did not take the data within 0.2 s (is it reading?)"
+        )
+
+
+def test_a_connect_timeout_says_which_server(engine: str) -> None:
+    with socket.socket() as listener, socket.socket() as first:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(0)
+        first.connect(listener.getsockname())  # the accept queue is full now
+        port = listener.getsockname()[1]
+        with pytest.raises(TimeoutError) as info:
+            pyecho.EchoClient((LOOPBACK, port), engine=engine, timeout=0.2)
+    assert info.value.strerror == (
+        f"the server at 127.0.0.1:{port} did not accept the connection within 0.2 s"
+    )
 
 
 def test_echo_reports_a_server_that_closes_mid_reply(engine: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -14,7 +16,8 @@ import pytest
 
 import pyecho
 from conftest import ENGINES, LOOPBACK
-from procs import PYECHO, serve
+from procs import PYECHO, Proc, serve
+from pyecho import cli
 
 PAIRS = [(s, c) for s in ENGINES for c in ENGINES]
 
@@ -147,18 +150,6 @@ def test_error_port_already_in_use(cwd: Path, engine: str) -> None:
     )
 
 
-@pytest.mark.parametrize("command", ["serve", "client"])
-@pytest.mark.parametrize("port", ["70000", "-1", "http"])
-def test_error_port_out_of_range(cwd: Path, command: str, port: str) -> None:
-    result = subprocess.run(
-        [*PYECHO, command, f"--port={port}"], cwd=cwd, capture_output=True, timeout=60
-    )
-    assert result.returncode == 2
-    err = result.stderr.decode()
-    assert "Traceback" not in err
-    assert "argument --port: port must be" in err
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_error_connection_refused(cwd: Path, engine: str) -> None:
     with socket.socket() as s:
@@ -199,13 +190,6 @@ def test_error_permission_denied_on_a_well_known_port(cwd: Path, engine: str) ->
     error = one_line_error(result)
     assert error.startswith("pyecho: error: permission denied to listen on port 80: ")
     assert "well-known ports" in error and "1024-49151" in error
-
-
-def test_unknown_engine_or_mode_is_a_usage_error(cwd: Path) -> None:
-    for args in (["--engine", "rust"], ["--mode", "http"]):
-        result = subprocess.run([*PYECHO, "serve", *args], cwd=cwd, capture_output=True, timeout=60)
-        assert result.returncode == 2
-        assert b"invalid choice" in result.stderr and b"Traceback" not in result.stderr
 
 
 def test_bench_subcommand_reaches_the_benchmark(cwd: Path) -> None:
@@ -319,3 +303,151 @@ def test_the_tail_of_a_long_line_is_not_the_quit_word(cwd: Path, engine: str) ->
         server.expect(r"^INFO :: Client want close")
     finally:
         server.kill()
+
+
+# ---- usage: one line naming the flag, exit status 2 ----
+
+USAGE_ERRORS = [
+    ("serve --port 70000", "--port must be between 0 and 65535, got 70000"),
+    ("client --port 0", "--port must be between 1 and 65535, got 0"),
+    ("client --port -1", "--port must be between 1 and 65535, got -1"),
+    ("serve --port abc", "--port must be a whole number, got 'abc'"),
+    ("serve --mode foo", "--mode must be one of raw, line, seed; got 'foo'"),
+    ("client --engine rust", "--engine must be one of native, python; got 'rust'"),
+    ("serve --max-pending -1", "--max-pending must be between 1 and 1073741824, got -1"),
+    ("serve --max-clients -1", "--max-clients must be between 0 and 2147483648, got -1"),
+    ("serve --backlog 1e3", "--backlog must be a whole number, got '1e3'"),
+    ("serve --bufsize 0", "--bufsize must be between 1 and 1048576, got 0"),
+    ("client --max-line 16777217", "--max-line must be between 1 and 16777216, got 16777217"),
+    ("serve --idle-timeout soon", "--idle-timeout must be a number of seconds, got 'soon'"),
+    ("serve --idle-timeout -1", "--idle-timeout must be between 0 and 4e+06 seconds, got -1.0"),
+    ("serve --idle-timeout 0.0001", "--idle-timeout must be at least 0.001 seconds, got 0.0001"),
+    (
+        "client --timeout 0",
+        "--timeout must be a positive number of seconds up to 2e+06, got 0.0 "
+        "(or --no-timeout: wait forever)",
+    ),
+    (
+        "serve --quit-word=",
+        "--quit-word must be 1 to 255 bytes long (or --no-quit-word: no quit word)",
+    ),
+    ("serve --bogus", "unrecognized arguments: --bogus"),
+    ("serve --port", "argument --port: expected one argument"),
+    ("", "the following arguments are required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize("argv, message", USAGE_ERRORS, ids=[a[0] for a in USAGE_ERRORS])
+def test_usage_errors_are_one_line_naming_the_flag(
+    argv: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv.split())
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"pyecho: error: {message}\n")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"pyecho {pyecho.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "command, description",
+    [("serve", "Run an echo server until Ctrl+C"), ("client", "Send standard input to")],
+)
+def test_help_describes_the_command_and_every_default(
+    command: str, description: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert description in " ".join(out.split())
+    # One entry per option: its line and the wrapped lines under it.
+    entries = [" ".join(e.split()) for e in re.split(r"\n(?=  -)", out.split("options:")[1])]
+    flags = [e.split()[0].rstrip(",") for e in entries if e]
+    assert "--port" in flags and "--bufsize" in flags
+    for entry in entries:
+        if entry and not entry.startswith(("-h", "--no-")):
+            assert "(default: " in entry, entry
+    # Every size and time says its unit.
+    text = " ".join(entries)
+    for flag in ("--bufsize", "--max-line", "--max-pending"):
+        assert f"{flag} BYTES" in text or flag not in flags
+    assert "(default: 99 bytes)" in text and "(default: 65536 bytes)" in text
+    if command == "serve":
+        assert "--idle-timeout SECONDS" in text and "(default: 262144 bytes)" in text
+    else:
+        assert "--timeout SECONDS" in text and "(default: 10.0 seconds)" in text
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_no_quit_word(cwd: Path, engine: str) -> None:
+    """--no-quit-word: "exit" is a line like any other, for server and client."""
+    server, port = serve(cwd, "--engine", engine, "--mode", "line", "--no-quit-word")
+    try:
+        out = run_client(
+            cwd, port, b"exit\nstill here\n", "--engine", engine, "--mode", "line", "--no-quit-word"
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"exit\nstill here\n"
+        server.expect(r"^INFO :: Disconnect with client")  # EOF, not the quit word
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_serve_sigterm_closes_everything_and_says_goodbye(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine)
+    clients = [socket.create_connection((LOOPBACK, port), timeout=10) for _ in range(3)]
+    try:
+        for _ in clients:
+            server.expect("Connect with client")
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        rest = server.rest()
+        assert rest == ["Terminated (SIGTERM)", "Bye", "INFO :: closed 3 client connections"]
+        assert server.stderr_lines == []
+        for c in clients:
+            assert c.recv(10) == b""  # each client socket was closed: EOF
+    finally:
+        for c in clients:
+            c.close()
+        server.kill()
+    with pytest.raises(ConnectionRefusedError):  # and the listening one
+        socket.create_connection((LOOPBACK, port), timeout=10)
+
+
+def ipv6_loopback() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback on this machine: {e}")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ipv6_addresses_are_shown_in_brackets(cwd: Path, engine: str) -> None:
+    ipv6_loopback()
+    server = Proc([*PYECHO, "serve", "--host", "::1", "--port", "0", "--engine", engine], cwd)
+    try:
+        port = int(server.expect(r"serving on \[::1\]:(\d+) ").group(1))
+        result = run_client(
+            cwd, port, b"hi\n", "--host", "::1", "--engine", engine, "--mode", "line",
+            "--timeout", "0.5",
+        )  # fmt: skip
+        server.expect(r"^INFO :: Connect with client \[::1\]:\d+$")
+        assert one_line_error(result) == (
+            f"pyecho: error: the server at [::1]:{port} did not answer within 0.5s "
+            "(does it speak --mode line?)"
+        )
+    finally:
+        server.kill()
+    result = run_client(cwd, port, b"hi\n", "--host", "::1", "--engine", engine)
+    assert one_line_error(result) == (
+        f"pyecho: error: cannot connect to [::1]:{port}: connection refused "
+        "(is the server running?)"
+    )

@@ -106,7 +106,7 @@ _line_stream = st.lists(
 def test_line_framing_with_any_quit_word(
     word: bytes | None, max_line: int, cont: bool, stream: bytes
 ) -> None:
-    cfg = make_config("line", word, max_line=max_line)
+    cfg = make_config(mode="line", quit_word=word, max_line=max_line)
     harness._both(harness._CScan(cfg), cfg, cont, stream)
 
 
@@ -127,7 +127,7 @@ def test_line_framing_of_large_buffers(
     if quit_after is not None:
         lines.insert(min(quit_after, len(lines)), b"exit\r\n")
     buf = b"".join(lines) + b"y" * tail
-    cfg = make_config("line", b"exit", max_line=max_line)
+    cfg = make_config(mode="line", quit_word=b"exit", max_line=max_line)
     harness._both(harness._CScan(cfg), cfg, cont, buf)
 
 
@@ -148,5 +148,5 @@ def test_line_framing_of_large_buffers(
 def test_line_framing_cases(
     word: bytes, max_line: int, cont: bool, buf: bytes, expected: tuple
 ) -> None:
-    cfg = make_config("line", word, max_line=max_line)
+    cfg = make_config(mode="line", quit_word=word, max_line=max_line)
     assert harness._both(harness._CScan(cfg), cfg, cont, buf) == expected

@@ -148,18 +148,17 @@ def test_idle_timeout_closes_silent_connections_only() -> None:
         waited = time.monotonic() - start
         talked.close()
         silent.close()
-        with client() as busy:  # active for 4 x idle_timeout: never idle
-            deadline = time.monotonic() + 4 * idle
-            n = 0
-            while time.monotonic() < deadline:
+        with client() as busy:  # active for 4 x idle_timeout or more: never idle
+            # A fixed number of ticks, not a deadline: the bytes counted in
+            # stats must not depend on how busy the machine is.
+            for _ in range(round(4 * idle / 0.05)):
                 assert busy.echo(b"tick\n") == b"tick\n"
-                n += 1
                 time.sleep(0.05)  # pacing the client: gaps far below idle_timeout
             alive = not busy.server_closed
-        return eofs, waited >= idle * 0.9, waited < idle + 10, n > 3, alive
+        return eofs, waited >= idle * 0.9, waited < idle + 10, alive
 
     result = run_matrix(scenario, mode="line", idle_timeout=idle)
-    assert result["transcript"] == ([b"", b""], True, True, True, True)
+    assert result["transcript"] == ([b"", b""], True, True, True)
     assert result["events"] == [
         ("open", 1, "127.0.0.1", None),
         ("open", 2, "127.0.0.1", None),
@@ -195,8 +194,8 @@ def test_documented_defaults() -> None:
     defaults = {name: p.default for name, p in params.items()}
     assert defaults["max_line"] == 64 * 1024
     assert defaults["max_pending"] == 256 * 1024
-    assert defaults["max_clients"] is None  # no limit
-    assert defaults["idle_timeout"] is None  # never
+    assert defaults["max_clients"] == 0  # no limit
+    assert defaults["idle_timeout"] == 0  # never
     assert defaults["backlog"] == 128
     assert pyecho.DEFAULT_HOST == "127.0.0.1"
     with pyecho.EchoServer((LOOPBACK, 0)) as server:
