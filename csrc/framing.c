@@ -31,6 +31,8 @@ void echo_config_default(echo_config *cfg)
 #define MAX_LINE ((size_t)1 << 24)
 #define MAX_PENDING ((size_t)1 << 30)
 #define MAX_UDP_RATE 1000000000u
+#define MAX_CLIENTS (1u << 31)
+#define MAX_IDLE_MS 4000000000u
 
 int echo_config_check(const echo_config *cfg)
 {
@@ -50,6 +52,8 @@ int echo_config_check(const echo_config *cfg)
     if (cfg->max_pending == 0 || cfg->max_pending > MAX_PENDING)
         return -EINVAL;
     if (cfg->backlog < 1 || cfg->backlog > 65535)
+        return -EINVAL;
+    if (cfg->max_clients > MAX_CLIENTS || cfg->idle_timeout_ms > MAX_IDLE_MS)
         return -EINVAL;
     if (cfg->udp_guard != 0 && cfg->udp_guard != 1)
         return -EINVAL;

@@ -1,4 +1,5 @@
-"""pyecho: a TCP echo server and client with a C engine and a pure-Python one.
+"""pyecho: a TCP and UDP echo server and client with a C engine and a
+pure-Python one, and faults on demand for testing network clients.
 
 >>> import pyecho
 >>> with pyecho.EchoServer(("127.0.0.1", 0)).start() as server:
@@ -11,12 +12,15 @@ from ._config import (
     CLOSE_REASONS,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DROP_REASONS,
     ENGINES,
     MODES,
+    TRANSPORTS,
     ConnectionClosedError,
     Event,
     Stats,
 )
+from ._faults import Faults
 from ._native import NativeUnavailableError
 from ._native import available as native_available
 from .api import EchoClient, EchoServer
@@ -27,12 +31,15 @@ __all__ = [
     "CLOSE_REASONS",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DROP_REASONS",
     "ENGINES",
     "MODES",
+    "TRANSPORTS",
     "ConnectionClosedError",
     "EchoClient",
     "EchoServer",
     "Event",
+    "Faults",
     "NativeUnavailableError",
     "Stats",
     "native_available",

@@ -15,17 +15,22 @@ from typing import Any, Literal
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 12345  # the original server.c's port
 
+TRANSPORTS = ("tcp", "udp")  # index = enum echo_transport in csrc/pyecho.h
 MODES = ("raw", "line", "seed")  # index = enum echo_mode in csrc/pyecho.h
 ENGINES = ("native", "python")
 # index = enum echo_close_reason in csrc/pyecho.h
-CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle")
+CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle", "limit", "reset_after", "refused")
+# index = enum echo_event_kind
+EVENT_KINDS = ("open", "close", "drop")
+# Why a UDP datagram was not echoed: index = enum echo_drop_reason.
+DROP_REASONS = ("guard", "rate_source", "rate_global", "full", "error", "fault")
 
 # What echo() found: enum echo_reply in csrc/pyecho.h.
 REPLY_OPEN, REPLY_CLOSED, REPLY_SHORT = 0, 1, 2
 
 # ---- the settings: defined once, here ----
 
-Kind = Literal["choice", "word", "count", "bytes", "seconds"]
+Kind = Literal["choice", "word", "flag", "count", "bytes", "rate", "seconds", "probability"]
 Side = Literal["server", "client", "both"]
 
 # The engines count time in whole milliseconds.
@@ -37,10 +42,12 @@ class Setting:
     """One setting: its default, bounds, help and who uses it.
 
     kind: "choice" (one of ``choices``), "word" (bytes of ``lower`` to
-    ``upper`` length), "count" and "bytes" (ints from ``lower`` to ``upper``),
-    "seconds" (a number from ``lower`` to ``upper``, in steps of RESOLUTION).
+    ``upper`` length), "flag" (a bool), "count", "bytes" and "rate" (bytes
+    per second: ints from ``lower`` to ``upper``), "seconds" (a number from
+    ``lower`` to ``upper``, in steps of RESOLUTION), "probability" (0 to 1).
     ``off`` says what None means, if it is accepted; None then becomes
     ``off_value`` (0 for a count or seconds, where 0 means the same).
+    ``transports``: where it applies; elsewhere it must keep its default.
     """
 
     name: str
@@ -53,6 +60,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     off: str = ""
     off_value: Any = None
+    transports: tuple[str, ...] = TRANSPORTS
 
     @property
     def flag(self) -> str:
@@ -61,7 +69,7 @@ class Setting:
 
     @property
     def unit(self) -> str:
-        return {"bytes": "bytes", "seconds": "seconds"}.get(self.kind, "")
+        return {"bytes": "bytes", "rate": "bytes/s", "seconds": "seconds"}.get(self.kind, "")
 
     def show(self, value: Any) -> str:
         """A value as a user types it: 99 bytes, 10.0 seconds, exit."""
@@ -87,6 +95,16 @@ class Setting:
             return self._word(name, value)
         if self.kind == "seconds":
             return self._seconds(name, value)
+        if self.kind == "flag":
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, not {value!r}")
+            return value
+        if self.kind == "probability":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be a probability from 0 to 1, got {value}")
+            return float(value)
         return _int(name, value, int(self.lower), int(self.upper))
 
     def _word(self, name: str, value: Any) -> bytes:
@@ -137,6 +155,14 @@ class Config:
     and bounds to it.
     """
 
+    transport: str = _setting(
+        "choice",
+        "tcp",
+        "both",
+        "tcp: a stream per client, framed by the mode; udp: RFC 862 over UDP, every "
+        "datagram echoed whole",
+        choices=TRANSPORTS,
+    )
     mode: str = _setting(
         "choice",
         "seed",
@@ -144,6 +170,7 @@ class Config:
         "seed: the original programs' protocol; line: newline-terminated lines; "
         "raw: every byte (RFC 862)",
         choices=MODES,
+        transports=("tcp",),
     )
     quit_word: bytes | None = _setting(
         "word",
@@ -153,18 +180,31 @@ class Config:
         lower=1,
         upper=255,
         off="no quit word",
+        transports=("tcp",),
     )
     bufsize: int = _setting(
-        "bytes", 99, "both", "seed mode: bytes per read, one message", lower=1, upper=1 << 20
+        "bytes",
+        99,
+        "both",
+        "seed mode: bytes per read, one message",
+        lower=1,
+        upper=1 << 20,
+        transports=("tcp",),
     )
     max_line: int = _setting(
-        "bytes", 64 * 1024, "both", "line mode: longest line echoed whole", lower=1, upper=1 << 24
+        "bytes",
+        64 * 1024,
+        "both",
+        "line mode: longest line echoed whole",
+        lower=1,
+        upper=1 << 24,
+        transports=("tcp",),
     )
     max_pending: int = _setting(
         "bytes",
         256 * 1024,
         "server",
-        "echo queued per client before reading from it pauses",
+        "echo queued per client before reading from it pauses (UDP: echo held by faults)",
         lower=1,
         upper=1 << 30,
     )
@@ -177,6 +217,7 @@ class Config:
         upper=1 << 31,
         off="no limit",
         off_value=0,
+        transports=("tcp",),
     )
     idle_timeout: float = _setting(
         "seconds",
@@ -187,8 +228,41 @@ class Config:
         upper=4_000_000,  # fits the C core's uint32 milliseconds
         off="never",
         off_value=0.0,
+        transports=("tcp",),
     )
-    backlog: int = _setting("count", 128, "server", "listen() backlog", lower=1, upper=65535)
+    backlog: int = _setting(
+        "count", 128, "server", "listen() backlog", lower=1, upper=65535, transports=("tcp",)
+    )
+    udp_guard: bool = _setting(
+        "flag",
+        True,
+        "server",
+        "never answer port 0, the ports of services that answer by themselves (echo, "
+        "chargen, DNS, NTP...) or multicast and broadcast sources",
+        transports=("udp",),
+    )
+    udp_rate: int = _setting(
+        "count",
+        1_000_000,
+        "server",
+        "datagrams echoed per second in all",
+        lower=0,
+        upper=1_000_000_000,
+        off="no limit",
+        off_value=0,
+        transports=("udp",),
+    )
+    udp_rate_per_source: int = _setting(
+        "count",
+        100_000,
+        "server",
+        "datagrams echoed per second to one address and port",
+        lower=0,
+        upper=1_000_000_000,
+        off="no limit",
+        off_value=0,
+        transports=("udp",),
+    )
 
 
 SETTINGS: tuple[Setting, ...] = tuple(
@@ -218,7 +292,8 @@ def settings_for(side: Side) -> tuple[Setting, ...]:
 
 @dataclass(frozen=True)
 class Stats:
-    """Server counters; ``closed`` counts closes by reason."""
+    """Server counters; ``closed`` counts closes by reason (TCP), ``dropped``
+    datagrams not echoed by reason (UDP)."""
 
     accepted: int = 0
     open: int = 0
@@ -226,16 +301,24 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     closed: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    dropped: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
 
 @dataclass(frozen=True)
 class Event:
-    """A connection opened (``kind="open"``) or closed (``kind="close"``)."""
+    """A connection opened (``kind="open"``) or closed (``kind="close"``,
+    ``reason`` one of CLOSE_REASONS); over UDP, datagrams were dropped
+    (``kind="drop"``, ``reason`` one of DROP_REASONS, ``count`` of them since
+    the last such event, at most one per reason per second; ``peer`` the
+    latest one's source)."""
 
     kind: str
     conn_id: int
     peer: tuple[str, int]
-    reason: str | None = None  # one of CLOSE_REASONS for "close"
+    reason: str | None = None
+    count: int = 0
 
 
 class ConnectionClosedError(ConnectionError):
@@ -264,13 +347,33 @@ def check_port(port: Any, *, allow_zero: bool) -> int:
     return _int("port", port, 0 if allow_zero else 1, 65535)
 
 
+# Why a setting does not apply, by the transport it does not apply to.
+NOT_APPLICABLE = {
+    "udp": "UDP echoes every datagram whole, with no modes, quit word or connections",
+    "tcp": "it is a UDP setting (transport='udp')",
+}
+
+
 def make_config(**settings: Any) -> Config:
     """Check each setting given (by name; the rest keep their defaults) and
-    return a Config, or raise TypeError/ValueError naming the setting."""
+    return a Config, or raise TypeError/ValueError naming the setting. A
+    setting that does not apply to the transport must keep its default."""
     for name in settings:
         if name not in SETTING:
             raise TypeError(f"unknown setting {name!r}; known: {', '.join(SETTING)}")
-    return Config(**{name: SETTING[name].check(value) for name, value in settings.items()})
+    cfg = Config(**{name: SETTING[name].check(value) for name, value in settings.items()})
+    check_applies(cfg, SETTINGS, cfg.transport)
+    return cfg
+
+
+def check_applies(values: Any, table: tuple[Setting, ...], transport: str) -> None:
+    """ValueError for a setting of `table` given a value other than its
+    default where it does not apply to `transport`."""
+    for s in table:
+        if transport not in s.transports and getattr(values, s.name) != s.default:
+            raise ValueError(
+                f"{s.name} does not apply to {transport.upper()}: {NOT_APPLICABLE[transport]}"
+            )
 
 
 def check_timeout(timeout: Any) -> float | None:
@@ -321,8 +424,9 @@ def hostport(host: str, port: int) -> str:
 
 
 def to_ms(seconds: float) -> int:
-    """Seconds as the engines' whole milliseconds, rounded up."""
-    return math.ceil(seconds * 1000)
+    """Seconds as the engines' whole milliseconds, rounded up (after the
+    float error of the product: 0.07 s is 70 ms, not 71)."""
+    return math.ceil(round(seconds * 1000, 6))
 
 
 def idle_timeout_ms(cfg: Config) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from ._config import Config, Event, Stats
+from ._faults import FaultsInts
 
 EventHandler = Callable[[Event], None]
 
@@ -37,6 +38,12 @@ class ServerEngine(Protocol):
 
     def stats(self) -> Stats:
         """A snapshot of the counters; from any thread."""
+        ...
+
+    def set_faults(self, faults: FaultsInts | None) -> None:
+        """Faults from now on (None: none), checked for the transport; from
+        any thread, serving or not. A serving run() applies them within one
+        turn of its loop, to open connections too (docs/PROTOCOL.md)."""
         ...
 
     def free(self) -> None:

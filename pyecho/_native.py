@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._config import CLOSE_REASONS, MODES, Config, Event, Stats, to_ms
+from ._config import (
+    CLOSE_REASONS,
+    DROP_REASONS,
+    EVENT_KINDS,
+    MODES,
+    TRANSPORTS,
+    Config,
+    Event,
+    Stats,
+    to_ms,
+)
+from ._faults import FaultsInts
 
 LIBRARY_NAME = "libpyecho_core.so"
 HEADER_NAME = "pyecho.h"
@@ -152,6 +163,7 @@ class CField:
 # One entry per setting of Config (tests/test_contract.py checks that), but
 # quit_word, which is a pointer and a length (quit_word, quit_len).
 C_FIELDS: dict[str, CField] = {
+    "transport": CField("transport", TRANSPORTS.index, TRANSPORTS.__getitem__),
     "mode": CField("mode", MODES.index, MODES.__getitem__),
     "bufsize": CField("bufsize", int, int),
     "max_line": CField("max_line", int, int),
@@ -159,6 +171,9 @@ C_FIELDS: dict[str, CField] = {
     "max_clients": CField("max_clients", int, int),
     "idle_timeout": CField("idle_timeout_ms", to_ms, lambda ms: ms / 1000),
     "backlog": CField("backlog", int, int),
+    "udp_guard": CField("udp_guard", int, bool),
+    "udp_rate": CField("udp_rate", int, int),
+    "udp_rate_per_source": CField("udp_rate_per_source", int, int),
 }
 
 
@@ -223,9 +238,14 @@ class NativeServer:
         ffi = self._ffi
 
         def trampoline(_ctx: Any, ev: Any) -> None:
-            kind = "open" if ev.kind == 0 else "close"
-            reason = CLOSE_REASONS[ev.reason] if kind == "close" else None
-            on_event(Event(kind, ev.conn_id, (ffi.string(ev.host).decode(), ev.port), reason))
+            kind = EVENT_KINDS[ev.kind]
+            reason = (
+                None
+                if kind == "open"
+                else (CLOSE_REASONS if kind == "close" else DROP_REASONS)[ev.reason]
+            )
+            peer = (ffi.string(ev.host).decode(), ev.port)
+            on_event(Event(kind, ev.conn_id, peer, reason, ev.count))
 
         return trampoline
 
@@ -265,7 +285,18 @@ class NativeServer:
             bytes_in=s.bytes_in,
             bytes_out=s.bytes_out,
             closed={r: s.closed[i] for i, r in enumerate(CLOSE_REASONS)},
+            datagrams_in=s.datagrams_in,
+            datagrams_out=s.datagrams_out,
+            dropped={r: s.dropped[i] for i, r in enumerate(DROP_REASONS)},
         )
+
+    def set_faults(self, faults: FaultsInts | None) -> None:
+        f = self._ffi.NULL
+        if faults is not None:
+            f = self._ffi.new("echo_faults *")
+            for name, value in faults._asdict().items():
+                setattr(f, name, value)
+        _check(self._lib.echo_server_set_faults(self._srv, f))
 
     def free(self) -> None:
         if self._srv is not None:

@@ -25,7 +25,7 @@ ACCEPT_PAUSE_MS = 100  # back-off after running out of descriptors
 LINGER_MS = 2000  # longest wait for the peer's EOF after quit
 MAKE_ROOM_READS = 16  # reads that drain a lingering connection closed early
 
-PEER, QUIT, RESET, SHUTDOWN, IDLE = CLOSE_REASONS
+PEER, QUIT, RESET, SHUTDOWN, IDLE, LIMIT, RESET_AFTER, REFUSED = CLOSE_REASONS
 
 # What the C core treats as "try again later" rather than a failed connection.
 _RETRY = (BlockingIOError, InterruptedError)

@@ -12,7 +12,7 @@ import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import _native, _pyengine
 from ._config import (
@@ -34,6 +34,7 @@ from ._config import (
     resolve,
 )
 from ._engine import ClientEngine, ClientFactory, EventHandler, ServerEngine, ServerFactory
+from ._faults import Faults, faults_ints
 
 # Longest a signal (Ctrl+C) can wait while the server is busy; an idle
 # server handles it at once.
@@ -73,6 +74,7 @@ class EchoServer:
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
         engine: str = "native",
+        transport: str = DEFAULTS.transport,
         mode: str = DEFAULTS.mode,
         quit_word: bytes | str | None = DEFAULTS.quit_word,
         bufsize: int = DEFAULTS.bufsize,
@@ -81,11 +83,16 @@ class EchoServer:
         max_clients: int | None = DEFAULTS.max_clients,
         idle_timeout: float | None = DEFAULTS.idle_timeout,
         backlog: int = DEFAULTS.backlog,
+        udp_guard: bool = DEFAULTS.udp_guard,
+        udp_rate: int | None = DEFAULTS.udp_rate,
+        udp_rate_per_source: int | None = DEFAULTS.udp_rate_per_source,
+        faults: Faults | None = None,
         on_event: EventHandler | None = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError("on_event must be callable or None")
         self.config = make_config(
+            transport=transport,
             mode=mode,
             quit_word=quit_word,
             bufsize=bufsize,
@@ -94,11 +101,17 @@ class EchoServer:
             max_clients=max_clients,
             idle_timeout=idle_timeout,
             backlog=backlog,
+            udp_guard=udp_guard,
+            udp_rate=udp_rate,
+            udp_rate_per_source=udp_rate_per_source,
         )
+        faults = self._check_faults(faults)
         server_cls, _ = _engine_classes(engine)
         family, host, port = resolve(server_address, server=True)[0]
         self.engine = engine
-        self.mode = mode
+        self.transport = transport
+        self.mode = mode if transport == "tcp" else "datagram"
+        self._faults: Faults | None = None
         self._user_on_event = on_event
         # An on_event error not yet raised, and whether the session it
         # happened in must close the server.
@@ -116,6 +129,32 @@ class EchoServer:
             self.config, family, host, port, None if on_event is None else self._on_event
         )
         self.server_address: tuple[str, int] = self._core.address()
+        if faults is not None:
+            self.set_faults(faults)
+
+    def _check_faults(self, faults: Any) -> Faults | None:
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a pyecho.Faults or None, not {type(faults).__name__}")
+        if faults is None or not faults.active:
+            return None
+        return faults.check_for(self.config.transport).seeded()
+
+    @property
+    def faults(self) -> Faults | None:
+        """The faults in effect (with the seed drawn for them, if none was
+        given, so a run can be repeated), or None."""
+        return self._faults
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Change what the server does to its echo, from any thread, serving
+        or not: it applies within one turn of the serving loop, to open
+        connections too. None: a plain echo again."""
+        faults = self._check_faults(faults)
+        with self._lock:
+            if self._core is None:
+                raise ValueError("set_faults() on a closed server")
+            self._core.set_faults(None if faults is None else faults_ints(faults))
+            self._faults = faults
 
     def _on_event(self, event: Event) -> None:
         assert self._user_on_event is not None
@@ -271,7 +310,10 @@ class EchoServer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<EchoServer {self.engine} {self.mode} on {self.server_address}>"
+        return (
+            f"<EchoServer {self.engine} {self.transport} {self.mode} on "
+            f"{hostport(*self.server_address)}>"
+        )
 
 
 class EchoClient:
@@ -289,6 +331,7 @@ class EchoClient:
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
         engine: str = "native",
+        transport: str = DEFAULTS.transport,
         mode: str = DEFAULTS.mode,
         quit_word: bytes | str | None = DEFAULTS.quit_word,
         bufsize: int = DEFAULTS.bufsize,
@@ -296,12 +339,13 @@ class EchoClient:
         timeout: float | None = TIMEOUT.default,
     ) -> None:
         self.config = make_config(
-            mode=mode, quit_word=quit_word, bufsize=bufsize, max_line=max_line
+            transport=transport, mode=mode, quit_word=quit_word, bufsize=bufsize, max_line=max_line
         )
         _, client_cls = _engine_classes(engine)
         timeout = check_timeout(timeout)
         self.engine = engine
-        self.mode = mode
+        self.transport = transport
+        self.mode = mode if transport == "tcp" else "datagram"
         self.server_closed = False  # the server closed the connection
         self._broken = False  # an echo() or send() failed part way
         self._core: ClientEngine | None = None
@@ -334,6 +378,11 @@ class EchoClient:
                 message = f"{server} did not accept the connection within {timeout} s"
             elif what == "send":
                 message = f"{server} did not take the data within {timeout} s (is it reading?)"
+            elif self.transport == "udp":
+                message = (
+                    f"{server} did not answer within {timeout} s (a datagram or its echo "
+                    "may be lost; is a UDP echo server there?)"
+                )
             else:
                 message = (
                     f"{server} did not answer within {timeout} s (is it in mode {self.mode!r}?)"
@@ -385,7 +434,11 @@ class EchoClient:
     def send(self, data: bytes) -> None:
         """Send all of data; its echo is owed to the next echo() (or recv())."""
         data = check_data(data)
-        if self.config.mode == "seed" and len(data) > self.config.bufsize:
+        if (
+            self.transport == "tcp"
+            and self.config.mode == "seed"
+            and len(data) > self.config.bufsize
+        ):
             raise ValueError(
                 f"in seed mode one send() is one message of at most bufsize "
                 f"({self.config.bufsize}) bytes, got {len(data)}; echo() splits longer data"
@@ -427,4 +480,7 @@ class EchoClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<EchoClient {self.engine} {self.mode} to {self.server_address}>"
+        return (
+            f"<EchoClient {self.engine} {self.transport} {self.mode} to "
+            f"{hostport(*self.server_address)}>"
+        )

@@ -92,9 +92,9 @@ def _converter(setting: Setting) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         value: Any = text
         try:
-            if setting.kind in ("count", "bytes"):
+            if setting.kind in ("count", "bytes", "rate"):
                 value = int(text, 10)
-            elif setting.kind == "seconds":
+            elif setting.kind in ("seconds", "probability"):
                 value = float(text)
         except ValueError:
             what = "a number of seconds" if setting.kind == "seconds" else "a whole number"
@@ -110,7 +110,14 @@ def _converter(setting: Setting) -> Callable[[str], Any]:
     return convert
 
 
-_METAVARS = {"count": "N", "bytes": "BYTES", "seconds": "SECONDS", "word": "WORD"}
+_METAVARS = {
+    "count": "N",
+    "bytes": "BYTES",
+    "rate": "BYTES/S",
+    "seconds": "SECONDS",
+    "word": "WORD",
+    "probability": "P",
+}
 
 
 def _add_option(p: argparse.ArgumentParser, setting: Setting) -> None:
@@ -118,6 +125,14 @@ def _add_option(p: argparse.ArgumentParser, setting: Setting) -> None:
     --no-name for one whose "off" (None) cannot be typed as a value."""
     default = setting.default
     shown = setting.show(default)
+    if setting.kind == "flag":
+        p.add_argument(
+            setting.flag,
+            action=argparse.BooleanOptionalAction,
+            default=default,
+            help=f"{setting.help} (default: {'on' if default else 'off'})",
+        )
+        return
     if setting.off and setting.off_value is not None:  # typed as 0
         help = f"{setting.help}; 0: {setting.off} (default: {shown})"
     else:
@@ -201,6 +216,13 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
     )
     for setting in settings_for(side):
         _add_option(p, setting)
+    p.add_argument(
+        "--udp",
+        dest="transport",
+        action="store_const",
+        const="udp",
+        help="UDP echo (RFC 862 over UDP): the same as --transport udp",
+    )
 
 
 def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:

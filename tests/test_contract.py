@@ -17,6 +17,7 @@ from pyecho import _engine, _native, cli
 from pyecho._config import (
     DEFAULTS,
     RESOLUTION,
+    SETTING,
     SETTINGS,
     TIMEOUT,
     Config,
@@ -60,18 +61,17 @@ def test_every_setting_reaches_the_c_core() -> None:
     assert set(_native.C_FIELDS) | {"quit_word"} == {s.name for s in SETTINGS}
 
 
-# echo_config fields that are no setting yet: the UDP ones, which keep the C
-# defaults until the table gains them (then they leave this set).
-NOT_YET_SETTINGS = {"transport", "udp_guard", "udp_rate", "udp_rate_per_source"}
-
-
 def test_every_c_field_is_a_setting() -> None:
     """A field added to echo_config is noticed here, unpinned no more."""
     ffi, _ = _native.load()
     c_fields = {name for name, _ in ffi.typeof("echo_config").fields}
     mapped = {cf.name for cf in _native.C_FIELDS.values()} | {"quit_word", "quit_len"}
-    assert mapped <= c_fields
-    assert c_fields - mapped == NOT_YET_SETTINGS
+    assert mapped == c_fields
+
+
+def where_it_applies(s: Setting) -> dict[str, str]:
+    """The transport to give with a setting so that it applies."""
+    return {} if "tcp" in s.transports else {"transport": s.transports[0]}
 
 
 def test_a_non_default_config_reaches_the_c_core_whole() -> None:
@@ -88,22 +88,12 @@ def test_a_non_default_config_reaches_the_c_core_whole() -> None:
     assert _native.config_from_c(_native._CConfig(cfg).struct) == cfg
 
 
-# C's bounds known to be looser than Python's: echo_config_check() does not
-# look at these uint32 fields, so it takes one past Python's upper bound.
-# Pinning them needs a C change (reported); strict, so that fixing the C
-# core makes these fail until the marks go.
-C_UNCHECKED = {("max_clients", "above"), ("idle_timeout", "above")}
-
-
 def bound_cases() -> list[Any]:
-    cases = []
-    for s in NUMERIC:
-        for where in ("lower", "upper", "below", "above"):
-            marks = []
-            if (s.name, where) in C_UNCHECKED:
-                marks = [pytest.mark.xfail(strict=True, reason="C does not check it")]
-            cases.append(pytest.param(s, where, marks=marks, id=f"{s.name}-{where}"))
-    return cases
+    return [
+        pytest.param(s, where, id=f"{s.name}-{where}")
+        for s in NUMERIC
+        for where in ("lower", "upper", "below", "above")
+    ]
 
 
 @pytest.mark.parametrize("setting, where", bound_cases())
@@ -117,20 +107,26 @@ def test_c_bounds_are_the_tables(setting: Setting, where: str) -> None:
     ok = where in ("lower", "upper")
     assert c_accepts(**{cf.name: value}) is ok
     python_value = cf.from_c(value)
+    given = {setting.name: python_value, **where_it_applies(setting)}
     if ok:
-        assert make_config(**{setting.name: python_value}) is not None
+        assert make_config(**given) is not None
     else:
         with pytest.raises(ValueError, match=setting.name):
-            make_config(**{setting.name: python_value})
+            make_config(**given)
 
 
-def test_c_mode_bounds_are_the_tables() -> None:
-    modes = SETTINGS[0].choices
-    assert [c_accepts(mode=i) for i in range(-1, len(modes) + 1)] == [
+@pytest.mark.parametrize("name", ["transport", "mode"])
+def test_c_choice_bounds_are_the_tables(name: str) -> None:
+    choices = SETTING[name].choices
+    assert [c_accepts(**{name: i}) for i in range(-1, len(choices) + 1)] == [
         False,
-        *[True] * len(modes),
+        *[True] * len(choices),
         False,
     ]
+
+
+def test_c_flag_bounds_are_the_tables() -> None:
+    assert [c_accepts(udp_guard=i) for i in (-1, 0, 1, 2)] == [False, True, True, False]
 
 
 def test_c_quit_word_bounds_are_the_tables() -> None:
@@ -167,12 +163,13 @@ def test_the_api_takes_the_tables_settings_with_its_defaults(cls: type, side: st
     taken = {name: p.default for name, p in params.items() if p.kind is p.KEYWORD_ONLY}
     taken.pop("engine")
     taken.pop("on_event", None)
+    taken.pop("faults", None)
     assert taken == {s.name: s.default for s in wanted}
 
 
-def test_the_api_passes_every_setting_on(engine: str) -> None:
-    """Each server setting given to EchoServer ends up in its Config."""
-    settings = {
+# A value other than the default for every setting, by transport.
+NON_DEFAULT = {
+    "tcp": {
         "mode": "raw",
         "quit_word": None,
         "bufsize": 5,
@@ -181,14 +178,32 @@ def test_the_api_passes_every_setting_on(engine: str) -> None:
         "max_clients": 4,
         "idle_timeout": 2.5,
         "backlog": 6,
-    }
-    assert set(settings) == {s.name for s in SETTINGS}
-    assert all(getattr(DEFAULTS, k) != v for k, v in settings.items())
+    },
+    "udp": {"max_pending": 500, "udp_guard": False, "udp_rate": 7, "udp_rate_per_source": 3},
+}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_the_api_passes_every_setting_on(engine: str, transport: str) -> None:
+    """Each server setting given to EchoServer ends up in its Config; one
+    that does not apply to the transport is refused."""
+    settings = {"transport": transport, **NON_DEFAULT[transport]}
+    assert set(settings) == {s.name for s in SETTINGS if transport in s.transports}
+    assert all(getattr(DEFAULTS, k) != v for k, v in NON_DEFAULT[transport].items())
     with pyecho.EchoServer(("127.0.0.1", 0), engine=engine, **settings) as server:
         assert server.config == Config(**settings)
-        client_settings = {s.name: settings[s.name] for s in settings_for("client")}
+        client_settings = {
+            s.name: settings[s.name] for s in settings_for("client") if s.name in settings
+        }
         with pyecho.EchoClient(server.server_address, engine=engine, **client_settings) as c:
             assert c.config == Config(**client_settings)
+    other = "udp" if transport == "tcp" else "tcp"
+    for name, value in NON_DEFAULT[other].items():
+        if transport not in SETTING[name].transports:
+            with pytest.raises(ValueError, match=f"^{name} does not apply to {transport.upper()}"):
+                pyecho.EchoServer(
+                    ("127.0.0.1", 0), engine=engine, transport=transport, **{name: value}
+                )
 
 
 @pytest.mark.parametrize("command, side", [("serve", "server"), ("client", "client")])
@@ -201,10 +216,13 @@ def test_the_command_line_offers_every_setting_with_its_default(command: str, si
         action = actions.pop(s.flag)
         assert action.dest == s.name
         assert action.default == s.default
-        assert f"(default: {s.show(s.default)})" in (action.help or "")
+        shown = ("on" if s.default else "off") if s.kind == "flag" else s.show(s.default)
+        assert f"(default: {shown})" in (action.help or "")
         if s.off and s.off_value is None:  # None cannot be typed: a flag for it
             off = actions.pop(f"--no-{s.flag[2:]}")
             assert (off.dest, off.const, off.default) == (s.name, None, s.default)
+    udp = actions.pop("--udp")
+    assert (udp.dest, udp.const) == ("transport", "udp")
     assert set(actions) == {"-h", "--host", "--port", "--engine"}
     args = parser.parse_args([command])
     assert cli._settings(args, side) == {  # type: ignore[arg-type]
@@ -239,6 +257,8 @@ def doc_row(s: Setting) -> str:
     unit = f" {s.unit}" if s.unit else ""
     if s.kind == "choice":
         default, bounds = f"`{s.default}`", ", ".join(f"`{c}`" for c in s.choices)
+    elif s.kind == "flag":
+        default, bounds = f"`{s.default}`", "`True`, `False`"
     elif s.kind == "word":
         default, bounds = f"`{s.default.decode()}`", f"{s.lower} to {s.upper} bytes"
     else:
@@ -247,7 +267,8 @@ def doc_row(s: Setting) -> str:
         bounds = f"{lower:,} to {s.upper:,}{unit}"
     if s.off:
         bounds += f"; {'0 or ' if s.off_value == 0 else ''}`None`: {s.off}"
-    return f"| `{s.name}` | {default} | {bounds} | {s.side} | {s.help} |"
+    transports = "/".join(t.upper() for t in s.transports)
+    return f"| `{s.name}` | {default} | {bounds} | {s.side} | {transports} | {s.help} |"
 
 
 def test_the_documented_settings_are_the_tables() -> None:

@@ -86,8 +86,16 @@ static void test_config_check(void)
     BAD(backlog, -5);
     GOOD(backlog, 65535);
     BAD(backlog, 65536);
-    GOOD(max_clients, UINT32_MAX);
-    GOOD(idle_timeout_ms, UINT32_MAX);
+    GOOD(max_clients, 1u << 31);
+    BAD(max_clients, (1u << 31) + 1);
+    GOOD(idle_timeout_ms, 4000000000u);
+    BAD(idle_timeout_ms, 4000000001u);
+    GOOD(transport, ECHO_UDP);
+    BAD(transport, 2);
+    BAD(udp_guard, 2);
+    GOOD(udp_rate, 1000000000u);
+    BAD(udp_rate, 1000000001u);
+    BAD(udp_rate_per_source, 1000000001u);
 
     /* A NULL quit word needs a zero length, and the other way round. */
     echo_config_default(&cfg);
