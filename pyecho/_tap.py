@@ -15,6 +15,7 @@ import selectors
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Per direction: past this, the tap stops reading that side (backpressure).
@@ -62,6 +63,7 @@ class _Pipe:
     sent: bytearray = field(default_factory=bytearray)  # the transcript, bounded
     total: int = 0
     conn_id: int | None = None  # the server's, once its open event named us
+    closed: bool = False
 
 
 def _reset(sock: socket.socket) -> None:
@@ -76,9 +78,16 @@ def _reset(sock: socket.socket) -> None:
 class Tap:
     """Listens on ``address`` (same host as ``upstream``, a free port) and
     relays every connection to ``upstream``, keeping the first ``limit``
-    bytes each client sends."""
+    bytes each client sends. If the relay itself fails, it closes every
+    connection and calls ``on_error`` with the exception (on its thread)."""
 
-    def __init__(self, upstream: tuple[str, int], limit: int) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        limit: int,
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self._on_error = on_error
         host = upstream[0]
         self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # A server on every interface is still reached on loopback.
@@ -144,8 +153,11 @@ class Tap:
                 for key, mask in self._sel.select():
                     if key.fileobj is self._listener:
                         self._accept()
-                    elif key.fileobj is not self._wake_r:
+                    elif key.fileobj is not self._wake_r and not key.data.closed:
+                        # (closed: by an earlier event of the same batch)
                         self._service(key.data, key.fileobj, mask)
+        except Exception as e:  # noqa: BLE001 - a bug here must fail the test, not vanish
+            self._on_error(e)
         finally:
             for pipe in self._pipes:
                 for s in (pipe.client, pipe.upstream):
@@ -286,6 +298,7 @@ class Tap:
         self._drop(pipe, reset=other)
 
     def _drop(self, pipe: _Pipe, reset: socket.socket | None = None) -> None:
+        pipe.closed = True
         for s in (pipe.client, pipe.upstream):
             if self._sel.get_map().get(s) is not None:
                 self._sel.unregister(s)

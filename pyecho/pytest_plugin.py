@@ -68,8 +68,9 @@ class EchoServerFixture(EchoServer):
             raise TypeError("on_event must be callable or None")
         settings.setdefault("mode", "raw")
         self.check_leaks = bool(check_leaks)
-        self.errors: list[BaseException] = []  # what on_event raised
-        self._reported = 0  # errors already reported to the test
+        # (what failed, its exception): on_event raising, the relay failing
+        self._failures: list[tuple[str, BaseException]] = []
+        self._reported = 0  # failures already reported to the test
         self._events: list[Event] = []
         self._changed = threading.Condition()
         self._tap: Tap | None = None
@@ -78,7 +79,7 @@ class EchoServerFixture(EchoServer):
         self.engine_address: tuple[str, int] = self.server_address
         if record:
             try:
-                self._tap = Tap(self.engine_address, record_limit)
+                self._tap = Tap(self.engine_address, record_limit, self._relay_failed)
             except BaseException:
                 super().close()
                 raise
@@ -99,10 +100,23 @@ class EchoServerFixture(EchoServer):
         try:
             self._callback(event)
         except Exception as e:  # noqa: BLE001 - reported by the plugin when the test ends
-            with self._changed:
-                self.errors.append(e)
-                self._changed.notify_all()
+            self._fail("on_event raised", e, "stopped serving")
             self.shutdown()
+
+    def _relay_failed(self, error: BaseException) -> None:
+        self._fail("the recording relay failed with", error, "stopped relaying")
+
+    def _fail(self, what: str, error: BaseException, outcome: str) -> None:
+        with self._changed:
+            self._failures.append((f"{what} {type(error).__name__}: {error}; {outcome}", error))
+            self._changed.notify_all()
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """What went wrong in the background: exceptions raised by on_event
+        (the server then stops serving) or by the recording relay."""
+        with self._changed:
+            return [e for _, e in self._failures]
 
     def start(self) -> EchoServerFixture:
         super().start()
@@ -208,14 +222,22 @@ class EchoServerFixture(EchoServer):
             lambda: f"connections still open: {still_open()}",
         )
 
+    def check(self) -> None:
+        """Raise AssertionError saying what went wrong (``errors``, and
+        connections left open if ``check_leaks``) not told before; the plugin
+        calls it when the test ends."""
+        problems = self._problems(leaks=True)
+        if problems:
+            raise AssertionError("\n\n".join(problems))
+
     def _problems(self, *, leaks: bool) -> list[str]:
         """What is wrong with this server, not reported yet."""
         with self._changed:
-            new, self._reported = self.errors[self._reported :], len(self.errors)
+            new, self._reported = self._failures[self._reported :], len(self._failures)
         problems = [
-            f"on_event raised {type(e).__name__}: {e}; {self!r} stopped serving\n"
+            f"{what} ({self!r})\n"
             + "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
-            for e in new
+            for what, e in new
         ]
         if leaks and self.check_leaks:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import select
 import site
 import socket
 import struct
@@ -298,8 +299,8 @@ def test_on_event_error_fails_the_test_clearly(pytester: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines(
         [
             "*_ test_broken _*",
-            "on_event raised ValueError: on_event exploded; "
-            "<EchoServerFixture native raw on *> stopped serving",
+            "on_event raised ValueError: on_event exploded; stopped serving "
+            "(<EchoServerFixture native raw on *>)",
             "Traceback (most recent call last):",
             "*ValueError: on_event exploded",
         ],
@@ -308,7 +309,8 @@ def test_on_event_error_fails_the_test_clearly(pytester: pytest.Pytester) -> Non
     # The test's own failure stays the failure; what the server saw is added.
     assert "assert 1 == 2" in out
     result.stdout.fnmatch_lines(
-        ["*- Captured echo_server call -*", "on_event raised ValueError: on_event exploded; *"]
+        ["*- Captured echo_server call -*", "on_event raised ValueError: on_event exploded; *"],
+        consecutive=True,
     )
 
 
@@ -504,6 +506,7 @@ def test_relay_half_close_large_flow_and_peer(engine: str, record: bool) -> None
         else:
             with pytest.raises(RuntimeError, match="received needs record=True"):
                 server.received  # noqa: B018
+    server.check()
 
 
 def test_relay_passes_resets_and_server_closes(engine: str, record: bool) -> None:
@@ -521,17 +524,42 @@ def test_relay_passes_resets_and_server_closes(engine: str, record: bool) -> Non
         with socket.create_connection(server.server_address, timeout=10) as s:
             assert s.recv(1) == b""
         assert server.wait_for_events("close", reason="idle")
+    server.check()
 
 
 def test_relay_client_gone_while_echo_is_owed(engine: str, record: bool) -> None:
-    # The client closes without reading its echo: its kernel answers the
-    # unread data with a reset, which the server sees.
+    # The client closes with echo unread: its kernel answers with a reset,
+    # which the server sees. (Regression: the relay's thread died on the
+    # second socket of a pipe closed earlier in the same batch of events.)
     with EchoServerFixture((LOOPBACK, 0), engine=engine, record=record).start() as server:
-        with socket.create_connection(server.server_address, timeout=10) as s:
-            s.sendall(b"y" * (1024 * 1024))
-        (closed,) = server.wait_for_events("close", timeout=10)
-        assert closed.reason == "reset"
+        for n in range(1, 6):
+            with socket.create_connection(server.server_address, timeout=10) as s:
+                s.sendall(b"y" * (1024 * 1024))
+                assert select.select([s], [], [], 10)[0]  # echo waiting, unread
+            closed = server.wait_for_events("close", count=n, timeout=10)
+            assert [e.reason for e in closed] == ["reset"] * n
         assert server.stats.open == 0
+    server.check()
+
+
+def test_a_failing_relay_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: object) -> None:
+        raise RuntimeError("relay bug")
+
+    monkeypatch.setattr("pyecho._tap.Tap._accept", broken)
+    with EchoServerFixture((LOOPBACK, 0)).start() as server:
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            with pytest.raises(ConnectionResetError):  # never accepted: its listener closed
+                s.recv(1)
+        wait_for(lambda: server.errors != [])
+        with pytest.raises(AssertionError) as failure:
+            server.check()
+    assert str(failure.value).startswith(
+        "the recording relay failed with RuntimeError: relay bug; stopped relaying "
+        "(<EchoServerFixture native raw on"
+    )
+    assert 'raise RuntimeError("relay bug")' in str(failure.value)
+    server.check()  # told once
 
 
 def test_relay_rejected_connection_sees_eof(engine: str, record: bool) -> None:
@@ -548,6 +576,7 @@ def test_relay_rejected_connection_sees_eof(engine: str, record: bool) -> None:
         assert server.stats.rejected == 1
         if record:
             assert list(server.received) == [1]  # the rejected one never opened
+    server.check()
 
 
 def test_fixture_class_checks_its_own_settings() -> None:
