@@ -548,9 +548,13 @@ def test_a_failing_relay_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr("pyecho._tap.Tap._accept", broken)
     with EchoServerFixture((LOOPBACK, 0)).start() as server:
-        with socket.create_connection(server.server_address, timeout=10) as s:
-            with pytest.raises(ConnectionResetError):  # never accepted: its listener closed
-                s.recv(1)
+        # Never accepted: the failed relay closed its listener with us in the
+        # backlog (the reset can come before connect() returns).
+        with (
+            pytest.raises(ConnectionResetError),
+            socket.create_connection(server.server_address, timeout=10) as s,
+        ):
+            s.recv(1)
         wait_for(lambda: server.errors != [])
         with pytest.raises(AssertionError) as failure:
             server.check()
@@ -576,6 +580,42 @@ def test_relay_rejected_connection_sees_eof(engine: str, record: bool) -> None:
         assert server.stats.rejected == 1
         if record:
             assert list(server.received) == [1]  # the rejected one never opened
+    server.check()
+
+
+def test_relay_many_clients_at_once(engine: str) -> None:
+    # Each connection's events and transcript name the right client, however
+    # the server's accepts and the relay's connects interleave.
+    n = 40
+    with EchoServerFixture((LOOPBACK, 0), engine=engine).start() as server:
+        for address in (server.server_address, server.engine_address):
+            with socket.socket() as s, pytest.raises(OSError, match="in use"):
+                s.bind(address)  # both ports are really bound
+        sent: dict[tuple[str, int], bytes] = {}
+        echoed: dict[tuple[str, int], bytes] = {}
+        lock = threading.Lock()
+
+        def client(i: int) -> None:
+            data = os.urandom(1000 + i)
+            with socket.create_connection(server.server_address, timeout=30) as s:
+                me = s.getsockname()
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                echo = s.makefile("rb").read()
+            with lock:
+                sent[me], echoed[me] = data, echo
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert echoed == sent and len(sent) == n
+        closed = server.wait_for_events("close", count=n, timeout=30)
+        assert {e.reason for e in closed} == {"peer"}
+        opened = {e.conn_id: e.peer for e in server.events if e.kind == "open"}
+        assert sorted(opened.values()) == sorted(sent)
+        assert {c: sent[peer] for c, peer in opened.items()} == server.received
     server.check()
 
 
