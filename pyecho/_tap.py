@@ -24,6 +24,17 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _RETRY = (BlockingIOError, InterruptedError)
 
 
+def reachable(address: tuple[str, int]) -> tuple[str, int]:
+    """Where to connect to a server bound to ``address``: a server on every
+    interface is reached on loopback."""
+    host, port = address
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class _Broken(Exception):
     """An operation on ``sock`` failed: that side is gone (reset, refused)."""
 
@@ -89,9 +100,8 @@ class Tap:
     ) -> None:
         self._on_error = on_error
         host = upstream[0]
-        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # A server on every interface is still reached on loopback.
-        self._upstream = ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), upstream[1])
+        self._family = family_of(host)
+        self._upstream = reachable(upstream)
         self._limit = limit
         self._lock = threading.Lock()  # guards _by_local and the transcripts
         self._by_local: dict[tuple[str, int], _Pipe] = {}

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import select
+import socket
 import threading
 import time
 import traceback
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from ._config import CLOSE_REASONS, DEFAULT_HOST, ENGINES, Event
-from ._tap import Tap, Transcript
+from ._tap import Tap, Transcript, family_of, reachable
 from .api import EchoServer
 
 if TYPE_CHECKING:
@@ -75,6 +77,10 @@ class EchoServerFixture(EchoServer):
         self._changed = threading.Condition()
         self._tap: Tap | None = None
         self._callback = on_event
+        self._serving = False
+        # The plugin's own connections (see _settle), by client address: None
+        # until the server opened them, then True.
+        self._probes: dict[tuple[str, int], bool] = {}
         super().__init__(server_address, on_event=self._observe, **settings)
         self.engine_address: tuple[str, int] = self.server_address
         if record:
@@ -93,6 +99,10 @@ class EchoServerFixture(EchoServer):
             if client is not None:
                 event = dataclasses.replace(event, peer=client)
         with self._changed:
+            if event.peer in self._probes:
+                self._probes[event.peer] = True
+                self._changed.notify_all()
+                return
             self._events.append(event)
             self._changed.notify_all()
         if self._callback is None:
@@ -120,7 +130,12 @@ class EchoServerFixture(EchoServer):
 
     def start(self) -> EchoServerFixture:
         super().start()
+        self._serving = True
         return self
+
+    def shutdown(self) -> None:
+        self._serving = False
+        super().shutdown()
 
     def close(self) -> None:
         try:
@@ -208,9 +223,31 @@ class EchoServerFixture(EchoServer):
         self._wait(done, timeout, lambda: f"no connection received {data!r}: {self.received}")
         return found[0]
 
+    def _settle(self, timeout: float) -> None:
+        """Wait until the server has opened every connection made before this
+        call, even those still in a listen backlog: it then has opened (or
+        rejected) a probe connection made after them, as accept queues are
+        first in, first out. The probe has no events and counts in stats."""
+        host, port = reachable(self.server_address)
+        with socket.socket(family_of(host), socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            me = probe.getsockname()[:2]
+            with self._changed:
+                self._probes[me] = False
+            probe.settimeout(timeout)
+            probe.connect((host, port))
+
+            def settled() -> bool:
+                # Opened, or closed at once: rejected (max_clients).
+                return self._probes[me] or bool(select.select([probe], [], [], 0)[0])
+
+            self._wait(settled, timeout, lambda: "the server did not accept a new connection")
+
     def assert_connections_closed(self, timeout: float = LEAK_GRACE) -> None:
-        """Wait up to ``timeout`` seconds for every connection to close;
-        AssertionError naming those still open."""
+        """Wait up to ``timeout`` seconds for every connection made so far to
+        close; AssertionError naming those still open."""
+        if self._serving:
+            self._settle(timeout)
 
         def still_open() -> str:
             conns = self.open_connections

@@ -321,27 +321,44 @@ def test_check_leaks(pytester: pytest.Pytester) -> None:
         import socket
         import pytest
 
-        @pytest.mark.echo_server(check_leaks=True)
-        def test_leaks(echo_server, request):
+        seen = []
+
+        # The test ends at once: the server may not even have accepted the
+        # connection yet, and must still find it.
+        @pytest.mark.parametrize("record", [True, False])
+        def test_leaks(echo_server_factory, request, record):
+            server = echo_server_factory(check_leaks=True, record=record)
+            s = socket.create_connection(server.server_address, timeout=10)
+            request.addfinalizer(s.close)
+
+        @pytest.mark.echo_server(check_leaks=True, max_clients=1)
+        def test_leaks_at_capacity(echo_server, request):
             s = socket.create_connection(echo_server.server_address, timeout=10)
             request.addfinalizer(s.close)
-            echo_server.wait_for_events("open")
 
-        @pytest.mark.echo_server(check_leaks=True)
+        @pytest.mark.echo_server(check_leaks=True, on_event=seen.append)
         def test_closes(echo_server):
             socket.create_connection(echo_server.server_address, timeout=10).close()
+
+        def test_the_check_was_invisible():
+            # Its probe connection had no events, not even for on_event.
+            assert [(e.kind, e.conn_id) for e in seen] == [("open", 1), ("close", 1)]
 
         def test_leaks_unchecked(echo_server, request):
             s = socket.create_connection(echo_server.server_address, timeout=10)
             request.addfinalizer(s.close)
         """,
     )
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=3)
     result.stdout.fnmatch_lines(
         [
-            "*_ test_leaks _*",
+            "*_ test_leaks?True? _*",
             "check_leaks: connections still open: #1 from 127.0.0.1:* "
             "(after 2 s; <EchoServerFixture native raw on *>)",
+            "*_ test_leaks?False? _*",
+            "check_leaks: connections still open: #1 from 127.0.0.1:* (after 2 s; *)",
+            "*_ test_leaks_at_capacity _*",
+            "check_leaks: connections still open: #1 from 127.0.0.1:* (after 2 s; *)",
         ],
         consecutive=False,
     )
