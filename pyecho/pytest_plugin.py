@@ -78,8 +78,8 @@ class EchoServerFixture(EchoServer):
         self._tap: Tap | None = None
         self._callback = on_event
         self._serving = False
-        # The plugin's own connections (see _settle), by client address: None
-        # until the server opened them, then True.
+        # The plugin's own connections (see _settle), by client address: True
+        # once the server opened them. They have no events.
         self._probes: dict[tuple[str, int], bool] = {}
         super().__init__(server_address, on_event=self._observe, **settings)
         self.engine_address: tuple[str, int] = self.server_address
@@ -235,7 +235,10 @@ class EchoServerFixture(EchoServer):
             with self._changed:
                 self._probes[me] = False
             probe.settimeout(timeout)
-            probe.connect((host, port))
+            try:
+                probe.connect((host, port))
+            except OSError:  # closed meanwhile: nothing more will be accepted
+                return
 
             def settled() -> bool:
                 # Opened, or closed at once: rejected (max_clients).
@@ -407,12 +410,18 @@ def echo_server(
     say what it saw. ``@pytest.mark.echo_server(mode="line", ...)`` changes
     its settings (any pyecho.EchoServer keyword, plus record=,
     record_limit=, check_leaks=). Closed when the test ends, pass or fail."""
+    return echo_server_factory(**_marker_settings(request, "echo_server"))
+
+
+def _marker_settings(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """The keywords of every ``@pytest.mark.<name>`` on the test, its class
+    and module; the nearest wins."""
     settings: dict[str, Any] = {}
-    for mark in reversed(list(request.node.iter_markers("echo_server"))):  # nearest wins
+    for mark in reversed(list(request.node.iter_markers(name))):
         if mark.args:
-            raise TypeError("@pytest.mark.echo_server takes keyword arguments only")
+            raise TypeError(f"@pytest.mark.{name} takes keyword arguments only")
         settings.update(mark.kwargs)
-    return echo_server_factory(**settings)
+    return settings
 
 
 # ---- failing the test for a broken server ----
