@@ -564,7 +564,8 @@ def test_a_failing_relay_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> Non
         raise RuntimeError("relay bug")
 
     monkeypatch.setattr("pyecho._tap.Tap._accept", broken)
-    with EchoServerFixture((LOOPBACK, 0)).start() as server:
+    # check_leaks too: its probe then finds the relay's listener closed.
+    with EchoServerFixture((LOOPBACK, 0), check_leaks=True).start() as server:
         # Never accepted: the failed relay closed its listener with us in the
         # backlog (the reset can come before connect() returns).
         with (
