@@ -15,13 +15,16 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Per direction: past this, the tap stops reading that side (backpressure).
 BUFFER = 64 * 1024
+ACCEPT_PAUSE = 0.1  # seconds, when out of descriptors
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _RETRY = (BlockingIOError, InterruptedError)
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def reachable(address: tuple[str, int]) -> tuple[str, int]:
@@ -121,6 +124,7 @@ class Tap:
             raise
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._stopping = False
+        self._resume_at: float | None = None  # accepting paused until then
         self._thread = threading.Thread(target=self._run, name="pyecho-tap", daemon=True)
         self._thread.start()
 
@@ -160,7 +164,13 @@ class Tap:
     def _run(self) -> None:
         try:
             while not self._stopping:
-                for key, mask in self._sel.select():
+                wait = None
+                if self._resume_at is not None:
+                    wait = self._resume_at - time.monotonic()
+                    if wait <= 0:
+                        self._sel.register(self._listener, _READ)
+                        self._resume_at = wait = None
+                for key, mask in self._sel.select(wait):
                     if key.fileobj is self._listener:
                         self._accept()
                     elif key.fileobj is not self._wake_r and not key.data.closed:
@@ -179,33 +189,54 @@ class Tap:
         for s in (self._listener, self._wake_r, self._wake_w):
             s.close()
 
+    def _pause_accepting(self) -> None:
+        """Out of descriptors: leave new connections in the backlog for a
+        while, as the engines do, rather than spin on a readable listener."""
+        self._sel.unregister(self._listener)
+        self._resume_at = time.monotonic() + ACCEPT_PAUSE
+
     def _accept(self) -> None:
         while True:
             try:
                 client, peer = self._listener.accept()
             except _RETRY:
                 return
-            except OSError:  # out of descriptors, say: the backlog keeps them
-                return
+            except OSError as e:
+                if e.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting()
+                    return
+                continue  # that connection is gone (ECONNABORTED, say)
             client.setblocking(False)
-            upstream = socket.socket(self._family, socket.SOCK_STREAM)
-            upstream.setblocking(False)
             try:
-                upstream.bind((self._upstream[0], 0))
-                local = upstream.getsockname()[:2]
-                pipe = _Pipe(client, upstream, peer[:2])
-                # Known before the server can accept it, so its open event finds us.
-                with self._lock:
-                    self._by_local[local] = pipe
-                    self._pipes.append(pipe)
-                rc = upstream.connect_ex(self._upstream)
-                if rc not in (0, errno.EINPROGRESS):
-                    raise ConnectionRefusedError(rc, "the server")
-            except OSError:
+                upstream = self._open_upstream()
+            except OSError as e:
                 _reset(client)
-                upstream.close()
+                if e.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting()
+                    return
+                continue
+            local = upstream.getsockname()[:2]
+            pipe = _Pipe(client, upstream, peer[:2])
+            # Known before the server can accept it, so its open event finds us.
+            with self._lock:
+                self._by_local[local] = pipe
+                self._pipes.append(pipe)
+            rc = upstream.connect_ex(self._upstream)
+            if rc not in (0, errno.EINPROGRESS):  # the server is gone
+                self._drop(pipe, reset=client)
                 continue
             self._sel.register(upstream, _WRITE, pipe)
+
+    def _open_upstream(self) -> socket.socket:
+        """A socket for the server, bound so its address is known."""
+        upstream = socket.socket(self._family, socket.SOCK_STREAM)
+        try:
+            upstream.setblocking(False)
+            upstream.bind((self._upstream[0], 0))
+        except BaseException:
+            upstream.close()
+            raise
+        return upstream
 
     def _service(self, pipe: _Pipe, sock: object, mask: int) -> None:
         try:

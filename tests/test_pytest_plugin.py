@@ -4,6 +4,7 @@ recording relay in front of the server (pyecho/_tap.py) on both engines."""
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import os
 import select
@@ -14,12 +15,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import pyecho
 from conftest import LOOPBACK, open_fds, wait_for
+from pyecho._tap import ACCEPT_PAUSE
 from pyecho.pytest_plugin import EchoServerFixture
 
 pytest_plugins = ["pytester"]
@@ -634,6 +637,58 @@ def test_relay_many_clients_at_once(engine: str) -> None:
         opened = {e.conn_id: e.peer for e in server.events if e.kind == "open"}
         assert sorted(opened.values()) == sorted(sent)
         assert {c: sent[peer] for c, peer in opened.items()} == server.received
+    server.check()
+
+
+def test_relay_out_of_descriptors_backs_off(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # EMFILE from accept(): the relay leaves the connection in the backlog
+    # and tries again a little later (not in a busy loop), then serves it.
+    calls: list[float] = []
+    accept = socket.socket.accept
+
+    def failing_accept(self: socket.socket) -> tuple[socket.socket, object]:
+        if threading.current_thread().name == "pyecho-tap":
+            calls.append(time.monotonic())
+            if len(calls) <= 3:
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return accept(self)
+
+    monkeypatch.setattr(socket.socket, "accept", failing_accept)
+    with EchoServerFixture((LOOPBACK, 0), engine=engine).start() as server:
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.sendall(b"late")
+            assert s.recv(4) == b"late"
+    assert calls[3] - calls[0] >= 3 * ACCEPT_PAUSE * 0.9  # paused each time
+    server.check()
+
+
+def test_relay_out_of_descriptors_for_the_server_side(
+    engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EMFILE making the relay's socket to the server: that client is reset,
+    # the next one is served.
+    from pyecho._tap import Tap
+
+    real = Tap._open_upstream
+    failures = [OSError(errno.EMFILE, os.strerror(errno.EMFILE))]
+
+    def open_upstream(self: Tap) -> socket.socket:
+        if failures:
+            raise failures.pop()
+        return real(self)
+
+    monkeypatch.setattr(Tap, "_open_upstream", open_upstream)
+    with EchoServerFixture((LOOPBACK, 0), engine=engine).start() as server:
+        with (
+            pytest.raises(ConnectionResetError),
+            socket.create_connection(server.server_address, timeout=10) as s,
+        ):
+            s.recv(1)
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.sendall(b"next")
+            assert s.recv(4) == b"next"
+        assert [e.kind for e in server.wait_for_events("close")] == ["close"]
+        assert server.stats.accepted == 1
     server.check()
 
 
