@@ -59,6 +59,7 @@ def test_max_clients_rejects_new_connections_only() -> None:
     assert [e[0] for e in result["events"]].count("open") == 4
 
 
+@pytest.mark.slow
 def test_idle_timeout_closes_silent_connections_only() -> None:
     """A connection silent for idle_timeout is closed (reason "idle"), whether
     it talked before or never did; one that keeps talking is not."""
