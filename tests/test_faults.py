@@ -163,6 +163,7 @@ def test_reset_in_the_middle_of_a_transfer(engine: str, mode: str) -> None:
     assert open_fds() == fds
 
 
+@pytest.mark.slow  # 16 MiB per engine and mode
 @pytest.mark.parametrize("mode", ["raw", "line"])
 def test_half_close_of_a_large_transfer(engine: str, mode: str) -> None:
     """16 MiB, then shutdown(SHUT_WR): the whole echo (a final partial line
