@@ -53,6 +53,23 @@ class NativeUnavailableError(ImportError):
     """The C core is not built or cannot be loaded."""
 
 
+def _checkout_hint() -> str | None:
+    """Advice when pyecho was imported from its source checkout, which holds
+    no built library: after `pip install .`, running from the repository root
+    imports the checkout, and "run `pip install .`" would send the user in a
+    circle. None when this is not a checkout or PYECHO_LIBRARY chose the file."""
+    package = Path(__file__).resolve().parent
+    root = package.parent
+    if os.environ.get("PYECHO_LIBRARY") or not (
+        (root / "pyproject.toml").is_file() and (root / "csrc").is_dir()
+    ):
+        return None
+    return (
+        f"You are importing the source checkout at {package} (no built library there): "
+        "run from another folder, or install it editable with `pip install -e .`"
+    )
+
+
 def _load() -> tuple[Any, Any]:
     try:
         from cffi import FFI  # type: ignore[import-untyped, unused-ignore]
@@ -63,8 +80,8 @@ def _load() -> tuple[Any, Any]:
     if not header_file.exists() or not library.exists():
         raise NativeUnavailableError(
             f"pyecho's native engine is not built: {library} is missing. "
-            "Install the package with `pip install .` (it compiles csrc/), "
-            "or use engine='python'."
+            + (_checkout_hint() or "Install the package with `pip install .` (it compiles csrc/)")
+            + ", or use engine='python'."
         )
     header = header_file.read_text()
     ffi = FFI()

@@ -70,6 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "native: runs the C core (tools/sanitize.sh selects these with -m native)",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: takes seconds (scale, soak, benchmark, sanitizer build); "
+        '`pytest -m "not slow"` is the quick run',
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

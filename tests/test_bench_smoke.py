@@ -20,6 +20,8 @@ from pyecho.bench.runner import SCENARIOS, TARGETS
 from pyecho.bench.servers import SERVER_MODES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
+pytestmark = pytest.mark.slow  # every server, every scenario: ~25 s
+
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 ALWAYS = ("floor", "native", "python", "asyncio")

@@ -30,7 +30,7 @@ def _sanitizers_link(tmp: Path) -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.parametrize("sanitize", ["OFF", "ON"])
+@pytest.mark.parametrize("sanitize", ["OFF", pytest.param("ON", marks=pytest.mark.slow)])
 def test_c_unit_tests(tmp_path: Path, sanitize: str) -> None:
     if shutil.which("cmake") is None or shutil.which("ctest") is None:
         pytest.skip("cmake/ctest are not installed: the C unit tests need them")
@@ -47,6 +47,7 @@ def test_c_unit_tests(tmp_path: Path, sanitize: str) -> None:
             "-DCMAKE_BUILD_TYPE=Debug",
             "-DPYECHO_BUILD_TESTS=ON",
             f"-DPYECHO_SANITIZE={sanitize}",
+            "-DPYECHO_WERROR=ON",  # the C tests hold the code to no warnings
         ]
     )
     assert configure.returncode == 0, configure.stdout + configure.stderr

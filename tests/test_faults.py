@@ -46,6 +46,7 @@ class RssSampler(threading.Thread):
         return max(self.peak, self.server.peak_rss())
 
 
+@pytest.mark.slow  # 256 MiB per engine and mode
 @pytest.mark.parametrize("mode", ["raw", "line"])
 def test_slow_reader_memory_stays_bounded_and_nothing_is_lost(engine: str, mode: str) -> None:
     """A client sends 256 MiB without reading: the server stops reading it
@@ -162,6 +163,7 @@ def test_reset_in_the_middle_of_a_transfer(engine: str, mode: str) -> None:
     assert open_fds() == fds
 
 
+@pytest.mark.slow  # 16 MiB per engine and mode
 @pytest.mark.parametrize("mode", ["raw", "line"])
 def test_half_close_of_a_large_transfer(engine: str, mode: str) -> None:
     """16 MiB, then shutdown(SHUT_WR): the whole echo (a final partial line

@@ -54,6 +54,7 @@ _stream = st.lists(
 ).map(b"".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mode=st.integers(0, 2),

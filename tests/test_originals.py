@@ -1,23 +1,31 @@
 """The original server.c and client.c, compiled unmodified from the design
 notes, working with pyecho in both directions, with either engine.
 
-The originals hard-code 127.0.0.1:12345, so these tests use that port and
-must not run in parallel with each other (pytest runs them one by one).
+The originals hard-code 127.0.0.1:12345. So that they never collide with a
+running `pyecho serve` or with another test run, each test runs its
+processes (the original and pyecho alike) in a private network namespace of
+its own (`unshare --net`, then `nsenter`; root or CAP_SYS_ADMIN). Where no
+namespace can be made, the tests use the machine's port 12345 if it is free
+and skip, saying so, if it is not.
+
+The originals are the two C programs of the study notes on sockets that
+pyecho grew from; PYECHO_SEED_DIR names the folder that holds them (default:
+../shared/seed beside this repository), see README.md.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import ENGINES
-from procs import PYECHO, Proc, serve
+from procs import PYECHO, Proc
 
 SEED = Path(
     os.environ.get("PYECHO_SEED_DIR", Path(__file__).resolve().parents[2] / "shared" / "seed")
@@ -44,17 +52,89 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: _compile(name, out) for name in ("server", "client")}
 
 
-def _wait_port(listening: bool) -> None:
-    """Wait (bounded) until something listens on 12345, or nothing does."""
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            if (s.connect_ex(("127.0.0.1", PORT)) == 0) == listening:
-                return
-        if time.monotonic() > deadline:
-            state = "nothing listens" if listening else "another program still listens"
-            raise AssertionError(f"{state} on port {PORT}")
-        time.sleep(0.02)
+class Net:
+    """Where a test's processes run: a private network namespace (held open
+    by a process inside it, which ends when its stdin closes) or, without
+    one, the machine's own network."""
+
+    def __init__(self) -> None:
+        self.holder: subprocess.Popen | None = None
+        self.why_not = ""
+        if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+            self.why_not = "unshare/nsenter (util-linux) are not installed"
+            return
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        holder = subprocess.Popen(
+            ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec cat"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        if holder.stdout.readline() == b"up\n":  # type: ignore[union-attr]
+            self.holder = holder
+            return
+        holder.kill()
+        _, err = holder.communicate(timeout=10)
+        self.why_not = f"unshare --net failed: {err.decode(errors='replace').strip()}"
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv run inside the namespace (nsenter execs it: same pid, same signals)."""
+        if self.holder is None:
+            return argv
+        return ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "--", *argv]
+
+    def listening(self, port: int) -> bool:
+        """Whether a TCP socket listens on ``port`` in this network, from the
+        kernel's table (the test process itself is outside the namespace)."""
+        pid = self.holder.pid if self.holder is not None else "self"
+        for table in ("tcp", "tcp6"):
+            try:
+                lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            except FileNotFoundError:  # no IPv6
+                continue
+            for line in lines:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    return True
+        return False
+
+    def wait_port(self, listening: bool) -> None:
+        """Wait (bounded) until something listens on 12345, or nothing does."""
+        deadline = time.monotonic() + 10
+        while self.listening(PORT) != listening:
+            if time.monotonic() > deadline:
+                state = "nothing listens" if listening else "another program still listens"
+                raise AssertionError(f"{state} on port {PORT}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self.holder is not None:
+            self.holder.stdin.close()  # type: ignore[union-attr]
+            self.holder.wait(10)
+            self.holder.stdout.close()  # type: ignore[union-attr]
+            self.holder.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def net() -> Iterator[Net]:
+    n = Net()
+    try:
+        if n.holder is None and n.listening(PORT):
+            pytest.skip(
+                f"port {PORT}, which the originals hard-code, is in use here (a running "
+                f"`pyecho serve`?) and there is no private network namespace to run them "
+                f"in ({n.why_not})"
+            )
+        yield n
+    finally:
+        n.close()
+
+
+def _serve(net: Net, cwd: Path, engine: str) -> tuple[Proc, int]:
+    """`pyecho serve` on 12345 in ``net``; the process and the port it reports."""
+    server = Proc(net.wrap([*PYECHO, "serve", "--port", str(PORT), "--engine", engine]), cwd)
+    return server, int(server.expect(r"serving on 127\.0\.0\.1:(\d+)").group(1))
 
 
 def _line_buffered(argv: list[str]) -> list[str]:
@@ -65,14 +145,14 @@ def _line_buffered(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_original_client_against_pyecho_serve(
-    originals: dict[str, Path], tmp_path: Path, engine: str
+    originals: dict[str, Path], net: Net, tmp_path: Path, engine: str
 ) -> None:
-    _wait_port(listening=False)
-    server, port = serve(tmp_path, "--engine", engine, port=PORT)
+    net.wait_port(listening=False)
+    server, port = _serve(net, tmp_path, engine)
     try:
         assert port == PORT
         result = subprocess.run(
-            [str(originals["client"])],
+            net.wrap([str(originals["client"])]),
             input=b"hello world\nsecond exit\n",
             capture_output=True,
             timeout=30,
@@ -88,14 +168,14 @@ def test_original_client_against_pyecho_serve(
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pyecho_client_against_original_server(
-    originals: dict[str, Path], tmp_path: Path, engine: str
+    originals: dict[str, Path], net: Net, tmp_path: Path, engine: str
 ) -> None:
-    _wait_port(listening=False)
-    server = Proc(_line_buffered([str(originals["server"])]), tmp_path)
+    net.wait_port(listening=False)
+    server = Proc(net.wrap(_line_buffered([str(originals["server"])])), tmp_path)
     try:
-        _wait_port(listening=True)
+        net.wait_port(listening=True)
         result = subprocess.run(
-            [*PYECHO, "client", "--engine", engine],
+            net.wrap([*PYECHO, "client", "--engine", engine]),
             cwd=tmp_path,
             input=b"a b\nexit\n",
             capture_output=True,
@@ -112,14 +192,16 @@ def test_pyecho_client_against_original_server(
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pyecho_client_sees_the_original_server_go_away(
-    originals: dict[str, Path], tmp_path: Path, engine: str
+    originals: dict[str, Path], net: Net, tmp_path: Path, engine: str
 ) -> None:
-    _wait_port(listening=False)
-    server = Proc(_line_buffered([str(originals["server"])]), tmp_path)
+    net.wait_port(listening=False)
+    server = Proc(net.wrap(_line_buffered([str(originals["server"])])), tmp_path)
     client = None
     try:
-        _wait_port(listening=True)
-        client = Proc([*PYECHO, "client", "--engine", engine], tmp_path, stdin=subprocess.PIPE)
+        net.wait_port(listening=True)
+        client = Proc(
+            net.wrap([*PYECHO, "client", "--engine", engine]), tmp_path, stdin=subprocess.PIPE
+        )
         client.popen.stdin.write(b"ping\n")
         client.popen.stdin.flush()
         assert client.expect("^ping$").group(0) == "ping"

@@ -14,10 +14,13 @@ import socket
 import threading
 import time
 
+import pytest
 from procserver import ProcServer
 
 import pyecho
 from conftest import LOOPBACK, SANITIZED, open_fds, raise_fd_limit, scaled, wait_for
+
+pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 

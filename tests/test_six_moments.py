@@ -117,6 +117,7 @@ def test_5_server_side_when_the_client_closes(session) -> None:
     server_released_connection(server, baseline)
 
 
+@pytest.mark.slow  # ~2 s each
 @pytest.mark.parametrize("session", PAIRS, indirect=True)
 def test_6_server_side_on_the_exit_word(session) -> None:
     server, client, baseline, port = session

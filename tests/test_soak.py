@@ -26,11 +26,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
 from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
 from conftest import SANITIZED, scaled, wait_for
+
+pytestmark = pytest.mark.slow
 
 MAX_LINE = 4096
 LINE_ALPHABET = b"abcdefgh \r\n"  # cannot spell the quit word

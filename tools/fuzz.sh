@@ -35,7 +35,7 @@ fi
 
 echo "== libFuzzer: C framing under ASan+UBSan, ${seconds}s"
 if command -v clang >/dev/null; then
-    CC=clang cmake -S . -B build-fuzz -DPYECHO_BUILD_FUZZ=ON >/dev/null
+    CC=clang cmake -S . -B build-fuzz -DPYECHO_BUILD_FUZZ=ON -DPYECHO_WERROR=ON >/dev/null
     cmake --build build-fuzz --target fuzz_scan -j"$(nproc)" >/dev/null
     if ! build-fuzz/fuzz_scan -max_total_time="$seconds" -artifact_prefix="$artifacts/" \
         "$work/c-corpus" fuzz/corpus >"$work/libfuzzer.log" 2>&1; then

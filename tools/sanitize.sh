@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 build="${PYECHO_SANITIZE_BUILD:-build-sanitize}"
 CC="${CC:-gcc}" cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DPYECHO_SANITIZE=ON -DPYECHO_BUILD_TESTS=ON >/dev/null
+    -DPYECHO_SANITIZE=ON -DPYECHO_BUILD_TESTS=ON -DPYECHO_WERROR=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 
 echo "== C tests under ASan+UBSan+LSan"

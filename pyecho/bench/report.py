@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,28 @@ COLORS = {
 }
 
 
+# One connection: the figures are the machine's wake-up latency more than the
+# server's work, and a server can come out far from the floor by luck alone.
+# Every table and the plot mark that scenario and say so next to it.
+WAKEUP_MARK = " *"
+WAKEUP_NOTE = (
+    "* One connection: each round trip puts the server and the load generator to sleep "
+    "and wakes them again, often on the other CPU, so these figures measure the "
+    "machine's (a VM's) wake-up latency more than the server, and which server wakes "
+    "faster varies from run to run (a quick run once showed uvloop at 2.6x the floor). "
+    "Compare servers at 50 connections; docs/BENCHMARKS.md explains."
+)
+
+
+def _one_connection(result: dict[str, Any]) -> bool:
+    return any(s["connections"] == 1 and not s["idle"] for s in result["scenarios"])
+
+
 def _labels(result: dict[str, Any]) -> dict[str, str]:
-    return {s["name"]: s["label"] for s in result["scenarios"]}
+    return {
+        s["name"]: s["label"] + (WAKEUP_MARK if s["connections"] == 1 and not s["idle"] else "")
+        for s in result["scenarios"]
+    }
 
 
 def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -125,6 +146,8 @@ def render_table(result: dict[str, Any]) -> str:
         f"Medians of {result['options']['runs']} run(s), {result['options']['duration']:g} s each",
         _text_table(THROUGHPUT_HEAD, _throughput_rows(result)),
     ]
+    if _one_connection(result):
+        parts += [textwrap.fill(WAKEUP_NOTE, 100, break_on_hyphens=False)]
     if _idle_rows(result):
         parts += ["", _text_table(IDLE_HEAD, _idle_rows(result))]
     parts += [
@@ -166,6 +189,8 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
         "",
         _md_table(THROUGHPUT_HEAD, _throughput_rows(result)),
     ]
+    if _one_connection(result):
+        out += ["", "\\" + WAKEUP_NOTE]  # escaped: a leading * would make a list item
     if _idle_rows(result):
         out += ["", "## Idle connections held", "", _md_table(IDLE_HEAD, _idle_rows(result), 1)]
     out += ["", "## Targets", "", _md_table(TARGET_HEAD, _target_rows(result), 1)]
@@ -194,26 +219,39 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(result: dict[str, Any], path: Path) -> str | None:
-    """Write the PNG; returns why not (matplotlib missing) or None."""
-    try:
-        import matplotlib
+def _short(value: float) -> str:
+    """A bar's value in a few characters: 3.4M, 183k, 1.6k, 23.8, 0.29."""
+    if value >= 1e6:
+        return f"{value / 1e6:.1f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.3g}"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'pyecho[bench]')"
+
+def figure(result: dict[str, Any]) -> Any:
+    """The plot as a matplotlib Figure (matplotlib must be importable)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     summary = result["summary"]
     labels = _labels(result)
     scenarios = [s for s in summary if s != "idle"]
     panels = [
-        ("rt_per_s", "round trips / s (higher is better)", 1.0),
-        ("cpu_us_per_rt", "server CPU us per round trip (lower is better)", 1.0),
-        ("lat_p99_us", "p99 latency, us (lower is better)", 1.0),
+        ("rt_per_s", "round trips / s (higher is better)", "round trips per second"),
+        (
+            "cpu_us_per_rt",
+            "server CPU us per round trip (lower is better)",
+            "server CPU per round trip (us)",
+        ),
+        ("lat_p99_us", "p99 latency, us (lower is better)", "99th percentile round trip (us)"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     flat = list(axes.flat)
-    for ax, (metric, title, scale) in zip(flat[:3], panels, strict=True):
+    for ax, (metric, title, ylabel) in zip(flat[:3], panels, strict=True):
         servers = [s for s in SERVERS if any(s in summary[sc] for sc in scenarios)]
         width = 0.8 / max(1, len(servers))
         for i, server in enumerate(servers):
@@ -222,17 +260,21 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
                 m = summary[sc].get(server)
                 if m is not None and m.get(metric):
                     xs.append(j + (i - (len(servers) - 1) / 2) * width)
-                    ys.append(m[metric] * scale)
-            ax.bar(xs, ys, width, label=server, color=COLORS.get(server))
+                    ys.append(m[metric])
+            bars = ax.bar(xs, ys, width, label=server, color=COLORS.get(server))
+            ax.bar_label(bars, [_short(y) for y in ys], rotation=90, fontsize=6, padding=2)
         ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * 4)  # room for the labels above the bars (log scale)
         ax.set_title(title)
+        ax.set_ylabel(ylabel)
         ax.set_xticks(range(len(scenarios)))
         ax.set_xticklabels(
             [labels.get(s, s) for s in scenarios], rotation=25, ha="right", fontsize=8
         )
         ax.grid(axis="y", alpha=0.3)
     if scenarios:
-        flat[0].legend(fontsize=8)
+        flat[0].legend(fontsize=8, ncol=len(SERVERS), loc="upper left")
     else:
         for ax in flat[:3]:
             ax.set_visible(False)
@@ -241,11 +283,15 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
     servers = [s for s in SERVERS if s in idle]
     if servers:
         ys = [idle[s]["rss_per_conn_bytes"] for s in servers]
-        ax.bar(servers, ys, color=[COLORS.get(s) for s in servers])
+        bars = ax.bar(servers, ys, color=[COLORS.get(s) for s in servers])
+        # A value of 0 B draws no bar: the label says it was measured.
+        ax.bar_label(bars, [f"{y:,.0f} B" for y in ys], fontsize=8, padding=2)
         n = idle[servers[0]]["connections"]
-        ax.set_title(f"server RSS per idle connection, bytes ({n:,} held)")
+        ax.set_title(f"server RSS per idle connection ({n:,} held)")
+        ax.set_ylabel("bytes of RSS per connection")
         ax.axhline(2048, color="red", linestyle="--", linewidth=1, label="target: 2 KiB")
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, max([*ys, 2048]) * 1.15)
+        ax.legend(fontsize=8, loc="upper left")
         ax.grid(axis="y", alpha=0.3)
     else:
         ax.set_visible(False)
@@ -255,7 +301,29 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
         f"{m['cpu']}, {m['cpus']} CPUs, {m['kernel']}, {m['python']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    bottom = 0.0
+    if scenarios and _one_connection(result):
+        fig.text(
+            0.01,
+            0.01,
+            textwrap.fill(WAKEUP_NOTE, 190, break_on_hyphens=False),
+            fontsize=8,
+            va="bottom",
+        )
+        bottom = 0.05
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def plot(result: dict[str, Any], path: Path) -> str | None:
+    """Write the PNG; returns why not (matplotlib missing) or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed (pip install 'pyecho[bench]')"
+    fig = figure(result)
     fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
     return None

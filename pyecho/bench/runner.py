@@ -488,16 +488,8 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
     try:
         _native.load()  # the load generator is in the C core
-    except _native.NativeUnavailableError as e:
+    except _native.NativeUnavailableError as e:  # says what to do, from a checkout too
         print(f"error: {e}", file=sys.stderr)
-        source_tree = Path(_native.__file__).resolve().parents[1]
-        if (source_tree / "csrc").is_dir():
-            print(
-                f"note: pyecho was imported from its source tree ({source_tree}), which has "
-                "no built library: run from another directory, or run "
-                "`python benchmarks/native_vs_python.py`",
-                file=sys.stderr,
-            )
         return 2
 
     limit = raise_nofile_limit()

@@ -1,0 +1,84 @@
+"""What an install gives a user: one version, the typing marker, and a clear
+way out of the first stumble (running from the source checkout).
+
+Building and checking the sdist and the manylinux wheel themselves (twine
+check, auditwheel) is tools/wheel.sh, which CI runs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cffi
+
+import pyecho
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(pyecho.__file__).resolve().parent
+
+
+def test_version_is_the_installed_metadata() -> None:
+    assert pyecho.__version__ == importlib.metadata.version("pyecho")
+
+
+def test_the_package_is_marked_typed() -> None:
+    assert (PACKAGE / "py.typed").is_file()
+
+
+def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:
+    """Import pyecho with ``cwd`` first on the path, as `python -m pyecho` from
+    a repository root does. -S keeps site-packages' .pth files (an editable
+    install's import hook) out; PYTHONPATH still finds cffi."""
+    code = (
+        "import pyecho\n"
+        "print('FROM', pyecho.__file__)\n"
+        "try:\n"
+        "    pyecho.EchoServer(('127.0.0.1', 0), engine='native')\n"
+        "except pyecho.NativeUnavailableError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYECHO_LIBRARY"}
+    env["PYTHONPATH"] = str(Path(cffi.__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _copy_package(to: Path) -> Path:
+    """The package's Python sources, without any built library."""
+    shutil.copytree(PACKAGE, to / "pyecho", ignore=shutil.ignore_patterns("*.so", "*.h"))
+    return to / "pyecho"
+
+
+def test_running_from_the_source_checkout_says_what_is_happening(tmp_path: Path) -> None:
+    # A checkout as a clone has it: pyproject.toml and csrc/ beside pyecho/.
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
+    package = _copy_package(tmp_path)
+    out = _try_native_from(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"FROM {package / '__init__.py'}" in out.stdout
+    assert (
+        f"You are importing the source checkout at {package} (no built library there): "
+        "run from another folder, or install it editable with `pip install -e .`, "
+        "or use engine='python'." in out.stdout
+    )
+    assert "pip install .`" not in out.stdout  # the command the user just ran
+
+
+def test_a_package_without_its_library_is_not_called_a_checkout(tmp_path: Path) -> None:
+    package = _copy_package(tmp_path)
+    out = _try_native_from(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"ERR pyecho's native engine is not built: {package / 'libpyecho_core.so'}" in out.stdout
+    assert "Install the package with `pip install .`" in out.stdout
+    assert "source checkout" not in out.stdout
