@@ -221,7 +221,7 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
         dest="transport",
         action="store_const",
         const="udp",
-        help="UDP echo (RFC 862 over UDP): the same as --transport udp",
+        help="UDP echo (RFC 862 over UDP): the same as --transport udp (default: TCP)",
     )
 
 
