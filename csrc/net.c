@@ -83,7 +83,7 @@ int net_connect(const char *host, int port, int type, int timeout_ms, int *fd_ou
 {
     net_addr addr;
     socklen_t len;
-    int fd, err = 0, one = 1;
+    int fd, err = 0, one = 1, zero = 0;
     socklen_t errlen = sizeof err;
     int rc = net_resolve(host, port, &addr, &len);
 
@@ -95,6 +95,10 @@ int net_connect(const char *host, int port, int type, int timeout_ms, int *fd_ou
     /* Echo traffic is request/response: do not wait to coalesce. */
     if (type == SOCK_STREAM)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* An IPv4-mapped address (::ffff:127.0.0.1) works whatever the default. */
+    if (addr.sa.sa_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0)
+        return close_with(fd, -errno);
     if (connect(fd, &addr.sa, len) != 0) {
         if (errno != EINPROGRESS)
             return close_with(fd, -errno);
@@ -112,19 +116,23 @@ int net_connect(const char *host, int port, int type, int timeout_ms, int *fd_ou
 
 int net_format(const net_addr *addr, char *host, size_t hostlen, int *port)
 {
-    const void *raw;
+    int rc;
 
-    if (addr->sa.sa_family == AF_INET) {
-        raw = &addr->in4.sin_addr;
+    if (addr->sa.sa_family == AF_INET)
         *port = ntohs(addr->in4.sin_port);
-    } else if (addr->sa.sa_family == AF_INET6) {
-        raw = &addr->in6.sin6_addr;
+    else if (addr->sa.sa_family == AF_INET6)
         *port = ntohs(addr->in6.sin6_port);
-    } else {
+    else
         return -EAFNOSUPPORT;
-    }
-    if (inet_ntop(addr->sa.sa_family, raw, host, (socklen_t)hostlen) == NULL)
-        return -errno;
+    /*
+     * getnameinfo() rather than inet_ntop(): it keeps an IPv6 scope
+     * ("fe80::1%eth0"), so the address can be connected to again, and it is
+     * what the Python engine calls (pyecho/_config.py numeric_host()).
+     */
+    rc = getnameinfo(&addr->sa, net_addr_len(addr), host, (socklen_t)hostlen, NULL, 0,
+                     NI_NUMERICHOST);
+    if (rc != 0)
+        return rc == EAI_SYSTEM ? -errno : rc == EAI_OVERFLOW ? -ENOSPC : -EINVAL;
     return 0;
 }
 

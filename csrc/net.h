@@ -17,7 +17,12 @@ typedef union net_addr {
     struct sockaddr_in6 in6;
 } net_addr;
 
-/* Resolve a numeric host and port (no DNS: Python resolves names). */
+/* Longest numeric host net_format() writes, with its NUL: an IPv6 address
+ * (INET6_ADDRSTRLEN), "%" and an interface name or index (IF_NAMESIZE). */
+#define NET_HOSTLEN 64
+
+/* Resolve a numeric host and port (no DNS: Python resolves names); an IPv6
+ * host may carry a scope ("fe80::1%eth0", "fe80::1%2"). */
 int net_resolve(const char *host, int port, net_addr *addr, socklen_t *len);
 /*
  * A non-blocking bound socket of type SOCK_STREAM (listening, with
@@ -29,7 +34,10 @@ int net_listen(const char *host, int port, int type, int backlog, int *fd);
 int net_connect(const char *host, int port, int type, int timeout_ms, int *fd);
 /* The length of addr's sockaddr for its family. */
 socklen_t net_addr_len(const net_addr *addr);
-/* Numeric host and port of addr; host gets at most hostlen bytes. */
+/*
+ * Numeric host and port of addr; host gets at most hostlen bytes. An IPv6
+ * address with a scope keeps it: "fe80::1%eth0" (NET_HOSTLEN bytes hold any).
+ */
 int net_format(const net_addr *addr, char *host, size_t hostlen, int *port);
 /*
  * poll() one fd for events: the events that occurred (> 0), -ETIMEDOUT when

@@ -161,7 +161,7 @@ typedef struct echo_event {
     int kind;          /* enum echo_event_kind */
     uint64_t conn_id;  /* 1, 2, ... in accept order (0 for DROP) */
     int reason;        /* enum echo_close_reason or echo_drop_reason */
-    char host[64];     /* peer address, numeric */
+    char host[64];     /* peer address, numeric ("fe80::1%eth0": scope kept) */
     int port;
     uint64_t count;    /* DROP: datagrams */
 } echo_event;

@@ -32,6 +32,9 @@
 
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
+/* Events carry any address net_format() writes, IPv6 scope included. */
+_Static_assert(sizeof(((echo_event *)0)->host) >= NET_HOSTLEN, "echo_event.host too small");
+
 typedef struct conn_fx conn_fx;
 
 typedef struct conn {

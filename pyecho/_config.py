@@ -7,6 +7,7 @@ the C core checks again (echo_config_check) but is never handed garbage.
 from __future__ import annotations
 
 import math
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -388,12 +389,22 @@ def check_data(data: Any) -> bytes:
     raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
 
 
+# The longest host name DNS allows (RFC 1035), in characters.
+MAX_HOST = 253
+# Where a client given the unspecified address connects: this machine, as
+# Linux does, made explicit so that every engine and system agrees.
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
 def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
     """[(family, numeric host, port)] for a (host, port) pair, best first.
 
     Names are resolved here, once, for both engines; "" means all IPv4
     interfaces for a server, as the original's INADDR_ANY did. A server binds
-    the first address; a client tries each in turn.
+    the first address; a client tries each in turn. A client given "::" or
+    "0.0.0.0" connects to loopback ("::1", "127.0.0.1"). An IPv6 scope
+    ("fe80::1%eth0") is kept: the numeric hosts are as ``numeric_host()``
+    writes them, which both engines read back (``sockaddr()``, net_resolve).
     """
     if not isinstance(address, tuple) or len(address) != 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
@@ -405,17 +416,92 @@ def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
     port = check_port(port, allow_zero=server)
     if host == "":
         host = "0.0.0.0" if server else DEFAULT_HOST
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
-    )
+    name = _check_host(host)
+    try:
+        infos = socket.getaddrinfo(
+            name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
+        )
+    except UnicodeError as e:  # from the IDNA codec: a label over 63 characters, say
+        raise ValueError(f"host {_shown(host)} is not a valid host name: {e}") from None
     found: list[tuple[int, str, int]] = []
-    for family, _, _, _, sockaddr in infos:
-        entry = (int(family), str(sockaddr[0]), port)
-        if family in (socket.AF_INET, socket.AF_INET6) and entry not in found:
+    for family, _, _, _, addr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        numeric = numeric_host(addr)
+        if not server:
+            numeric = _UNSPECIFIED.get(numeric, numeric)
+        entry = (int(family), numeric, port)
+        if entry not in found:
             found.append(entry)
     if not found:
         raise socket.gaierror(socket.EAI_FAMILY, f"no IPv4 or IPv6 address for {host!r}")
     return found
+
+
+def _shown(host: str) -> str:
+    """A host for an error message: quoted, cut short if very long."""
+    return repr(host) if len(host) <= 60 else repr(host[:40]) + f"... ({len(host)} characters)"
+
+
+def _check_host(host: str) -> str:
+    """The host as getaddrinfo() takes it, or ValueError for one that cannot
+    be an address or a name. An IPv6 scope given as an interface name becomes
+    its index, which getaddrinfo() takes for any IPv6 address (by name, only
+    for link-local ones)."""
+    if len(host) > MAX_HOST:
+        raise ValueError(
+            f"host {_shown(host)} is too long: {len(host)} characters, at most {MAX_HOST}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(
+            f"host {host!r} has brackets: give the address without them ({host[1:-1]!r}); "
+            "brackets only set an IPv6 address apart from its port, as in [::1]:12345"
+        )
+    if "%" not in host:
+        return host
+    addr, _, zone = host.partition("%")
+    try:
+        socket.inet_pton(socket.AF_INET6, addr)
+    except OSError:
+        raise ValueError(
+            f"host {_shown(host)}: a scope (after %) follows only an IPv6 address, "
+            "as in fe80::1%eth0"
+        ) from None
+    if zone.isascii() and zone.isdigit() and int(zone) <= 0xFFFFFFFF:
+        return host  # an interface index
+    # An interface name as Linux allows them: up to 15 characters, no "/" or ":".
+    if not (zone.isascii() and zone.isprintable() and re.fullmatch(r"[^\s/:%]{1,15}", zone)):
+        raise ValueError(
+            f"host {_shown(host)}: the scope after % must be a network interface's name "
+            "or index, as in fe80::1%eth0 or fe80::1%2"
+        )
+    try:
+        index = socket.if_nametoindex(zone)
+    except OSError:
+        raise socket.gaierror(
+            socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {host!r})"
+        ) from None
+    return f"{addr}%{index}"
+
+
+def numeric_host(addr: tuple) -> str:
+    """A socket address's host as both engines write it (getnameinfo(), as
+    net_format() in csrc/net.c): an IPv6 address with a scope keeps it, by
+    interface name for a link-local address ("fe80::1%eth0"), so that it can
+    be connected to again."""
+    if len(addr) == 4 and addr[3]:
+        return socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+    return str(addr[0])
+
+
+def sockaddr(family: int, host: str, port: int) -> tuple:
+    """The socket address for a numeric host from resolve() or numeric_host():
+    an IPv6 scope becomes the address's scope id (as net_resolve() does)."""
+    if family == socket.AF_INET6 and "%" in host:
+        return socket.getaddrinfo(  # type: ignore[no-any-return]
+            host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        )[0][4]
+    return (host, port)
 
 
 def hostport(host: str, port: int) -> str:

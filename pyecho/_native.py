@@ -274,7 +274,7 @@ class NativeServer:
             self._lib.echo_server_stop(self._srv)
 
     def address(self) -> tuple[str, int]:
-        host = self._ffi.new("char[64]")
+        host = self._ffi.new("char[64]")  # NET_HOSTLEN (csrc/net.h)
         port = self._ffi.new("int *")
         _check(self._lib.echo_server_address(self._srv, host, 64, port))
         return self._ffi.string(host).decode(), port[0]

@@ -12,7 +12,7 @@ import os
 import select
 import socket
 
-from ._config import REPLY_CLOSED, REPLY_OPEN, REPLY_SHORT, Config
+from ._config import REPLY_CLOSED, REPLY_OPEN, REPLY_SHORT, Config, sockaddr
 from ._framing import scanner
 
 TRACK_CHUNK = 64 * 1024
@@ -43,8 +43,12 @@ class PyClient:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if family == socket.AF_INET6:
+                # An IPv4-mapped address (::ffff:127.0.0.1) works whatever
+                # the system's default, as in csrc/net.c.
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self._sock.setblocking(False)
-            err = self._sock.connect_ex((host, port))
+            err = self._sock.connect_ex(sockaddr(family, host, port))
             if err == errno.EINPROGRESS:
                 self._wait(select.POLLOUT)
                 err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
-from ._config import CLOSE_REASONS, Config, Event, Stats, idle_timeout_ms
+from ._config import CLOSE_REASONS, Config, Event, Stats, idle_timeout_ms, numeric_host, sockaddr
 from ._framing import scanner
 from ._pyloop import READ, WRITE, Loop, Timer
 
@@ -55,7 +55,7 @@ class _Conn:
         self.last_active_ms = now  # or, lingering, when the lingering began
         self.held = b""  # line mode: a partial line, fewer than max_line bytes
         self.out = bytearray()  # echo the client has not taken yet
-        self.peer = (peer[0], peer[1])
+        self.peer = (numeric_host(peer), peer[1])
 
 
 class PyServer:
@@ -91,7 +91,7 @@ class PyServer:
             self._listener = socket.socket(family, socket.SOCK_STREAM)
             # Restarting right after a stop must not fail on TIME_WAIT sockets.
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind((host, port))
+            self._listener.bind(sockaddr(family, host, port))
             self._listener.listen(cfg.backlog)
             self._listener.setblocking(False)
             self._loop.io_start(self._listener, READ, self._on_acceptable)
@@ -398,8 +398,8 @@ class PyServer:
     # ---- life cycle ----
 
     def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return host, port
+        addr = self._listener.getsockname()
+        return numeric_host(addr), addr[1]
 
     def stop(self) -> None:
         self._stop = True

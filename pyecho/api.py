@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -41,6 +42,18 @@ from ._faults import Faults, faults_ints
 POLL_INTERVAL = 0.1
 
 _T = TypeVar("_T")
+
+
+def _at(error: OSError, host: str, port: int) -> OSError:
+    """error naming the address it happened at, as an OSError names its file:
+    ``[Errno 99] Cannot assign requested address: '[::1]:12345'``. The same
+    class, errno and strerror (pyecho.cli explains it by those)."""
+    if error.errno is None or error.filename is not None:
+        return error
+    if isinstance(error, (TimeoutError, socket.gaierror)):
+        return error  # a message of its own, naming the server or the host
+    named = OSError(error.errno, error.strerror, hostport(host, port))
+    return named.with_traceback(error.__traceback__)
 
 
 def _engine_classes(engine: str) -> tuple[ServerFactory, ClientFactory]:
@@ -125,9 +138,12 @@ class EchoServer:
         self._done = threading.Event()
         self._done.set()
         self._thread: threading.Thread | None = None
-        self._core: ServerEngine | None = server_cls(
-            self.config, family, host, port, None if on_event is None else self._on_event
-        )
+        try:
+            self._core: ServerEngine | None = server_cls(
+                self.config, family, host, port, None if on_event is None else self._on_event
+            )
+        except OSError as e:
+            raise _at(e, host, port) from None
         self.server_address: tuple[str, int] = self._core.address()
         if faults is not None:
             self.set_faults(faults)
@@ -357,11 +373,11 @@ class EchoClient:
                 connect = functools.partial(client_cls, self.config, family, host, port, timeout)
                 self._core = self._timed("connect", connect, timeout)
             except OSError as e:
-                error = e
+                error = _at(e, host, port)
                 continue
             return
         assert error is not None
-        raise error
+        raise error from None
 
     def _open(self) -> ClientEngine:
         if self._core is None:
