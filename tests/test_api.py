@@ -590,6 +590,9 @@ def test_a_restarted_idle_server_sleeps_after_stops_that_raced_it(engine: str) -
             share = idle_cpu_share(0.03)
             assert share < 0.5, f"session {cycle} spun at {share:.0%} CPU while idle"
             pumps = Pumps(server.server_address, 20)
+            # All connected and served (one connecting after the shutdown
+            # would wait in the backlog for the next session, not end).
+            wait_for(lambda: server.stats.open == 20, 10, "the 20 pumps to be served")
             time.sleep(0.02)
             server.shutdown()  # while the loop is busy: the race
             pumps.join()

@@ -81,7 +81,10 @@ def test_lingering_connections_count_toward_max_clients() -> None:
             refused = extra.recv()
         wait_for(lambda: server.stats.rejected == 1, 10)
         replies += [c.echo(b"still %d\n" % i) for i, c in enumerate(served)]
-        for c in served + quitters:
+        for i, c in enumerate(served):  # one at a time: two closes would race
+            c.close()
+            wait_for(lambda i=i: server.stats.closed["peer"] == i + 1, 10)
+        for c in quitters:
             c.close()
         return replies, counts, refused
 
