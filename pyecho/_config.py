@@ -6,6 +6,7 @@ the C core checks again (echo_config_check) but is never handed garbage.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import socket
@@ -389,8 +390,9 @@ def check_data(data: Any) -> bytes:
     raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
 
 
-# The longest host name DNS allows (RFC 1035), in characters.
+# The longest host name DNS allows, and part of one (RFC 1035), in characters.
 MAX_HOST = 253
+MAX_LABEL = 63
 # Where a client given the unspecified address connects: this machine, as
 # Linux does, made explicit so that every engine and system agrees.
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -411,12 +413,10 @@ def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
     host, port = address
     if not isinstance(host, str):
         raise TypeError(f"host must be a str, not {type(host).__name__}")
-    if "\0" in host:
-        raise ValueError("host must not contain NUL characters")
+    name = _check_host(host)
     port = check_port(port, allow_zero=server)
     if host == "":
-        host = "0.0.0.0" if server else DEFAULT_HOST
-    name = _check_host(host)
+        name = "0.0.0.0" if server else DEFAULT_HOST
     try:
         infos = socket.getaddrinfo(
             name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE if server else 0
@@ -448,9 +448,16 @@ def _check_host(host: str) -> str:
     be an address or a name. An IPv6 scope given as an interface name becomes
     its index, which getaddrinfo() takes for any IPv6 address (by name, only
     for link-local ones)."""
+    if "\0" in host:
+        raise ValueError("host must not contain NUL characters")
     if len(host) > MAX_HOST:
         raise ValueError(
             f"host {_shown(host)} is too long: {len(host)} characters, at most {MAX_HOST}"
+        )
+    if any(len(label) > MAX_LABEL for label in host.split(".")):
+        raise ValueError(
+            f"host {_shown(host)} is not a valid host name: a label (between dots) is longer "
+            f"than {MAX_LABEL} characters"
         )
     if host.startswith("[") and host.endswith("]"):
         raise ValueError(
@@ -458,6 +465,11 @@ def _check_host(host: str) -> str:
             "brackets only set an IPv6 address apart from its port, as in [::1]:12345"
         )
     if "%" not in host:
+        if _link_local(host):
+            raise ValueError(
+                f"host {host!r} is a link-local address: name the interface it is on, "
+                f"as in {host}%eth0 (or its index, {host}%2)"
+            )
         return host
     addr, _, zone = host.partition("%")
     try:
@@ -482,6 +494,15 @@ def _check_host(host: str) -> str:
             socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {host!r})"
         ) from None
     return f"{addr}%{index}"
+
+
+def _link_local(host: str) -> bool:
+    """Whether host is an IPv6 link-local address (fe80::/10), which is
+    ambiguous without the interface it is on."""
+    try:
+        return ipaddress.IPv6Address(host).is_link_local
+    except ValueError:
+        return False
 
 
 def numeric_host(addr: tuple) -> str:

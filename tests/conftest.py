@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,23 @@ import pyecho
 
 ENGINES = list(pyecho.ENGINES)
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
+
+
+def _no_ipv6() -> str:
+    """Why this machine has no IPv6 loopback, or "" if it has one."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind((LOOPBACK6, 0))
+    except OSError as e:
+        return f"no IPv6 loopback on this machine: {e}"
+    return ""
+
+
+NO_IPV6 = _no_ipv6()
+needs_ipv6 = pytest.mark.skipif(bool(NO_IPV6), reason=NO_IPV6 or "-")
+# The server addresses a scenario that looks at addresses runs over.
+HOSTS = [pytest.param(LOOPBACK, id="ipv4"), pytest.param(LOOPBACK6, id="ipv6", marks=needs_ipv6)]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -1,5 +1,7 @@
 """Run one scenario over {native, python} server x {native, python} client and
-check that the four transcripts are identical."""
+check that the four transcripts are identical. The server listens on
+127.0.0.1 unless told another host (``host="::1"``: the same scenario over
+IPv6)."""
 
 from __future__ import annotations
 
@@ -24,24 +26,26 @@ def run_one(
     client_engine: str,
     scenario: Scenario,
     *,
+    host: str = LOOPBACK,
     ordered_events: bool = True,
     **server_kw: Any,
 ) -> dict[str, Any]:
-    """Run scenario against a fresh server; its transcript, events and stats."""
+    """Run scenario against a fresh server on ``host``; its transcript, events
+    and stats. The scenario's ``client(to=None, **kw)`` connects to the
+    server's address, or to host ``to`` at its port."""
     rec = Recorder()
     connected = 0
     client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
 
-    def client(**kw: Any) -> pyecho.EchoClient:
+    def client(to: str | None = None, **kw: Any) -> pyecho.EchoClient:
         nonlocal connected
         opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
-        c = pyecho.EchoClient(server.server_address, **opts)
+        address = server.server_address if to is None else (to, server.server_address[1])
+        c = pyecho.EchoClient(address, **opts)
         connected += 1
         return c
 
-    with pyecho.EchoServer(
-        (LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw
-    ) as server:
+    with pyecho.EchoServer((host, 0), engine=server_engine, on_event=rec, **server_kw) as server:
         server.start()
         transcript = scenario(server, client)
         wait_for(

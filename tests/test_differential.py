@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from conftest import HOSTS, wait_for
 from differential import run_matrix
 
 pytestmark = pytest.mark.native  # the matrix runs the C core as server and client
@@ -26,6 +26,7 @@ def closes(stats: dict) -> dict:
     return {k: v for k, v in stats["closed"].items() if v}
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize(
     "mode, messages, replies",
     [
@@ -38,14 +39,14 @@ def closes(stats: dict) -> dict:
         ("seed", [b"a", b"hello\n", b"exit now"], [b"a", b"hello", b"exit now"]),
     ],
 )
-def test_short_and_empty_messages(mode: str, messages: list, replies: list) -> None:
+def test_short_and_empty_messages(host: str, mode: str, messages: list, replies: list) -> None:
     def scenario(server, client):
         with client() as c:
             return [c.echo(m) for m in messages]
 
-    result = run_matrix(scenario, mode=mode)
+    result = run_matrix(scenario, host=host, mode=mode)
     assert result["transcript"] == replies
-    assert result["events"] == [("open", 1, "127.0.0.1", None), ("close", 1, "127.0.0.1", "peer")]
+    assert result["events"] == [("open", 1, host, None), ("close", 1, host, "peer")]
     sent = sum(map(len, messages))
     assert result["stats"]["bytes_in"] == sent
     assert result["stats"]["bytes_out"] == sum(map(len, replies))
@@ -110,6 +111,7 @@ def test_fifty_concurrent_clients(mode: str) -> None:
     assert closes(result["stats"]) == {"peer": 50}
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize(
     "mode, quit_word, before, quit_message, echoed_before",
     [
@@ -122,16 +124,16 @@ def test_fifty_concurrent_clients(mode: str) -> None:
         ("line", b"exit", b"", b"a\nb\nexit\nignored\n", b"a\nb\n"),
     ],
 )
-def test_quit_word(mode, quit_word, before, quit_message, echoed_before) -> None:
+def test_quit_word(host, mode, quit_word, before, quit_message, echoed_before) -> None:
     def scenario(server, client):
         with client() as c:
             first = c.echo(before) if before else b""
             last = c.echo(quit_message)
             return first + last, c.server_closed, c.recv()
 
-    result = run_matrix(scenario, mode=mode, quit_word=quit_word)
+    result = run_matrix(scenario, host=host, mode=mode, quit_word=quit_word)
     assert result["transcript"] == (echoed_before, True, b"")
-    assert result["events"][-1] == ("close", 1, "127.0.0.1", "quit")
+    assert result["events"][-1] == ("close", 1, host, "quit")
     assert closes(result["stats"]) == {"quit": 1}
 
 
@@ -183,19 +185,21 @@ def test_line_split_across_sends_is_echoed_once_complete() -> None:
     assert run_matrix(scenario, mode="line")["transcript"] == b"hello world\n"
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_peer_close(mode: str) -> None:
+def test_peer_close(host: str, mode: str) -> None:
     def scenario(server, client):
         c = client()
         reply = c.echo(b"one\n")
         c.close()
         return reply
 
-    result = run_matrix(scenario, mode=mode)
+    result = run_matrix(scenario, host=host, mode=mode)
     assert result["transcript"] == (b"one" if mode == "seed" else b"one\n")
     assert closes(result["stats"]) == {"peer": 1}
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize(
     "mode, data, echoed",
     [
@@ -204,7 +208,9 @@ def test_peer_close(mode: str) -> None:
         ("seed", b"hello", b"hello"),
     ],
 )
-def test_half_close_echoes_everything_pending(mode: str, data: bytes, echoed: bytes) -> None:
+def test_half_close_echoes_everything_pending(
+    host: str, mode: str, data: bytes, echoed: bytes
+) -> None:
     def scenario(server, client):
         with client() as c:
             c.send(data)
@@ -214,13 +220,14 @@ def test_half_close_echoes_everything_pending(mode: str, data: bytes, echoed: by
                 received += chunk
             return received
 
-    result = run_matrix(scenario, mode=mode)
+    result = run_matrix(scenario, host=host, mode=mode)
     assert result["transcript"] == echoed
     assert closes(result["stats"]) == {"peer": 1}
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_abrupt_reset(mode: str) -> None:
+def test_abrupt_reset(host: str, mode: str) -> None:
     def scenario(server, client):
         c = client()
         c.echo(b"before reset\n")
@@ -231,13 +238,14 @@ def test_abrupt_reset(mode: str) -> None:
         c.close()
         return None
 
-    result = run_matrix(scenario, mode=mode)
+    result = run_matrix(scenario, host=host, mode=mode)
     assert closes(result["stats"]) == {"reset": 1}
-    assert result["events"][-1] == ("close", 1, "127.0.0.1", "reset")
+    assert result["events"][-1] == ("close", 1, host, "reset")
 
 
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("mode", MODES)
-def test_shutdown_with_clients_still_connected(mode: str) -> None:
+def test_shutdown_with_clients_still_connected(host: str, mode: str) -> None:
     def scenario(server, client):
         clients = [client() for _ in range(3)]
         for c in clients:
@@ -248,9 +256,10 @@ def test_shutdown_with_clients_still_connected(mode: str) -> None:
             c.close()
         return eofs
 
-    result = run_matrix(scenario, mode=mode, ordered_events=False)
+    result = run_matrix(scenario, host=host, mode=mode, ordered_events=False)
     assert result["transcript"] == [b"", b"", b""]
     assert closes(result["stats"]) == {"shutdown": 3}
+    assert result["events"] == [(("close", host, "shutdown"), 3), (("open", host, None), 3)]
 
 
 def test_half_close_makes_a_partial_line_owed() -> None:

@@ -13,13 +13,14 @@ from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
-from conftest import LOOPBACK, wait_for
+from conftest import HOSTS, LOOPBACK, wait_for
 from differential import run_matrix
 
 pytestmark = pytest.mark.native
 
 
-def test_max_clients_rejects_new_connections_only() -> None:
+@pytest.mark.parametrize("host", HOSTS)
+def test_max_clients_rejects_new_connections_only(host: str) -> None:
     """Past max_clients a new connection is closed at once and counted; the
     open ones keep working; a freed slot is usable again."""
 
@@ -41,7 +42,7 @@ def test_max_clients_rejects_new_connections_only() -> None:
             c.close()
         return replies, refused
 
-    result = run_matrix(scenario, mode="line", max_clients=3)
+    result = run_matrix(scenario, host=host, mode="line", max_clients=3)
     replies, refused = result["transcript"]
     assert replies == [
         b"held 0\n",
@@ -58,9 +59,11 @@ def test_max_clients_rejects_new_connections_only() -> None:
     assert stats["closed"]["peer"] == 4
     # Rejected connections produce no events: only the four served ones do.
     assert [e[0] for e in result["events"]].count("open") == 4
+    assert {e[2] for e in result["events"]} == {host}
 
 
-def test_lingering_connections_count_toward_max_clients() -> None:
+@pytest.mark.parametrize("host", HOSTS)
+def test_lingering_connections_count_toward_max_clients(host: str) -> None:
     """Defect 3: a client that sent the quit word and keeps its socket open
     lingers (up to 2 s) and holds a descriptor, so it counts toward
     max_clients. A new connection at the limit closes the oldest lingering
@@ -88,12 +91,13 @@ def test_lingering_connections_count_toward_max_clients() -> None:
             c.close()
         return replies, counts, refused
 
-    result = run_matrix(scenario, mode="line", max_clients=2)
+    result = run_matrix(scenario, host=host, mode="line", max_clients=2)
     replies, counts, refused = result["transcript"]
     assert replies == [b"bye 0\n", b"bye 1\n", b"served 0\n", b"served 1\n", b"still 0\n"] + [
         b"still 1\n"
     ]
     assert counts == [(2, 1), (2, 2)] and refused == b""
+    assert {e[2] for e in result["events"]} == {host}
     assert [e[:2] + e[3:] for e in result["events"]] == [
         ("open", 1, None),
         ("open", 2, None),
