@@ -1,0 +1,79 @@
+"""Run inside a network namespace by tests/test_ipv6_netns.py: serve on one
+address with one engine, connect to it from others with another engine,
+echo once each, and print what happened as one JSON object.
+
+    python nsprobe.py --server native --client python --serve fe80::1%v0 \
+        --connect - --connect fe80::1%v0
+
+``--connect -`` connects to the server's own address (server_address).
+Errors are reported, not raised: [class name, errno, str()].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import pyecho
+from pyecho._config import resolve
+
+WAIT = 10.0  # seconds for the server to see every connection closed
+
+
+def error(e: Exception) -> list:
+    return [type(e).__name__, getattr(e, "errno", None), str(e)]
+
+
+def probe(server_engine: str, client_engine: str, serve: str, connect: list[str]) -> dict:
+    out: dict[str, Any] = {}
+    events: list[pyecho.Event] = []  # appended on the serving thread
+    try:
+        server = pyecho.EchoServer(
+            (serve, 0), engine=server_engine, mode="line", on_event=events.append
+        )
+    except (OSError, ValueError) as e:
+        return {"server_error": error(e)}
+    with server:
+        server.start()
+        port = server.server_address[1]
+        out["server_address"] = list(server.server_address)
+        out["server_repr"] = repr(server)
+        out["clients"] = clients = []
+        for host in connect:
+            address = server.server_address if host == "-" else (host, port)
+            result: dict[str, Any] = {}
+            try:
+                result["tries"] = [h for _, h, _ in resolve(address, server=False)]
+                with pyecho.EchoClient(address, engine=client_engine, mode="line", timeout=5) as c:
+                    result["reached"] = c.server_address[0]
+                    result["repr"] = repr(c)
+                    result["echo"] = c.echo(b"hi\n").decode()
+            except (OSError, ValueError) as e:
+                result["error"] = error(e)
+            clients.append(result)
+        served = sum("echo" in c for c in clients)
+        deadline = time.monotonic() + WAIT
+        while (server.stats.accepted < served or server.stats.open) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        server.shutdown()
+    out["events"] = [[e.kind, e.conn_id, e.peer[0], e.reason] for e in events]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", choices=pyecho.ENGINES, required=True)
+    parser.add_argument("--client", choices=pyecho.ENGINES, required=True)
+    parser.add_argument("--serve", required=True, help="the host to listen on")
+    parser.add_argument("--connect", action="append", default=[], help="a host to connect to")
+    args = parser.parse_args()
+    json.dump(probe(args.server, args.client, args.serve, args.connect), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
