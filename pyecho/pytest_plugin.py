@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from ._config import CLOSE_REASONS, DEFAULT_HOST, ENGINES, Event
+from ._config import CLOSE_REASONS, DEFAULT_HOST, ENGINES, Event, hostport
 from ._tap import Tap, Transcript, family_of, reachable
 from .api import EchoServer
 
@@ -254,7 +254,7 @@ class EchoServerFixture(EchoServer):
 
         def still_open() -> str:
             conns = self.open_connections
-            return ", ".join(f"#{e.conn_id} from {e.peer[0]}:{e.peer[1]}" for e in conns)
+            return ", ".join(f"#{e.conn_id} from {hostport(*e.peer)}" for e in conns)
 
         self._wait(
             lambda: not self.open_connections,
@@ -287,7 +287,7 @@ class EchoServerFixture(EchoServer):
         return problems
 
     def __repr__(self) -> str:
-        return f"<EchoServerFixture {self.engine} {self.mode} on {self.server_address}>"
+        return f"<EchoServerFixture {self.engine} {self.mode} on {hostport(*self.server_address)}>"
 
 
 class EchoServerFactory(Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -111,6 +112,19 @@ def test_a_client_given_the_unspecified_address_connects_to_loopback(
     assert [e.peer[0] for e in events] == [reached, reached]
 
 
+@contextmanager
+def refusing(host: str, port: int) -> Iterator[None]:
+    """host:port refuses connections meanwhile: held by a socket that does not
+    listen (or, if another socket here has that address, checked to refuse)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as holder:
+        try:
+            holder.bind((host, port))
+        except OSError:
+            with socket.socket(holder.family) as s:
+                assert s.connect_ex((host, port)) != 0, f"something listens on {host}:{port}"
+        yield
+
+
 @pytest.fixture
 def both_families(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """NAME resolves to the hosts in the list this yields, in its order, as a
@@ -137,8 +151,7 @@ def test_a_client_tries_each_address_of_a_name_in_turn(both_families, order) -> 
 
     def scenario(server, client):
         port = server.server_address[1]
-        with socket.socket(socket.AF_INET6 if ":" in first else socket.AF_INET) as refuser:
-            refuser.bind((first, port))  # bound, not listening: refuses
+        with refusing(first, port):
             return served_one_by_one(server, client, [NAME, NAME])
 
     result = run_matrix(scenario, host=second, mode="line")
@@ -157,11 +170,10 @@ def test_a_client_that_finds_no_server_names_the_last_address_tried(
     both_families, engine: str
 ) -> None:
     both_families.extend([LOOPBACK6, LOOPBACK])
-    with socket.socket(socket.AF_INET6) as a, socket.socket() as b:
-        a.bind((LOOPBACK6, 0))
+    with socket.socket(socket.AF_INET6) as a:
+        a.bind((LOOPBACK6, 0))  # not listening: refuses
         port = a.getsockname()[1]
-        b.bind((LOOPBACK, port))  # neither listens: both refuse
-        with pytest.raises(ConnectionRefusedError) as info:
+        with refusing(LOOPBACK, port), pytest.raises(ConnectionRefusedError) as info:
             pyecho.EchoClient((NAME, port), engine=engine, timeout=10)
     assert str(info.value) == f"[Errno 111] Connection refused: '127.0.0.1:{port}'"
     assert info.value.strerror == "Connection refused"  # as pyecho.cli explains it
@@ -189,3 +201,20 @@ def test_messages_name_ipv6_servers_in_brackets(engine: str) -> None:
     with pytest.raises(ConnectionRefusedError) as info:
         pyecho.EchoClient((LOOPBACK6, port), engine=engine, timeout=10)
     assert str(info.value) == f"[Errno 111] Connection refused: '[::1]:{port}'"
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["relayed", "direct"])
+def test_the_pytest_fixture_prints_ipv6_in_brackets(engine: str, record: bool) -> None:
+    from pyecho.pytest_plugin import EchoServerFixture
+
+    with EchoServerFixture((LOOPBACK6, 0), engine=engine, record=record).start() as server:
+        port = server.server_address[1]
+        assert repr(server) == f"<EchoServerFixture {engine} raw on [::1]:{port}>"
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+            client_port = s.getsockname()[1]
+            with pytest.raises(
+                AssertionError, match=rf"still open: #1 from \[::1\]:{client_port} "
+            ):
+                server.assert_connections_closed(timeout=0.2)
