@@ -2,11 +2,12 @@
 address with one engine, connect to it from others with another engine,
 echo once each, and print what happened as one JSON object.
 
-    python nsprobe.py --server native --client python --serve fe80::1%v0 \
-        --connect - --connect fe80::1%v0
+    python nsprobe.py --server native --client python --serve fe80::1%d0 \\
+        --connect - --connect fe80::1%d0 [--udp]
 
-``--connect -`` connects to the server's own address (server_address).
-Errors are reported, not raised: [class name, errno, str()].
+``--connect -`` connects to the server's own address (server_address). TCP
+in line mode, or UDP (``--udp``). Errors are reported, not raised:
+[class name, errno, str()].
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ def error(e: Exception) -> list:
     return [type(e).__name__, getattr(e, "errno", None), str(e)]
 
 
-def probe(server_engine: str, client_engine: str, serve: str, connect: list[str]) -> dict:
+def probe(
+    server_engine: str, client_engine: str, serve: str, connect: list[str], udp: bool
+) -> dict:
+    settings: dict[str, Any] = {"transport": "udp"} if udp else {"mode": "line"}
     out: dict[str, Any] = {}
     events: list[pyecho.Event] = []  # appended on the serving thread
     try:
         server = pyecho.EchoServer(
-            (serve, 0), engine=server_engine, mode="line", on_event=events.append
+            (serve, 0), engine=server_engine, on_event=events.append, **settings
         )
     except (OSError, ValueError) as e:
         return {"server_error": error(e)}
@@ -47,7 +51,7 @@ def probe(server_engine: str, client_engine: str, serve: str, connect: list[str]
             result: dict[str, Any] = {}
             try:
                 result["tries"] = [h for _, h, _ in resolve(address, server=False)]
-                with pyecho.EchoClient(address, engine=client_engine, mode="line", timeout=5) as c:
+                with pyecho.EchoClient(address, engine=client_engine, timeout=5, **settings) as c:
                     result["reached"] = c.server_address[0]
                     result["repr"] = repr(c)
                     result["echo"] = c.echo(b"hi\n").decode()
@@ -56,11 +60,14 @@ def probe(server_engine: str, client_engine: str, serve: str, connect: list[str]
             clients.append(result)
         served = sum("echo" in c for c in clients)
         deadline = time.monotonic() + WAIT
-        while (server.stats.accepted < served or server.stats.open) and (
-            time.monotonic() < deadline
+        while (
+            not udp
+            and (server.stats.accepted < served or server.stats.open)
+            and time.monotonic() < deadline
         ):
             time.sleep(0.01)
         server.shutdown()
+        out["datagrams"] = [server.stats.datagrams_in, server.stats.datagrams_out]
     out["events"] = [[e.kind, e.conn_id, e.peer[0], e.reason] for e in events]
     return out
 
@@ -71,8 +78,10 @@ def main() -> None:
     parser.add_argument("--client", choices=pyecho.ENGINES, required=True)
     parser.add_argument("--serve", required=True, help="the host to listen on")
     parser.add_argument("--connect", action="append", default=[], help="a host to connect to")
+    parser.add_argument("--udp", action="store_true", help="UDP rather than TCP")
     args = parser.parse_args()
-    json.dump(probe(args.server, args.client, args.serve, args.connect), sys.stdout)
+    result = probe(args.server, args.client, args.serve, args.connect, args.udp)
+    json.dump(result, sys.stdout)
 
 
 if __name__ == "__main__":

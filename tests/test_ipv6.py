@@ -218,3 +218,33 @@ def test_the_pytest_fixture_prints_ipv6_in_brackets(engine: str, record: bool) -
                 AssertionError, match=rf"still open: #1 from \[::1\]:{client_port} "
             ):
                 server.assert_connections_closed(timeout=0.2)
+
+
+@pytest.mark.parametrize(
+    "client_host, peer", [(LOOPBACK, MAPPED), (LOOPBACK6, LOOPBACK6), (MAPPED, MAPPED)]
+)
+def test_udp_on_dual_stack_names_peers_as_tcp_does(
+    engine: str, client_host: str, peer: str
+) -> None:
+    """UDP on "::" echoes both families; its drop events name the source as
+    TCP events do (an IPv4 one as ::ffff:127.0.0.1), the same from both
+    engines. One datagram a second per source: the second is dropped."""
+    events: list[pyecho.Event] = []
+    with pyecho.EchoServer(
+        ("::", 0), engine=engine, transport="udp", udp_rate_per_source=1, on_event=events.append
+    ) as server:
+        server.start()
+        port = server.server_address[1]
+        family = socket.AF_INET if client_host == LOOPBACK else socket.AF_INET6
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.connect((client_host, port))
+            s.send(b"echoed")
+            assert s.recv(100) == b"echoed"
+            s.send(b"dropped")
+            source = s.getsockname()[1]
+        wait_for(lambda: events != [], 10, "the drop event")
+        stats = server.stats
+    assert events == [pyecho.Event("drop", 0, (peer, source), "rate_source", 1)]
+    assert (stats.datagrams_in, stats.datagrams_out) == (2, 1)
+    assert stats.dropped["rate_source"] == 1

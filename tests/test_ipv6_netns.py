@@ -32,13 +32,24 @@ MAPPED = "::ffff:127.0.0.1"
 LINK_LOCAL = "fe80::1%d0"
 NAME = "both-families.test"
 
-# d0: a dummy interface, or one end of a veth pair where the kernel has no
-# dummy driver; fe80::1 on it without duplicate address detection, so it is
-# usable at once.
-LINK_SETUP = (
-    "ip link add d0 type dummy 2>/dev/null"
-    " || { ip link add d0 type veth peer name d1 && ip link set d1 up; }; "
-    "ip link set d0 up; ip -6 addr add fe80::1/64 dev d0 nodad"
+# The longest an address with a scope can be shown: the longest link-local
+# address and the longest interface name (15 characters).
+LONGEST = "febf:ffff:ffff:ffff:ffff:ffff:ffff:fffe%d0-fifteen-char"
+
+
+def link(name: str, peer: str, address: str) -> str:
+    """Shell commands: interface ``name`` (a dummy one, or one end of a veth
+    pair where the kernel has no dummy driver), up, with ``address`` on it
+    without duplicate address detection, so it is usable at once."""
+    return (
+        f"{{ ip link add {name} type dummy 2>/dev/null || {{ ip link add {name} type veth "
+        f"peer name {peer} && ip link set {peer} up; }}; }}; "
+        f"ip link set {name} up; ip -6 addr add {address}/64 dev {name} nodad"
+    )
+
+
+LINK_SETUP = "; ".join(
+    [link("d0", "d1", "fe80::1"), link("d0-fifteen-char", "d1-long", LONGEST.split("%")[0])]
 )
 
 
@@ -69,8 +80,12 @@ def no_ipv6_ns() -> Iterator[Netns]:
     yield from namespace("sysctl -q -w net.ipv6.conf.all.disable_ipv6=1")
 
 
-def probe(ns: Netns, server: str, client: str, serve: str, *connect: str) -> dict:
+def probe(
+    ns: Netns, server: str, client: str, serve: str, *connect: str, udp: bool = False
+) -> dict:
     argv = [sys.executable, PROBE, "--server", server, "--client", client, "--serve", serve]
+    if udp:
+        argv.append("--udp")
     for host in connect:
         argv += ["--connect", host]
     done = ns.run(argv)
@@ -110,6 +125,24 @@ def test_link_local_address_with_scope(link_ns: Netns, server: str, client: str)
 
 
 @pytest.mark.parametrize("server, client", COMBOS)
+def test_the_longest_scoped_address_is_shown_whole(
+    link_ns: Netns, server: str, client: str
+) -> None:
+    result = probe(link_ns, server, client, LONGEST, "-")
+    assert result["server_address"][0] == LONGEST
+    assert served(result) == [(LONGEST, "hi\n")]
+    assert peers(result) == one_each(LONGEST)
+
+
+@pytest.mark.parametrize("server, client", COMBOS)
+def test_link_local_address_with_scope_over_udp(link_ns: Netns, server: str, client: str) -> None:
+    result = probe(link_ns, server, client, LINK_LOCAL, "-", LINK_LOCAL, udp=True)
+    assert result["server_address"][0] == LINK_LOCAL
+    assert served(result) == [(LINK_LOCAL, "hi\n")] * 2
+    assert result["datagrams"] == [2, 2]
+
+
+@pytest.mark.parametrize("server, client", COMBOS)
 @pytest.mark.parametrize("where", [LOOPBACK, LOOPBACK6])
 def test_a_name_with_both_families_in_etc_hosts(
     link_ns: Netns, server: str, client: str, where: str
@@ -144,6 +177,15 @@ def test_dual_stack_whatever_the_system_default(v6only_ns: Netns, server: str, c
     result = probe(v6only_ns, server, client, LOOPBACK, MAPPED)
     assert served(result) == [(MAPPED, "hi\n")]
     assert peers(result) == one_each(LOOPBACK)
+
+
+@pytest.mark.parametrize("server, client", COMBOS)
+def test_dual_stack_over_udp_whatever_the_system_default(
+    v6only_ns: Netns, server: str, client: str
+) -> None:
+    result = probe(v6only_ns, server, client, "::", LOOPBACK, LOOPBACK6, MAPPED, udp=True)
+    assert served(result) == [(LOOPBACK, "hi\n"), (LOOPBACK6, "hi\n"), (MAPPED, "hi\n")]
+    assert result["datagrams"] == [3, 3]
 
 
 @pytest.mark.parametrize("server, client", COMBOS)
