@@ -491,7 +491,7 @@ def _check_host(host: str) -> str:
         index = socket.if_nametoindex(zone)
     except OSError:
         raise socket.gaierror(
-            socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {host!r})"
+            socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {addr})"
         ) from None
     return f"{addr}%{index}"
 

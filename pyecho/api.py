@@ -69,6 +69,11 @@ class EchoServer:
     >>> with EchoServer(("127.0.0.1", 0), mode="line").start() as server:
     ...     host, port = server.server_address
 
+    ``server_address`` is bound at once (a name: its first address; "::" is
+    dual stack, "" every IPv4 interface: docs/PROTOCOL.md, "Addresses"), and
+    ``.server_address`` is then the numeric address bound, the port chosen
+    for port 0.
+
     ``serve_forever()`` serves on the calling thread until ``shutdown()``;
     ``start()`` does it on a background thread. The settings are those of
     docs/PROTOCOL.md; ``max_clients`` and ``idle_timeout`` of 0 or None mean
@@ -334,6 +339,10 @@ class EchoServer:
 
 class EchoClient:
     """A blocking client for an echo server.
+
+    ``server_address`` is a (host, port) pair; a name's addresses are tried in
+    turn, and ``.server_address`` is then the numeric address connected to
+    (docs/PROTOCOL.md, "Addresses": "::" and "0.0.0.0" mean loopback here).
 
     ``echo(data)`` sends data and returns its echo as the server's framing
     produces it (the client runs the same framing to know how much to wait
