@@ -428,8 +428,8 @@ def resolve(address: Any, *, server: bool) -> list[tuple[int, str, int]]:
         if family not in (socket.AF_INET, socket.AF_INET6):
             continue
         numeric = numeric_host(addr)
-        if not server:
-            numeric = _UNSPECIFIED.get(numeric, numeric)
+        if not server and ipaddress.ip_address(addr[0]).is_unspecified:
+            numeric = _UNSPECIFIED[str(addr[0])]  # any scope of it dropped
         entry = (int(family), numeric, port)
         if entry not in found:
             found.append(entry)
@@ -479,21 +479,22 @@ def _check_host(host: str) -> str:
             f"host {_shown(host)}: a scope (after %) follows only an IPv6 address, "
             "as in fe80::1%eth0"
         ) from None
-    if zone.isascii() and zone.isdigit() and int(zone) <= 0xFFFFFFFF:
-        return host  # an interface index
+    if zone.isascii() and zone.isdigit():  # an interface index, as getaddrinfo() reads it
+        if 0 < int(zone) <= 0xFFFFFFFF:
+            return host
     # An interface name as Linux allows them: up to 15 characters, no "/" or ":".
-    if not (zone.isascii() and zone.isprintable() and re.fullmatch(r"[^\s/:%]{1,15}", zone)):
-        raise ValueError(
-            f"host {_shown(host)}: the scope after % must be a network interface's name "
-            "or index, as in fe80::1%eth0 or fe80::1%2"
-        )
-    try:
-        index = socket.if_nametoindex(zone)
-    except OSError:
-        raise socket.gaierror(
-            socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {addr})"
-        ) from None
-    return f"{addr}%{index}"
+    elif zone.isascii() and zone.isprintable() and re.fullmatch(r"[^\s/:%]{1,15}", zone):
+        try:
+            index = socket.if_nametoindex(zone)
+        except OSError:
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"no network interface {zone!r} here (the scope of {addr})"
+            ) from None
+        return f"{addr}%{index}"
+    raise ValueError(
+        f"host {_shown(host)}: the scope after % must be a network interface's name "
+        "or index, as in fe80::1%eth0 or fe80::1%2"
+    )
 
 
 def _link_local(host: str) -> bool:

@@ -35,6 +35,8 @@ BAD_SERVER_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"server_address": ("[::1]", 0)}, ValueError, "give the address without them ('::1')"),
     ({"server_address": ("fe80::1", 0)}, ValueError, "link-local address: name the interface"),
     ({"server_address": ("fe80::1%", 0)}, ValueError, "must be a network interface's name"),
+    ({"server_address": ("fe80::1%0", 0)}, ValueError, "must be a network interface's name"),
+    ({"server_address": ("fe80::1%4294967296", 0)}, ValueError, "interface's name or index"),
     ({"server_address": ("fe80::1%a b", 0)}, ValueError, "must be a network interface's name"),
     ({"server_address": ("fe80::1%a/b", 0)}, ValueError, "must be a network interface's name"),
     ({"server_address": ("fe80::1%%lo", 0)}, ValueError, "must be a network interface's name"),

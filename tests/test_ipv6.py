@@ -92,7 +92,12 @@ def test_every_ipv4_interface_is_ipv4_only(engine: str, host: str) -> None:
 
 @pytest.mark.parametrize(
     "server_host, client_host, reached",
-    [("::1", "::", "::1"), ("::", "::", "::1"), (LOOPBACK, "0.0.0.0", LOOPBACK)],
+    [
+        ("::1", "::", "::1"),
+        ("::", "::", "::1"),
+        ("::1", "::%1", "::1"),
+        (LOOPBACK, "0.0.0.0", LOOPBACK),
+    ],
 )
 def test_a_client_given_the_unspecified_address_connects_to_loopback(
     engine: str, server_host: str, client_host: str, reached: str
@@ -110,6 +115,25 @@ def test_a_client_given_the_unspecified_address_connects_to_loopback(
             assert c.echo(b"x") == b"x"
         wait_for(lambda: len(events) == 2, 10, "the open and close events")
     assert [e.peer[0] for e in events] == [reached, reached]
+
+
+@pytest.mark.parametrize(
+    "host, numeric",
+    [
+        ("fe80::1%lo", "fe80::1%lo"),
+        (f"fe80::1%{socket.if_nametoindex('lo')}", "fe80::1%lo"),  # link-local: by name
+        ("::1%lo", f"::1%{socket.if_nametoindex('lo')}"),  # otherwise by index
+        ("::ffff:127.0.0.1", MAPPED),
+        ("::FFFF:7F00:1", MAPPED),
+        ("0:0:0:0:0:0:0:1", LOOPBACK6),
+    ],
+)
+def test_hosts_resolve_to_what_the_engines_write(host: str, numeric: str) -> None:
+    """resolve() writes a numeric host as both engines write addresses
+    (getnameinfo()), so a scope survives, in a form getaddrinfo() reads back."""
+    for server in (True, False):
+        assert pyecho._config.resolve((host, 1), server=server) == [(socket.AF_INET6, numeric, 1)]
+        assert socket.getaddrinfo(numeric, 1, flags=socket.AI_NUMERICHOST)
 
 
 @contextmanager
