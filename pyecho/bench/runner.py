@@ -474,8 +474,13 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Benchmark pyecho's native and Python engines against a C epoll "
-        "floor, asyncio and uvloop, with a C load generator that verifies every byte.",
+        description="Benchmark pyecho's native and Python engines against a C floor\n"
+        "server, asyncio and uvloop, over TCP and UDP, with a C load generator that\n"
+        "verifies every byte.",
+        epilog="scenarios:\n"
+        + "\n".join(f"  {s.name:<18}{s.label}" for s in SCENARIOS)
+        + "\n\nOver UDP a round trip is one datagram echoed; docs/BENCHMARKS.md has the rest.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--duration",
@@ -502,7 +507,7 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
         "--scenarios",
         type=_csv(SCENARIO_NAMES),
         default=list(SCENARIO_NAMES),
-        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}",
+        help="comma-separated subset of the scenarios below (default: all)",
     )
     p.add_argument(
         "--idle-connections",
