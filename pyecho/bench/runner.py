@@ -297,8 +297,7 @@ def measure(
                     peak_rss_bytes=srv.peak_rss(),
                 )
                 return rec
-            if warmup > 0:
-                lg.run(warmup)
+            warmup_lost = lg.run(warmup).lost if warmup > 0 else 0
             srv.check_alive()
             busy0, self0 = _busy_cpu_seconds(), _self_cpu_seconds()
             user0, sys0 = srv.cpu_times()
@@ -336,6 +335,7 @@ def measure(
                 rec.update(
                     lost=res.lost,
                     late=res.late,
+                    warmup_lost=warmup_lost,
                     per_source_per_s=res.round_trips / res.seconds / connections,
                 )
             return rec
@@ -568,6 +568,8 @@ def _describe(rec: dict[str, Any]) -> str:
         text += f"  {rec['per_source_per_s']:,.0f}/s per socket"
         if rec["lost"]:
             text += f"  LOST {rec['lost']:,} datagrams ({rec['late']:,} came back late)"
+        if rec["warmup_lost"]:
+            text += f"  ({rec['warmup_lost']:,} lost in the warm-up)"
     return text
 
 
