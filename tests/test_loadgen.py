@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import threading
 from collections.abc import Callable
 
@@ -371,6 +372,22 @@ def test_udp_an_echo_sent_to_another_socket_is_a_mismatch() -> None:
             lg.run(5.0)
     assert info.value.kind == "mismatch"
     assert info.value.conn == 0
+
+
+def test_udp_an_echo_of_a_datagram_not_sent_yet_is_a_mismatch() -> None:
+    """A server that answers ahead: with datagram 5's echo it sends one
+    claiming to be the next datagram (the tag's sequence number plus one),
+    before or after the load generator sent that one."""
+
+    def ahead(data: bytes) -> list[bytes]:
+        tag = int.from_bytes(data[:8], sys.byteorder) + 1
+        return [data, tag.to_bytes(8, sys.byteorder) + data[8:]]
+
+    with TinyUdpServer(at(5, ahead)) as srv, udp_loadgen() as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    assert info.value.kind == "mismatch"
 
 
 def test_udp_a_dropped_datagram_is_counted_lost() -> None:
