@@ -31,10 +31,6 @@
 #define DEFAULT_WINDOW 64u
 #define DEFAULT_TIMEOUT_MS 10000u
 #define DEFAULT_LOSS_MS 500u
-#define SUB_BITS LG_SUB_BITS
-#define SUB LG_SUB
-#define BUCKETS LG_BUCKETS
-#define MAX_EVENTS LG_MAX_EVENTS
 
 uint64_t lg_now_ns(void)
 {
@@ -50,10 +46,10 @@ static unsigned bucket_of(uint64_t v)
 {
     unsigned e;
 
-    if (v < 2 * SUB)
+    if (v < 2 * LG_SUB)
         return (unsigned)v;
-    e = 63u - (unsigned)__builtin_clzll(v); /* v >= 2^(SUB_BITS+1): e > SUB_BITS */
-    return (e - SUB_BITS) * SUB + (unsigned)(v >> (e - SUB_BITS));
+    e = 63u - (unsigned)__builtin_clzll(v); /* v >= 2^(LG_SUB_BITS+1): e > LG_SUB_BITS */
+    return (e - LG_SUB_BITS) * LG_SUB + (unsigned)(v >> (e - LG_SUB_BITS));
 }
 
 /* The middle of the values a bucket holds. */
@@ -62,10 +58,10 @@ static uint64_t bucket_value(unsigned b)
     unsigned shift;
     uint64_t low;
 
-    if (b < 2 * SUB)
+    if (b < 2 * LG_SUB)
         return b;
-    shift = b / SUB - 1;
-    low = (uint64_t)(b % SUB + SUB) << shift;
+    shift = b / LG_SUB - 1;
+    low = (uint64_t)(b % LG_SUB + LG_SUB) << shift;
     return low + ((uint64_t)1 << shift) / 2;
 }
 
@@ -104,7 +100,7 @@ uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
         rank++;
     if (rank == 0)
         rank = 1;
-    for (unsigned b = 0; b < BUCKETS; b++) {
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
         seen += lg->hist[b];
         if (seen >= rank) {
             v = bucket_value(b);
@@ -490,7 +486,7 @@ int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
                 return rc;
             pending++;
         }
-        n = epoll_wait(lg->epfd, lg->events, MAX_EVENTS, wait_ms(timeout_ns));
+        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(timeout_ns));
         if (n < 0)
             return lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
         now = lg_now_ns();
@@ -573,7 +569,7 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
             if (scan < wait)
                 wait = scan; /* time to look for lost datagrams */
         }
-        n = epoll_wait(lg->epfd, lg->events, MAX_EVENTS, wait_ms(wait));
+        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(wait));
         if (n < 0) {
             rc = lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
             break;

@@ -279,8 +279,8 @@ int lgu_event(echo_loadgen *lg, lg_conn *c, uint32_t events, echo_loadgen_result
         if (rc != 0)
             return rc;
     }
-    if (events & EPOLLOUT)
-        return lgu_send(lg, c, lg->running ? UINT32_MAX : 0, now, res);
+    if (events & EPOLLOUT) /* room again: the window, or a first datagram */
+        return lgu_send(lg, c, lg->running ? UINT32_MAX : c->tx == 0, now, res);
     return 0;
 }
 

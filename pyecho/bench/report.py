@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .servers import SERVERS
+from .servers import SERVERS, show_host
 
 MiB = 1 << 20
 COLORS = {
@@ -286,11 +286,6 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     if png_name:
         out += ["", f"![benchmark plot]({png_name})"]
     return "\n".join(out) + "\n"
-
-
-def show_host(host: str) -> str:
-    """An address as the benchmark prints it: IPv6 in brackets ([::1])."""
-    return f"[{host}]" if ":" in host else host
 
 
 def _short(value: float) -> str:

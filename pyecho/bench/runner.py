@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import __version__, _native
 from .loadgen import LoadGen, LoadGenError
-from .report import plot, render_markdown, render_table, show_host
+from .report import plot, render_markdown, render_table
 from .serve import UDP_RATE, raise_nofile_limit
 from .servers import (
     CLK_TCK,
@@ -43,6 +43,7 @@ from .servers import (
     STEADY_MALLOC_ENV,
     TRANSPORTS,
     ServerProcess,
+    show_host,
     unavailable_reason,
     wait_settled,
 )
@@ -381,7 +382,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
             rows = [r for r in records if r["scenario"] == sc.name and r["server"] == server]
             if not rows:
                 continue
-            metrics = IDLE_METRICS if sc.idle else THROUGHPUT_METRICS
+            metrics: tuple[str, ...] = IDLE_METRICS if sc.idle else THROUGHPUT_METRICS
             summed: tuple[str, ...] = ()
             if sc.transport == "udp":
                 metrics, summed = UDP_METRICS, SUMMED_METRICS

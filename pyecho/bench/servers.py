@@ -15,8 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-from .._config import hostport
-
 SERVERS = ("floor", "native", "python", "asyncio", "uvloop")
 DESCRIPTIONS = {
     "floor": "minimal single-threaded C epoll echo server (the floor: the kernel's cost); "
@@ -49,6 +47,11 @@ START_TIMEOUT = 30.0
 # measures every Python server in the steady state it eventually reaches;
 # the C servers do not allocate per read and are unaffected.
 STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
+
+
+def show_host(host: str) -> str:
+    """An address as the benchmark prints it: IPv6 in brackets ([::1])."""
+    return f"[{host}]" if ":" in host else host
 
 
 class ServerUnavailable(RuntimeError):
@@ -176,7 +179,7 @@ class ServerProcess:
             _, err = self.proc.communicate()
             raise RuntimeError(
                 f"server {self.name} ({self.transport}, {self.mode}) did not start on "
-                f"{hostport(self.host, 0)}: {line!r} {err.strip()}"
+                f"{show_host(self.host)}: {line!r} {err.strip()}"
             )
         return int(line.split()[1])
 
