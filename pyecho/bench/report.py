@@ -39,6 +39,9 @@ UDP_NOTE = (
 )
 
 
+UDP_PLOT_NOTE = "UDP scenarios: a round trip is one datagram echoed and verified."
+
+
 def _udp(result: dict[str, Any]) -> bool:
     return any(s.get("transport") == "udp" for s in result["scenarios"])
 
@@ -371,15 +374,13 @@ def figure(result: dict[str, Any]) -> Any:
         fontsize=10,
     )
     bottom = 0.0
-    if scenarios and _one_connection(result):
-        fig.text(
-            0.01,
-            0.01,
-            textwrap.fill(WAKEUP_NOTE, 190, break_on_hyphens=False),
-            fontsize=8,
-            va="bottom",
-        )
-        bottom = 0.05
+    notes = [WAKEUP_NOTE] if scenarios and _one_connection(result) else []
+    if scenarios and _udp(result):
+        notes.append(UDP_PLOT_NOTE)
+    for note in reversed(notes):  # bottom up
+        text = textwrap.fill(note, 190, break_on_hyphens=False)
+        fig.text(0.01, 0.01 + bottom, text, fontsize=8, va="bottom")
+        bottom += 0.015 * (text.count("\n") + 1) + 0.005
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
