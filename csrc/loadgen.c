@@ -9,18 +9,18 @@
  *
  * Closed loop: a connection may have sent `depth` messages beyond the last
  * one fully echoed (limit), so the offered load follows the server.
+ *
+ * UDP datagrams are in loadgen_udp.c; the loops here drive both.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "net.h"
-#include "pyecho.h"
+#include "loadgen.h"
 
 #define MAX_CONNECTIONS 1000000u
 #define MAX_DEPTH 1024u
@@ -28,49 +28,11 @@
 #define MAX_PATTERN ((size_t)32 << 20) /* one copy of the V variants */
 #define MIN_VARIANTS 8u
 #define RECV_CHUNK (64 * 1024)
-#define MAX_EVENTS 256
 #define DEFAULT_WINDOW 64u
 #define DEFAULT_TIMEOUT_MS 10000u
+#define DEFAULT_LOSS_MS 500u
 
-/* Log-linear histogram: values below 2^SUB_BITS exact, then 2^SUB_BITS
- * buckets per power of two (relative error under 1/2^SUB_BITS). */
-#define SUB_BITS 5
-#define SUB (1u << SUB_BITS)
-#define BUCKETS ((64 - SUB_BITS + 1) * SUB)
-
-enum { ST_IDLE = 0, ST_CONNECTING, ST_OPEN };
-
-typedef struct lg_conn {
-    int fd;
-    int state;
-    uint32_t idx;
-    uint32_t events; /* epoll interest now */
-    uint64_t tx;     /* bytes sent */
-    uint64_t rx;     /* bytes echoed and verified */
-    uint64_t limit;  /* bytes that may be sent so far */
-} lg_conn;
-
-struct echo_loadgen {
-    echo_loadgen_config cfg;
-    size_t msg;
-    uint32_t variants;
-    size_t copy_len;    /* variants * msg: one copy of the pattern */
-    uint8_t *pattern;   /* two copies */
-    lg_conn *conns;
-    uint64_t *sent_ns;  /* connections x depth: when each message in flight started */
-    uint8_t *rbuf;
-    int epfd;
-    uint32_t open;
-    int running;        /* closed loop on: completions raise the limit */
-    int recording;      /* latencies go into the histogram */
-    uint64_t in_flight; /* bytes sent and not yet echoed, all connections */
-    uint64_t round_trips, bytes, last_echo_ns;
-    uint64_t lat_count, lat_sum, lat_min, lat_max;
-    uint64_t hist[BUCKETS];
-    struct epoll_event events[MAX_EVENTS];
-};
-
-static uint64_t now_ns(void)
+uint64_t lg_now_ns(void)
 {
     struct timespec ts;
 
@@ -84,10 +46,10 @@ static unsigned bucket_of(uint64_t v)
 {
     unsigned e;
 
-    if (v < 2 * SUB)
+    if (v < 2 * LG_SUB)
         return (unsigned)v;
-    e = 63u - (unsigned)__builtin_clzll(v); /* v >= 2^(SUB_BITS+1): e > SUB_BITS */
-    return (e - SUB_BITS) * SUB + (unsigned)(v >> (e - SUB_BITS));
+    e = 63u - (unsigned)__builtin_clzll(v); /* v >= 2^(LG_SUB_BITS+1): e > LG_SUB_BITS */
+    return (e - LG_SUB_BITS) * LG_SUB + (unsigned)(v >> (e - LG_SUB_BITS));
 }
 
 /* The middle of the values a bucket holds. */
@@ -96,14 +58,14 @@ static uint64_t bucket_value(unsigned b)
     unsigned shift;
     uint64_t low;
 
-    if (b < 2 * SUB)
+    if (b < 2 * LG_SUB)
         return b;
-    shift = b / SUB - 1;
-    low = (uint64_t)(b % SUB + SUB) << shift;
+    shift = b / LG_SUB - 1;
+    low = (uint64_t)(b % LG_SUB + LG_SUB) << shift;
     return low + ((uint64_t)1 << shift) / 2;
 }
 
-static void record(echo_loadgen *lg, uint64_t ns)
+void lg_record(echo_loadgen *lg, uint64_t ns)
 {
     lg->hist[bucket_of(ns)]++;
     lg->lat_count++;
@@ -120,6 +82,7 @@ static void reset_run(echo_loadgen *lg)
     lg->lat_count = lg->lat_sum = lg->lat_max = 0;
     lg->lat_min = UINT64_MAX;
     lg->round_trips = lg->bytes = 0;
+    lg->lost = lg->late = 0;
 }
 
 uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
@@ -137,7 +100,7 @@ uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
         rank++;
     if (rank == 0)
         rank = 1;
-    for (unsigned b = 0; b < BUCKETS; b++) {
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
         seen += lg->hist[b];
         if (seen >= rank) {
             v = bucket_value(b);
@@ -153,8 +116,7 @@ uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
 
 /* ---- errors ---------------------------------------------------------------- */
 
-static int fail(echo_loadgen_result *res, int kind, int err, uint32_t conn,
-                uint64_t offset)
+int lg_fail(echo_loadgen_result *res, int kind, int err, uint32_t conn, uint64_t offset)
 {
     if (res != NULL && res->error == 0) {
         res->error = err;
@@ -170,7 +132,7 @@ static int io_fail(echo_loadgen_result *res, int err, const lg_conn *c)
 {
     int kind = (err == ECONNRESET || err == EPIPE) ? ECHO_LOADGEN_CLOSED
                                                    : ECHO_LOADGEN_IO;
-    return fail(res, kind, -err, c->idx, c->rx);
+    return lg_fail(res, kind, -err, c->idx, c->rx);
 }
 
 /* ---- life cycle ------------------------------------------------------------ */
@@ -208,7 +170,9 @@ int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
     if (cfg->connections < 1 || cfg->connections > MAX_CONNECTIONS ||
         cfg->depth < 1 || cfg->depth > MAX_DEPTH || cfg->msg_size < 1 ||
         cfg->msg_size > MAX_MSG || cfg->mode < ECHO_MODE_RAW ||
-        cfg->mode > ECHO_MODE_SEED)
+        cfg->mode > ECHO_MODE_SEED ||
+        (cfg->transport != ECHO_TCP && cfg->transport != ECHO_UDP) ||
+        (cfg->transport == ECHO_UDP && lgu_check(cfg) != 0))
         return -EINVAL;
     variants = cfg->depth > MIN_VARIANTS ? cfg->depth : MIN_VARIANTS;
     if ((size_t)variants * cfg->msg_size > MAX_PATTERN)
@@ -221,6 +185,9 @@ int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
         lg->cfg.connect_window = DEFAULT_WINDOW;
     if (lg->cfg.timeout_ms == 0)
         lg->cfg.timeout_ms = DEFAULT_TIMEOUT_MS;
+    if (lg->cfg.loss_timeout_ms == 0)
+        lg->cfg.loss_timeout_ms = DEFAULT_LOSS_MS;
+    lg->loss_ns = (uint64_t)lg->cfg.loss_timeout_ms * 1000000u;
     lg->msg = cfg->msg_size;
     lg->variants = variants;
     lg->copy_len = (size_t)variants * cfg->msg_size;
@@ -228,8 +195,10 @@ int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
     lg->pattern = malloc(2 * lg->copy_len);
     lg->conns = calloc(cfg->connections, sizeof *lg->conns);
     lg->sent_ns = calloc((size_t)cfg->connections * cfg->depth, sizeof *lg->sent_ns);
-    lg->rbuf = malloc(RECV_CHUNK);
-    if (lg->epfd < 0 || !lg->pattern || !lg->conns || !lg->sent_ns || !lg->rbuf) {
+    if (cfg->transport == ECHO_TCP)
+        lg->rbuf = malloc(RECV_CHUNK);
+    if (lg->epfd < 0 || !lg->pattern || !lg->conns || !lg->sent_ns ||
+        (cfg->transport == ECHO_TCP ? !lg->rbuf : lgu_alloc(lg) != 0)) {
         int rc = lg->epfd < 0 ? -errno : -ENOMEM;
 
         echo_loadgen_free(lg);
@@ -265,6 +234,9 @@ void echo_loadgen_free(echo_loadgen *lg)
     free(lg->conns);
     free(lg->sent_ns);
     free(lg->rbuf);
+    free(lg->slots);
+    free(lg->free_slot);
+    free(lg->dgrams);
     free(lg);
 }
 
@@ -278,7 +250,7 @@ static size_t pattern_pos(const echo_loadgen *lg, const lg_conn *c, uint64_t s)
     return (size_t)((c->idx + k) % lg->variants) * lg->msg + (size_t)(s % lg->msg);
 }
 
-static int set_interest(echo_loadgen *lg, lg_conn *c, uint32_t want)
+int lg_set_interest(echo_loadgen *lg, lg_conn *c, uint32_t want)
 {
     struct epoll_event ev = {.events = want, .data.ptr = c};
 
@@ -327,8 +299,8 @@ static int conn_send(echo_loadgen *lg, lg_conn *c, uint64_t now,
             break;
         }
     }
-    rc = set_interest(lg, c, want);
-    return rc ? fail(res, ECHO_LOADGEN_IO, rc, c->idx, c->rx) : 0;
+    rc = lg_set_interest(lg, c, want);
+    return rc ? lg_fail(res, ECHO_LOADGEN_IO, rc, c->idx, c->rx) : 0;
 }
 
 static int verify(echo_loadgen *lg, lg_conn *c, const uint8_t *got, size_t n,
@@ -348,7 +320,7 @@ static int verify(echo_loadgen *lg, lg_conn *c, const uint8_t *got, size_t n,
 
             while (lg->pattern[pos + i] == got[done + i])
                 i++;
-            fail(res, ECHO_LOADGEN_MISMATCH, -EBADMSG, c->idx, s + i);
+            lg_fail(res, ECHO_LOADGEN_MISMATCH, -EBADMSG, c->idx, s + i);
             res->error_expected = lg->pattern[pos + i];
             res->error_got = got[done + i];
             return -EBADMSG;
@@ -375,9 +347,9 @@ static int conn_recv(echo_loadgen *lg, lg_conn *c, uint64_t now,
         return io_fail(res, errno, c);
     }
     if (n == 0)
-        return fail(res, ECHO_LOADGEN_CLOSED, -ECONNRESET, c->idx, c->rx);
+        return lg_fail(res, ECHO_LOADGEN_CLOSED, -ECONNRESET, c->idx, c->rx);
     if ((uint64_t)n > c->tx - c->rx)
-        return fail(res, ECHO_LOADGEN_EXTRA, -EPROTO, c->idx, c->tx);
+        return lg_fail(res, ECHO_LOADGEN_EXTRA, -EPROTO, c->idx, c->tx);
     rc = verify(lg, c, lg->rbuf, (size_t)n, res);
     if (rc != 0)
         return rc;
@@ -392,7 +364,7 @@ static int conn_recv(echo_loadgen *lg, lg_conn *c, uint64_t now,
     lg->round_trips += done_after - done_before;
     if (lg->recording) {
         for (uint64_t k = done_before; k < done_after; k++)
-            record(lg, now - lg->sent_ns[(size_t)c->idx * lg->cfg.depth + k % lg->cfg.depth]);
+            lg_record(lg, now - lg->sent_ns[(size_t)c->idx * lg->cfg.depth + k % lg->cfg.depth]);
     }
     if (lg->running) {
         c->limit = (done_after + lg->cfg.depth) * lg->msg;
@@ -404,7 +376,7 @@ static int conn_recv(echo_loadgen *lg, lg_conn *c, uint64_t now,
 static int conn_event(echo_loadgen *lg, lg_conn *c, uint32_t events,
                       echo_loadgen_result *res)
 {
-    uint64_t now = now_ns();
+    uint64_t now = lg_now_ns();
     int rc;
 
     if (events & (EPOLLERR | EPOLLHUP))
@@ -426,17 +398,17 @@ static int start_connect(echo_loadgen *lg, lg_conn *c, const net_addr *addr,
     int fd = socket(addr->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (fd < 0)
-        return fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
     /* Like the servers: requests go out as they are made. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
     lg->open++;
     if (connect(fd, &addr->sa, len) != 0 && errno != EINPROGRESS)
-        return fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
     if (epoll_ctl(lg->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
-        return fail(res, ECHO_LOADGEN_IO, -errno, c->idx, 0);
+        return lg_fail(res, ECHO_LOADGEN_IO, -errno, c->idx, 0);
     c->events = EPOLLOUT;
-    c->state = ST_CONNECTING;
+    c->state = LG_CONNECTING;
     return 0;
 }
 
@@ -449,11 +421,29 @@ static int finish_connect(echo_loadgen *lg, lg_conn *c, echo_loadgen_result *res
     if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &errlen) != 0)
         err = errno;
     if (err != 0)
-        return fail(res, ECHO_LOADGEN_CONNECT, -err, c->idx, 0);
-    c->state = ST_OPEN;
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, -err, c->idx, 0);
+    c->state = LG_OPEN;
     c->limit = lg->msg;
     c->events = EPOLLOUT; /* what epoll watches: conn_send sets it right */
-    return conn_send(lg, c, now_ns(), res);
+    return conn_send(lg, c, lg_now_ns(), res);
+}
+
+static int open_conn(echo_loadgen *lg, lg_conn *c, const net_addr *addr,
+                     socklen_t len, echo_loadgen_result *res)
+{
+    if (lg->cfg.transport == ECHO_UDP)
+        return lgu_open(lg, c, addr, len, res);
+    return start_connect(lg, c, addr, len, res);
+}
+
+static int on_event(echo_loadgen *lg, lg_conn *c, uint32_t events,
+                    echo_loadgen_result *res)
+{
+    if (lg->cfg.transport == ECHO_UDP)
+        return lgu_event(lg, c, events, res);
+    if (c->state == LG_CONNECTING)
+        return finish_connect(lg, c, res);
+    return conn_event(lg, c, events, res);
 }
 
 static int wait_ms(uint64_t ns)
@@ -476,42 +466,39 @@ int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
         return -EINVAL;
     memset(res, 0, sizeof *res);
     if (lg == NULL || host == NULL)
-        return fail(res, ECHO_LOADGEN_USAGE, -EINVAL, 0, 0);
+        return lg_fail(res, ECHO_LOADGEN_USAGE, -EINVAL, 0, 0);
     if (lg->open != 0)
-        return fail(res, ECHO_LOADGEN_USAGE, -EISCONN, 0, 0);
+        return lg_fail(res, ECHO_LOADGEN_USAGE, -EISCONN, 0, 0);
     rc = net_resolve(host, port, &addr, &addrlen);
     if (rc != 0)
-        return fail(res, ECHO_LOADGEN_CONNECT, rc, 0, 0);
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, rc, 0, 0);
     n_conns = lg->cfg.connections;
     timeout_ns = (uint64_t)lg->cfg.timeout_ms * 1000000u;
     lg->running = lg->recording = 0;
-    last_progress = now_ns();
+    last_progress = lg_now_ns();
     while (ready < n_conns) {
         int n;
         uint64_t now;
 
         while (pending < lg->cfg.connect_window && next < n_conns) {
-            rc = start_connect(lg, &lg->conns[next++], &addr, addrlen, res);
+            rc = open_conn(lg, &lg->conns[next++], &addr, addrlen, res);
             if (rc != 0)
                 return rc;
             pending++;
         }
-        n = epoll_wait(lg->epfd, lg->events, MAX_EVENTS, wait_ms(timeout_ns));
+        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(timeout_ns));
         if (n < 0)
-            return fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
-        now = now_ns();
+            return lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
+        now = lg_now_ns();
         if (n > 0)
             last_progress = now;
         else if (now - last_progress >= timeout_ns)
-            return fail(res, ECHO_LOADGEN_TIMEOUT, -ETIMEDOUT, next - pending, 0);
+            return lg_fail(res, ECHO_LOADGEN_TIMEOUT, -ETIMEDOUT, next - pending, 0);
         for (int i = 0; i < n; i++) {
             lg_conn *c = lg->events[i].data.ptr;
             uint64_t was = c->rx;
 
-            if (c->state == ST_CONNECTING)
-                rc = finish_connect(lg, c, res);
-            else
-                rc = conn_event(lg, c, lg->events[i].events, res);
+            rc = on_event(lg, c, lg->events[i].events, res);
             if (rc != 0)
                 return rc;
             if (was < lg->msg && c->rx == lg->msg) {
@@ -536,32 +523,37 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
         return -EINVAL;
     memset(res, 0, sizeof *res);
     if (lg == NULL)
-        return fail(res, ECHO_LOADGEN_USAGE, -EINVAL, 0, 0);
+        return lg_fail(res, ECHO_LOADGEN_USAGE, -EINVAL, 0, 0);
     n_conns = lg->cfg.connections;
     if (lg->open != n_conns || lg->in_flight != 0 ||
-        lg->conns[n_conns - 1].state != ST_OPEN)
-        return fail(res, ECHO_LOADGEN_USAGE, -ENOTCONN, 0, 0);
+        lg->conns[n_conns - 1].state != LG_OPEN)
+        return lg_fail(res, ECHO_LOADGEN_USAGE, -ENOTCONN, 0, 0);
     reset_run(lg);
     timeout_ns = (uint64_t)lg->cfg.timeout_ms * 1000000u;
-    start = last_progress = now_ns();
+    start = last_progress = lg_now_ns();
     lg->last_echo_ns = start;
     deadline = start + (uint64_t)duration_ms * 1000000u;
     lg->running = lg->recording = 1;
+    lg->next_scan_ns = start + lg->loss_ns / 4;
     for (uint32_t i = 0; i < n_conns && rc == 0; i++) {
         lg_conn *c = &lg->conns[i];
 
+        if (lg->cfg.transport == ECHO_UDP) {
+            rc = lgu_send(lg, c, UINT32_MAX, lg_now_ns(), res);
+            continue;
+        }
         c->limit = (c->rx / lg->msg + lg->cfg.depth) * lg->msg;
-        rc = conn_send(lg, c, now_ns(), res);
+        rc = conn_send(lg, c, lg_now_ns(), res);
     }
     while (rc == 0) {
-        uint64_t now = now_ns();
+        uint64_t now = lg_now_ns();
         uint64_t wait = timeout_ns;
         int n;
 
         if (lg->running && now >= deadline) {
             /* Stop starting messages; finish the ones started. */
             lg->running = 0;
-            for (uint32_t i = 0; i < n_conns; i++) {
+            for (uint32_t i = 0; i < n_conns && lg->cfg.transport == ECHO_TCP; i++) {
                 lg_conn *c = &lg->conns[i];
 
                 c->limit = (c->tx + lg->msg - 1) / lg->msg * lg->msg;
@@ -571,24 +563,34 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
             break;
         if (lg->running && deadline - now < wait)
             wait = deadline - now;
-        n = epoll_wait(lg->epfd, lg->events, MAX_EVENTS, wait_ms(wait));
+        if (lg->cfg.transport == ECHO_UDP) {
+            uint64_t scan = lg->next_scan_ns > now ? lg->next_scan_ns - now : 0;
+
+            if (scan < wait)
+                wait = scan; /* time to look for lost datagrams */
+        }
+        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(wait));
         if (n < 0) {
-            rc = fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
+            rc = lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
             break;
         }
-        now = now_ns();
+        now = lg_now_ns();
         if (n > 0)
             last_progress = now;
         else if (now - last_progress >= timeout_ns) {
-            rc = fail(res, ECHO_LOADGEN_TIMEOUT, -ETIMEDOUT, 0, 0);
+            rc = lg_fail(res, ECHO_LOADGEN_TIMEOUT, -ETIMEDOUT, 0, 0);
             break;
         }
         for (int i = 0; i < n && rc == 0; i++)
-            rc = conn_event(lg, lg->events[i].data.ptr, lg->events[i].events, res);
+            rc = on_event(lg, lg->events[i].data.ptr, lg->events[i].events, res);
+        if (rc == 0 && lg->cfg.transport == ECHO_UDP)
+            rc = lgu_expire(lg, now, res);
     }
     lg->running = lg->recording = 0;
     res->round_trips = lg->round_trips;
     res->bytes = lg->bytes;
+    res->lost = lg->lost;
+    res->late = lg->late;
     res->elapsed_ns = lg->last_echo_ns - start;
     res->lat_count = lg->lat_count;
     res->lat_min_ns = lg->lat_count ? lg->lat_min : 0;

@@ -23,7 +23,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 3 };
+enum { ECHO_ABI_VERSION = 4 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -264,6 +264,15 @@ void echo_client_free(echo_client *cli);
  * (first byte sent to last byte echoed) goes into a fixed-size log-linear
  * histogram, exact to about 3 %. One thread, one epoll loop, bounded memory.
  *
+ * Over UDP (transport ECHO_UDP) a connection is a connected UDP socket and a
+ * message one datagram, sent with sendmmsg() and received with recvmmsg() in
+ * batches. Each datagram starts with its socket's index and its sequence
+ * number, followed by the socket's pattern: a wrong byte or size is a
+ * MISMATCH, a datagram echoed twice is EXTRA. Nothing is retransmitted: a
+ * datagram not echoed within loss_timeout_ms is counted in res->lost and its
+ * place in the window is used again (one that comes back after that is
+ * counted in res->late, not as an echo).
+ *
  * Use: echo_loadgen_new(), echo_loadgen_connect() (opens every connection
  * and does one verified round trip on each, so the server has accepted them
  * all), then echo_loadgen_run() as often as wanted (each run stops sending at
@@ -284,21 +293,28 @@ typedef struct echo_loadgen_config {
                                 line each; seed: no newline) */
     uint32_t connect_window; /* connections being opened at once; 0: 64 */
     uint32_t timeout_ms;     /* longest wait without progress; 0: 10000 */
+    int transport;           /* enum echo_transport; UDP: raw mode, msg_size
+                                8 .. 65507 */
+    uint32_t loss_timeout_ms; /* UDP: a datagram not echoed within this is
+                                 lost; 0: 500 */
 } echo_loadgen_config;
 
 enum echo_loadgen_error {
     ECHO_LOADGEN_OK = 0,
     ECHO_LOADGEN_CONNECT = 1,  /* a connection could not be opened */
-    ECHO_LOADGEN_MISMATCH = 2, /* an echoed byte differs from the one sent */
-    ECHO_LOADGEN_CLOSED = 3,   /* the server closed a connection early */
+    ECHO_LOADGEN_MISMATCH = 2, /* an echoed byte differs from the one sent
+                                  (UDP: or an echoed datagram's size) */
+    ECHO_LOADGEN_CLOSED = 3,   /* the server closed a connection early (UDP:
+                                  its port refused a datagram) */
     ECHO_LOADGEN_IO = 4,       /* a socket or epoll call failed */
     ECHO_LOADGEN_TIMEOUT = 5,  /* no progress for timeout_ms */
-    ECHO_LOADGEN_EXTRA = 6,    /* more bytes came back than were sent */
+    ECHO_LOADGEN_EXTRA = 6,    /* more bytes came back than were sent (UDP:
+                                  a datagram came back twice) */
     ECHO_LOADGEN_USAGE = 7     /* bad argument or call order */
 };
 
 typedef struct echo_loadgen_result {
-    uint64_t round_trips;  /* messages echoed whole and verified */
+    uint64_t round_trips;  /* messages (UDP: datagrams) echoed whole and verified */
     uint64_t bytes;        /* echoed bytes verified */
     uint64_t elapsed_ns;   /* from the start of the run to the last echo */
     uint64_t lat_count;    /* latencies recorded (= round_trips) */
@@ -312,9 +328,15 @@ typedef struct echo_loadgen_result {
     int error;             /* 0, or the negative errno returned */
     int error_kind;        /* enum echo_loadgen_error */
     uint32_t error_conn;   /* index of the connection it happened on */
-    uint64_t error_offset; /* stream offset of the first bad byte */
+    uint64_t error_offset; /* stream offset of the first bad byte (UDP: its
+                              offset in the datagram) */
     uint8_t error_expected; /* MISMATCH: the byte sent ... */
     uint8_t error_got;      /* ... and the byte echoed */
+    uint64_t lost;          /* UDP: datagrams not echoed within the loss timeout */
+    uint64_t late;          /* UDP: echoes that came after that (not counted) */
+    uint64_t error_datagram; /* UDP: sequence number of the datagram at fault
+                                (UINT64_MAX: unknown) */
+    uint64_t error_size;    /* UDP: its size */
 } echo_loadgen_result;
 
 /* Check cfg and allocate; no connection is opened yet. */

@@ -115,3 +115,41 @@ def test_plot_labels_every_bar_and_axis(one_connection: bool) -> None:
             assert footnotes == []
     finally:
         plt.close(fig)
+
+
+def udp_result(lost: int) -> dict[str, Any]:
+    """TCP and UDP rows side by side, as a run with both writes them."""
+    r = result(False)
+    r["scenarios"].append(
+        {"name": "u50-64B", "label": "UDP 50 sockets x 64 B", "connections": 50, "idle": False}
+        | {"transport": "udp"}
+    )
+    r["summary"]["u50-64B"] = {
+        "floor": _throughput(180_000, 3.6) | {"per_source_per_s": 3_600, "lost": 0, "late": 0},
+        "native": _throughput(170_000, 3.7) | {"per_source_per_s": 3_400, "lost": lost, "late": 1},
+    }
+    r["options"] |= {"host": "::1", "udp_rate_limits": 10**9}
+    return r
+
+
+def test_udp_rows_show_losses_and_per_socket_rates() -> None:
+    table = render_table(udp_result(lost=7))
+    md = render_markdown(udp_result(lost=7), None)
+    for text in (table, md):
+        assert "lost (UDP)" in text
+        assert "UDP rows: a round trip is one datagram" in text
+    # TCP rows cannot lose anything: "-", not a 0 that looks measured.
+    rows = [line for line in md.splitlines() if line.count("|") == 12]  # the main table
+    (tcp_row,) = [line for line in rows if line.startswith("| 50 conns x 64 B | floor")]
+    assert tcp_row.endswith("| - |")
+    (udp_row,) = [line for line in rows if line.startswith("| UDP 50 sockets x 64 B | native")]
+    assert udp_row.endswith("| 7 |")
+    assert "## UDP per socket" in md
+    assert "| UDP 50 sockets x 64 B | native | 3,400 | 7 | 1 |" in md
+    assert "1,000,000,000 datagrams/s, so no limit was hit" in md
+    assert "Servers on [::1] (loopback)." in md  # IPv6 in brackets
+
+
+def test_no_udp_column_without_udp() -> None:
+    for text in (render_table(result()), render_markdown(result(), None)):
+        assert "lost (UDP)" not in text and "UDP rows" not in text

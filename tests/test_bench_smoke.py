@@ -1,8 +1,10 @@
 """Smoke test of the benchmark: benchmarks/native_vs_python.py --quick runs
-every scenario on every server briefly, as a user would start it, and its
-outputs must exist, parse and hold positive figures. uvloop and matplotlib
-are optional (the bench extra): their parts skip, with the reason, when they
-are not installed."""
+every scenario (TCP and UDP) on every server briefly, as a user would start
+it, and its outputs must exist, parse and hold positive figures. uvloop and
+matplotlib are optional (the bench extra): their parts skip, with the reason,
+when they are not installed. The Python engine's UDP rows run once the
+engine serves UDP (pyecho/_pyudp.py); until then the benchmark must say it
+skipped them."""
 
 from __future__ import annotations
 
@@ -17,14 +19,25 @@ from typing import Any
 import pytest
 
 from pyecho.bench.runner import SCENARIOS, TARGETS
-from pyecho.bench.servers import SERVER_MODES
+from pyecho.bench.servers import SERVER_MODES, python_engine_serves_udp
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
 pytestmark = pytest.mark.slow  # every server, every scenario: ~25 s
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAVE_PY_UDP = python_engine_serves_udp()
 ALWAYS = ("floor", "native", "python", "asyncio")
+UDP = tuple(sc for sc in SCENARIOS if sc.transport == "udp")
+
+
+def expected(sc: Any) -> tuple[str, ...]:
+    """The servers that must have measured scenario sc here."""
+    if sc.transport == "udp":
+        return tuple(s for s in ALWAYS if s != "python" or HAVE_PY_UDP)
+    return tuple(s for s in ALWAYS if sc.mode in SERVER_MODES[s])
+
+
 POSITIVE = (
     "rt_per_s",
     "mib_per_s",
@@ -60,7 +73,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_scenario_on_every_server(bench: dict[str, Any]) -> None:
     summary = bench["json"]["summary"]
     for sc in SCENARIOS:
-        for server in (s for s in ALWAYS if sc.mode in SERVER_MODES[s]):
+        for server in expected(sc):
             assert server in summary[sc.name], f"{server} missing from {sc.name}"
     assert bench["json"]["errors"] == []
 
@@ -81,6 +94,9 @@ def test_every_figure_is_a_positive_number(bench: dict[str, Any]) -> None:
             assert value > 0, (where, key, value)
         assert rec["bytes"] == rec["round_trips"] * rec["msg_size"], where
         assert rec["lat_p50_us"] <= rec["lat_p99_us"] <= rec["lat_p999_us"], where
+        if rec["transport"] == "udp":
+            assert rec["per_source_per_s"] > 0, where
+            assert rec["lost"] >= rec["late"] >= 0, where
         for key in ("server_cpu_cores", "loadgen_cpu_cores", "other_cpu_cores"):
             assert rec[key] >= 0, (where, key)
 
@@ -96,6 +112,31 @@ def test_pipelined_lines_against_an_asyncio_line_server(bench: dict[str, Any]) -
     assert target["status"] in ("met", "missed") and target["value"] > 0
 
 
+def test_udp_scenarios(bench: dict[str, Any]) -> None:
+    """UDP: the closed loop and the window, datagrams counted per socket,
+    losses reported (none expected on loopback at these loads), the Python
+    engine skipped with its reason while it has no UDP."""
+    result = bench["json"]
+    assert {sc.name for sc in UDP} == {"u50-64B", "u4-64B-w32"}
+    for sc in UDP:
+        records = [r for r in result["records"] if r["scenario"] == sc.name]
+        assert {r["server"] for r in records} >= set(expected(sc))
+        for r in records:
+            assert (r["transport"], r["depth"], r["msg_size"]) == ("udp", sc.depth, 64)
+            assert r["connections"] == sc.connections
+            where = f"{r['server']} {sc.name}"
+            assert r["per_source_per_s"] == pytest.approx(r["rt_per_s"] / sc.connections), where
+        for server, m in result["summary"][sc.name].items():
+            assert m["lost"] == sum(r["lost"] for r in records if r["server"] == server)
+    if not HAVE_PY_UDP:
+        assert "python (UDP)" in result["skipped"]
+        assert "python (UDP)" in bench["stderr"]
+    assert result["options"]["udp_rate_limits"] >= 10**9
+    md = (bench["out"] / "results.md").read_text()
+    assert "## UDP per socket" in md and "lost (UDP)" in md
+    assert "UDP rows: a round trip is one datagram" in bench["stdout"]
+
+
 def test_progress_table_and_markdown(bench: dict[str, Any]) -> None:
     assert "[  1/" in bench["stderr"]  # progress while it runs
     assert "round trips/s" in bench["stdout"] and "Targets" in bench["stdout"]
@@ -108,8 +149,11 @@ def test_progress_table_and_markdown(bench: dict[str, Any]) -> None:
 def test_targets_are_evaluated(bench: dict[str, Any]) -> None:
     targets = {t["name"]: t for t in bench["json"]["targets"]}
     assert set(targets) == {t.name for t in TARGETS}
+    assert sum(name.startswith("UDP ") for name in targets) == 6
     for t in targets.values():
         if "uvloop" in t["name"] and not HAVE_UVLOOP:
+            assert t["status"] == "not measured"
+        elif t["name"].startswith("UDP python") and not HAVE_PY_UDP:
             assert t["status"] == "not measured"
         elif "idle" in t["name"]:
             assert t["status"].startswith("not evaluated")  # 1000 < 10,000 held

@@ -197,6 +197,8 @@ def test_bench_subcommand_reaches_the_benchmark(cwd: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(b"usage: pyecho bench ")
     assert b"--quick" in result.stdout
+    for name in (b"c50-64B", b"idle", b"u50-64B", b"u4-64B-w32"):  # TCP and UDP scenarios
+        assert b"\n  " + name + b" " in result.stdout
 
 
 @pytest.mark.parametrize("engine", ENGINES)

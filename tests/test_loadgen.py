@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import threading
 from collections.abc import Callable
 
@@ -215,3 +216,323 @@ def test_correct_servers_pass(
     handshakes = connections * msg_size
     total = handshakes + first.bytes + second.bytes
     assert stats.bytes_in == stats.bytes_out == total
+
+
+# ---- UDP -----------------------------------------------------------------------
+
+Reply = Callable[[int, bytes], list[bytes]]
+
+
+class TinyUdpServer:
+    """A UDP server on a thread: datagram number n (counted from 0, over
+    every socket) is answered with ``reply(n, data)``, a list of datagrams
+    sent back to its sender ([] drops it, two copies duplicate it)."""
+
+    def __init__(self, reply: Reply, host: str = LOOPBACK) -> None:
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.count = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            out = self.reply(self.count, data)
+            self.count += 1
+            for d in out:
+                self.sock.sendto(d, addr)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+    def __enter__(self) -> TinyUdpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def at(n: int, change: Callable[[bytes], list[bytes]]) -> Reply:
+    """Echo every datagram, but datagram n through ``change``."""
+
+    def reply(i: int, data: bytes) -> list[bytes]:
+        return change(data) if i == n else [data]
+
+    return reply
+
+
+def flip(position: int) -> Callable[[bytes], list[bytes]]:
+    def change(data: bytes) -> list[bytes]:
+        buf = bytearray(data)
+        buf[position] ^= 0x01
+        return [bytes(buf)]
+
+    return change
+
+
+def udp_loadgen(connections: int = 1, msg_size: int = 64, depth: int = 1, **kw) -> LoadGen:
+    return LoadGen(connections, msg_size, depth, transport="udp", **kw)
+
+
+def test_udp_a_flipped_byte_is_a_mismatch() -> None:
+    # One socket, one datagram in flight: the server's datagram 9 is number 9.
+    with TinyUdpServer(at(9, flip(20))) as srv, udp_loadgen() as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    err = info.value
+    assert (err.kind, err.errno) == ("mismatch", errno.EBADMSG)
+    assert (err.conn, err.datagram, err.offset, err.size) == (0, 9, 20, 64)
+    assert "socket 0, datagram 9, byte 20 of 64" in str(err)
+    assert "echoed datagram differs" in str(err)
+
+
+def test_udp_a_changed_sequence_number_is_a_mismatch() -> None:
+    # Byte 2 of the tag is in the sequence number: the echo names a datagram
+    # never sent.
+    with TinyUdpServer(at(5, flip(2))) as srv, udp_loadgen() as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    err = info.value
+    assert err.kind == "mismatch"
+    assert (err.offset, err.datagram) == (2, None)
+
+
+def test_udp_a_flipped_byte_while_connecting_is_a_mismatch() -> None:
+    with TinyUdpServer(at(1, flip(63))) as srv, udp_loadgen(3) as lg:
+        with pytest.raises(LoadGenError) as info:
+            lg.connect(LOOPBACK, srv.port)
+    assert info.value.kind == "mismatch"
+    assert (info.value.offset, info.value.datagram) == (63, 0)
+
+
+@pytest.mark.parametrize("size", [63, 65, 7, 0])
+def test_udp_a_datagram_of_the_wrong_size_is_a_mismatch(size: int) -> None:
+    def resize(data: bytes) -> list[bytes]:
+        return [(data + b"!")[:size]]
+
+    with TinyUdpServer(at(4, resize)) as srv, udp_loadgen() as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    err = info.value
+    assert err.kind == "mismatch"
+    assert err.size == size
+    assert err.offset == min(size, 64)  # the first byte missing, or the first extra
+    assert err.datagram == (4 if size >= 8 else None)
+
+
+def test_udp_a_duplicated_datagram_is_extra() -> None:
+    with TinyUdpServer(at(6, lambda d: [d, d])) as srv, udp_loadgen(depth=4) as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    err = info.value
+    assert (err.kind, err.errno) == ("extra", errno.EPROTO)
+    assert err.datagram is not None
+    assert "echoed twice" in str(err)
+
+
+def test_udp_an_echo_sent_to_another_socket_is_a_mismatch() -> None:
+    """A server that mixes up its clients: socket 1's datagram goes to 0."""
+    clients: list[tuple[str, int]] = []
+
+    class Swapper(TinyUdpServer):
+        def _serve(self) -> None:
+            while not self.stopped.is_set():
+                try:
+                    data, addr = self.sock.recvfrom(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if addr not in clients:
+                    clients.append(addr)
+                to = clients[0] if len(clients) == 2 and addr == clients[1] else addr
+                self.sock.sendto(data, to)
+
+    with Swapper(lambda n, d: [d]) as srv, udp_loadgen(2, connect_window=1) as lg:
+        with pytest.raises(LoadGenError) as info:
+            lg.connect(LOOPBACK, srv.port)
+            lg.run(5.0)
+    assert info.value.kind == "mismatch"
+    assert info.value.conn == 0
+
+
+def test_udp_an_echo_of_a_datagram_not_sent_yet_is_a_mismatch() -> None:
+    """A server that answers ahead: with datagram 5's echo it sends one
+    claiming to be the next datagram (the tag's sequence number plus one),
+    before or after the load generator sent that one."""
+
+    def ahead(data: bytes) -> list[bytes]:
+        tag = int.from_bytes(data[:8], sys.byteorder) + 1
+        return [data, tag.to_bytes(8, sys.byteorder) + data[8:]]
+
+    with TinyUdpServer(at(5, ahead)) as srv, udp_loadgen() as lg:
+        lg.connect(LOOPBACK, srv.port)
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    assert info.value.kind == "mismatch"
+
+
+def test_udp_a_dropped_datagram_is_counted_lost() -> None:
+    with TinyUdpServer(at(10, lambda d: [])) as srv:
+        with udp_loadgen(depth=2, loss_timeout=0.1) as lg:
+            lg.connect(LOOPBACK, srv.port)
+            r = lg.run(0.3)
+    # Exactly one never came back (on a loaded machine an echo slower than
+    # the loss timeout would count as lost and late too).
+    assert r.lost - r.late == 1
+    assert r.round_trips > 10
+    assert r.bytes == r.round_trips * 64
+
+
+def test_udp_a_late_echo_is_counted_lost_then_late() -> None:
+    late: list[threading.Timer] = []
+
+    class Delayer(TinyUdpServer):
+        def _serve(self) -> None:
+            while not self.stopped.is_set():
+                try:
+                    data, addr = self.sock.recvfrom(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if self.count == 10:  # held 0.3 s: past the 0.1 s loss timeout
+                    t = threading.Timer(0.3, self.sock.sendto, (data, addr))
+                    late.append(t)
+                    t.start()
+                else:
+                    self.sock.sendto(data, addr)
+                self.count += 1
+
+    with Delayer(lambda n, d: [d]) as srv, udp_loadgen(loss_timeout=0.1) as lg:
+        lg.connect(LOOPBACK, srv.port)
+        r = lg.run(0.8)
+        late[0].join()
+    assert r.late >= 1 and r.lost == r.late  # every one came back
+    assert r.round_trips > 10
+
+
+def test_udp_a_silent_server_times_out() -> None:
+    with TinyUdpServer(lambda n, d: []) as srv, udp_loadgen(2, timeout=0.3) as lg:
+        with pytest.raises(LoadGenError) as info:
+            lg.connect(LOOPBACK, srv.port)
+    assert info.value.kind == "timeout"
+
+
+def test_udp_a_server_gone_silent_mid_run_loses_everything() -> None:
+    # No echo at all during the run: every datagram counted lost, none late.
+    with TinyUdpServer(lambda n, d: [d] if n < 2 else []) as srv:
+        with udp_loadgen(2, depth=3, loss_timeout=0.05) as lg:
+            lg.connect(LOOPBACK, srv.port)
+            r = lg.run(0.2)
+    assert r.round_trips == 0
+    assert r.lost >= 6 and r.late == 0
+
+
+def test_udp_nothing_listening() -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind((LOOPBACK, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with udp_loadgen() as lg, pytest.raises(LoadGenError) as info:
+        lg.connect(LOOPBACK, port)
+    assert info.value.kind == "connect"
+    assert info.value.errno == errno.ECONNREFUSED
+
+
+def test_udp_a_server_that_goes_away_mid_run() -> None:
+    srv = TinyUdpServer(lambda n, d: [d])
+    with udp_loadgen(2) as lg:
+        lg.connect(LOOPBACK, srv.port)
+        srv.close()  # the port now answers with ICMP port unreachable
+        with pytest.raises(LoadGenError) as info:
+            lg.run(5.0)
+    assert info.value.kind == "closed"
+    assert info.value.errno == errno.ECONNREFUSED
+    assert "refused a datagram" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"msg_size": 7},  # no room for the tag
+        {"msg_size": 65_508},  # more than a UDP datagram carries
+        {"msg_size": 64, "mode": "line"},  # a datagram has no lines
+    ],
+)
+def test_udp_bad_settings(kwargs: dict) -> None:
+    with pytest.raises(OSError) as info:
+        LoadGen(1, transport="udp", **kwargs)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_unknown_transport() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        LoadGen(1, 64, transport="sctp")
+
+
+def _python_udp_missing() -> bool:
+    from pyecho.bench.servers import python_engine_serves_udp
+
+    return not python_engine_serves_udp()
+
+
+@pytest.mark.parametrize(
+    "host, connections, msg_size, depth",
+    [
+        (LOOPBACK, 3, 8, 1),  # the tag alone
+        (LOOPBACK, 4, 64, 32),
+        # The largest UDP datagram, two in flight: four overflow the server's
+        # default 208 KiB receive buffer (and one is lost there).
+        (LOOPBACK, 2, 65_507, 1),
+        ("::1", 3, 100, 5),
+    ],
+)
+def test_udp_correct_servers_pass(
+    request: pytest.FixtureRequest,
+    engine: str,
+    host: str,
+    connections: int,
+    msg_size: int,
+    depth: int,
+) -> None:
+    if engine == "python" and _python_udp_missing():
+        # The Python engine's UDP is being written (pyecho/_pyudp.py): until
+        # it is in, this must fail; then the mark goes away by itself.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="no UDP in the Python engine"))
+    with pyecho.EchoServer(
+        (host, 0), engine=engine, transport="udp", udp_rate=None, udp_rate_per_source=None
+    ).start() as server:
+        with udp_loadgen(connections, msg_size, depth, timeout=2.0) as lg:
+            lg.connect(host, server.server_address[1])
+            assert lg.open_connections == connections
+            first = lg.run(0.2)
+            second = lg.run(0.2)
+        server.shutdown()
+        stats = server.stats
+    for r in (first, second):
+        assert r.round_trips > 0
+        assert (r.lost, r.late) == (0, 0)
+        assert r.bytes == r.round_trips * msg_size
+        assert 0 < r.lat_min_ns <= r.lat_p50_ns <= r.lat_p99_ns <= r.lat_max_ns
+    total = connections + first.round_trips + second.round_trips
+    assert stats.datagrams_in == stats.datagrams_out == total
+    assert stats.bytes_in == stats.bytes_out == total * msg_size

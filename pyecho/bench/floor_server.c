@@ -10,12 +10,14 @@
  *
  * pyecho.bench compiles it at run time with `cc -O2`. Usage:
  *     floor_server [HOST [PORT [BACKLOG]]]   (defaults 127.0.0.1 0 1024)
+ * HOST is a numeric IPv4 or IPv6 address.
  * It prints "PORT <n>" on stdout once listening and serves until killed
  * (it also dies with its parent).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -145,40 +147,59 @@ static void on_acceptable(int ep, int lfd)
     }
 }
 
+/* A listening socket on a numeric IPv4 or IPv6 address ("::" also serves
+ * IPv4, as pyecho's servers do); -1 with a message on failure. */
+static int listen_on(const char *host, const char *port, int backlog)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE};
+    struct addrinfo *ai;
+    int one = 1, zero = 0, fd;
+
+    if (getaddrinfo(host, port, &hints, &ai) != 0) {
+        fprintf(stderr, "floor_server: not a numeric address and port: %s %s\n", host, port);
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && ai->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+        perror("floor_server");
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
-    const char *host = argc > 1 ? argv[1] : "127.0.0.1";
-    int port = argc > 2 ? atoi(argv[2]) : 0;
     int backlog = argc > 3 ? atoi(argv[3]) : 1024;
     static struct epoll_event events[MAX_EVENTS];
     static char buf[BUF_SIZE];
-    struct sockaddr_in addr = {.sin_family = AF_INET};
+    struct sockaddr_storage addr;
     socklen_t len = sizeof addr;
     struct rlimit rl;
-    int one = 1, lfd, ep;
+    int lfd, ep, port;
 
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    addr.sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-        fprintf(stderr, "floor_server: not an IPv4 address: %s\n", host);
-        return 2;
-    }
-    lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    lfd = listen_on(argc > 1 ? argv[1] : "127.0.0.1", argc > 2 ? argv[2] : "0", backlog);
+    if (lfd < 0)
+        return 1;
     ep = epoll_create1(EPOLL_CLOEXEC);
-    if (lfd < 0 || ep < 0 ||
-        setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        bind(lfd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-        listen(lfd, backlog) != 0 ||
-        getsockname(lfd, (struct sockaddr *)&addr, &len) != 0 ||
+    if (ep < 0 || getsockname(lfd, (struct sockaddr *)&addr, &len) != 0 ||
         watch(ep, EPOLL_CTL_ADD, lfd, EPOLLIN) != 0) {
         perror("floor_server");
         return 1;
     }
-    printf("PORT %d\n", ntohs(addr.sin_port));
+    port = addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&addr)->sin6_port
+                                      : ((struct sockaddr_in *)&addr)->sin_port;
+    printf("PORT %d\n", ntohs((uint16_t)port));
     fflush(stdout);
     for (;;) {
         int n = epoll_wait(ep, events, MAX_EVENTS, -1);

@@ -1,8 +1,11 @@
-"""The C load generator (csrc/loadgen.c) through cffi.
+"""The C load generator (csrc/loadgen.c, csrc/loadgen_udp.c) through cffi.
 
 The call into C releases the GIL and runs the whole closed loop there, so
 what is measured is the server, not Python. Every echoed byte is verified: a
 wrong byte, an extra byte or an early close raises :class:`LoadGenError`.
+Over UDP a wrong byte or size, or a datagram echoed twice, raises it too; a
+datagram not echoed within ``loss_timeout`` is counted in
+:attr:`RunResult.lost`.
 """
 
 from __future__ import annotations
@@ -16,17 +19,33 @@ from typing import Any
 from .._native import load
 
 MODES = {"raw": 0, "line": 1, "seed": 2}
+TRANSPORTS = {"tcp": 0, "udp": 1}
+UNKNOWN = 2**64 - 1  # error_datagram when the datagram's number is unknown
 ERROR_KINDS = ("ok", "connect", "mismatch", "closed", "io", "timeout", "extra", "usage")
 
 
 class LoadGenError(RuntimeError):
     """The load generator found the server at fault or could not run."""
 
-    def __init__(self, rc: int, kind: str, conn: int, offset: int, detail: str = "") -> None:
+    def __init__(
+        self,
+        rc: int,
+        kind: str,
+        conn: int,
+        offset: int,
+        detail: str = "",
+        *,
+        transport: str = "tcp",
+        datagram: int | None = None,
+        size: int | None = None,
+    ) -> None:
         self.errno = -rc
         self.kind = kind
         self.conn = conn
         self.offset = offset
+        self.transport = transport
+        self.datagram = datagram  # UDP: the datagram's sequence number, if known
+        self.size = size  # UDP: its size
         what = {
             "connect": "could not open a connection",
             "mismatch": "an echoed byte differs from the byte sent",
@@ -36,8 +55,20 @@ class LoadGenError(RuntimeError):
             "extra": "the server sent more bytes than it was sent",
             "usage": "bad argument or call order",
         }.get(kind, kind)
-        msg = f"load generator: {what} (connection {conn}, stream offset {offset}"
-        msg += f"{detail}): {os.strerror(-rc)}"
+        if transport == "udp":
+            what = {
+                "mismatch": "an echoed datagram differs from the one sent",
+                "closed": "the server's port refused a datagram",
+                "extra": "a datagram was echoed twice",
+            }.get(kind, what)
+            where = f"socket {conn}"
+            if datagram is not None:
+                where += f", datagram {datagram}"
+            if kind == "mismatch":
+                where += f", byte {offset} of {size}"
+        else:
+            where = f"connection {conn}, stream offset {offset}"
+        msg = f"load generator: {what} ({where}{detail}): {os.strerror(-rc)}"
         if kind == "connect" and -rc in (errno.EMFILE, errno.ENFILE):
             msg += " - raise the open-file limit (ulimit -n) or use fewer connections"
         super().__init__(msg)
@@ -57,6 +88,8 @@ class RunResult:
     lat_p99_ns: int
     lat_p999_ns: int
     lat_max_ns: int
+    lost: int = 0  # UDP: datagrams not echoed within the loss timeout
+    late: int = 0  # UDP: echoes that came after it (not counted as round trips)
 
     @property
     def seconds(self) -> float:
@@ -66,7 +99,9 @@ class RunResult:
 class LoadGen:
     """``connections`` connections with ``depth`` messages of ``msg_size``
     bytes in flight each, against a server in ``mode`` (messages are made so
-    that it echoes them unchanged)."""
+    that it echoes them unchanged). With ``transport="udp"``: connected UDP
+    sockets, ``depth`` datagrams of ``msg_size`` bytes (8 to 65,507) in
+    flight on each, raw mode only."""
 
     def __init__(
         self,
@@ -77,11 +112,15 @@ class LoadGen:
         *,
         connect_window: int = 64,
         timeout: float = 10.0,
+        transport: str = "tcp",
+        loss_timeout: float = 0.5,
     ) -> None:
         self._lg: Any = None
         self._ffi, self._lib = ffi, lib = load()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}; got {transport!r}")
         cfg = ffi.new("echo_loadgen_config *")
         cfg.connections = connections
         cfg.depth = depth
@@ -89,6 +128,8 @@ class LoadGen:
         cfg.mode = MODES[mode]
         cfg.connect_window = connect_window
         cfg.timeout_ms = max(1, round(timeout * 1000))
+        cfg.transport = TRANSPORTS[transport]
+        cfg.loss_timeout_ms = max(1, round(loss_timeout * 1000))
         out = ffi.new("echo_loadgen **")
         rc = lib.echo_loadgen_new(cfg, out)
         if rc < 0:
@@ -99,6 +140,7 @@ class LoadGen:
         self.msg_size = msg_size
         self.depth = depth
         self.mode = mode
+        self.transport = transport
 
     def _raise(self, rc: int) -> None:
         r = self._res
@@ -107,9 +149,19 @@ class LoadGen:
             # A signal arrived: Python runs its handler (KeyboardInterrupt) now.
             raise InterruptedError(errno.EINTR, "load generator interrupted")
         detail = ""
-        if kind == "mismatch":
+        udp = self.transport == "udp"
+        if kind == "mismatch" and not (udp and r.error_size != self.msg_size):
             detail = f", sent 0x{r.error_expected:02x}, echoed 0x{r.error_got:02x}"
-        raise LoadGenError(rc, kind, r.error_conn, r.error_offset, detail)
+        raise LoadGenError(
+            rc,
+            kind,
+            r.error_conn,
+            r.error_offset,
+            detail,
+            transport=self.transport,
+            datagram=r.error_datagram if udp and r.error_datagram != UNKNOWN else None,
+            size=r.error_size if udp else None,
+        )
 
     def connect(self, host: str, port: int) -> None:
         """Open every connection and do one verified round trip on each."""
@@ -134,6 +186,8 @@ class LoadGen:
             lat_p99_ns=r.lat_p99_ns,
             lat_p999_ns=r.lat_p999_ns,
             lat_max_ns=r.lat_max_ns,
+            lost=r.lost,
+            late=r.late,
         )
 
     @property

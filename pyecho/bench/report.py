@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .servers import SERVERS
+from .servers import SERVERS, show_host
 
 MiB = 1 << 20
 COLORS = {
@@ -31,6 +31,25 @@ WAKEUP_NOTE = (
 )
 
 
+UDP_NOTE = (
+    "UDP rows: a round trip is one datagram echoed and verified, so round trips/s is "
+    "datagrams/s and server CPU us/rt is CPU per datagram; lost counts datagrams not "
+    "echoed within the load generator's loss timeout, over all runs (a lost datagram "
+    "also idles its place in the window until then)."
+)
+
+
+UDP_PLOT_NOTE = "UDP scenarios: a round trip is one datagram echoed and verified."
+
+
+def _udp(result: dict[str, Any]) -> bool:
+    return any(s.get("transport") == "udp" for s in result["scenarios"])
+
+
+def _transports(result: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s.get("transport", "tcp") for s in result["scenarios"]}
+
+
 def _one_connection(result: dict[str, Any]) -> bool:
     return any(s["connections"] == 1 and not s["idle"] for s in result["scenarios"])
 
@@ -45,6 +64,8 @@ def _labels(result: dict[str, Any]) -> dict[str, str]:
 def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     labels = _labels(result)
+    udp = _udp(result)
+    transports = _transports(result)
     for scenario, by_server in result["summary"].items():
         if scenario == "idle":
             continue
@@ -52,6 +73,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
             m = by_server.get(server)
             if m is None:
                 continue
+            lost = f"{m['lost']:,}" if transports.get(scenario) == "udp" else "-"
             rows.append(
                 [
                     labels.get(scenario, scenario),
@@ -64,6 +86,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
                     f"{m['cpu_us_per_rt']:.2f}",
                     f"{m['peak_rss_bytes'] / MiB:,.1f}",
                     f"{m['other_cpu_cores']:.2f}",
+                    *([lost] if udp else []),
                 ]
             )
     return rows
@@ -82,7 +105,35 @@ THROUGHPUT_HEAD = [
     "other load (cores)",
 ]
 IDLE_HEAD = ["server", "idle connections", "RSS per connection (B)", "peak RSS MiB"]
+UDP_HEAD = ["UDP scenario", "server", "datagrams/s per socket", "lost (all runs)", "late"]
 TARGET_HEAD = ["target", "bound", "measured (median)", "per run", "status"]
+
+
+def _throughput_head(result: dict[str, Any]) -> list[str]:
+    return THROUGHPUT_HEAD + (["lost (UDP)"] if _udp(result) else [])
+
+
+def _udp_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Per source: each socket is one address and port to the server's
+    per-source rate limit, so this is what a default limit would see."""
+    rows = []
+    labels = _labels(result)
+    transports = _transports(result)
+    for scenario, by_server in result["summary"].items():
+        if transports.get(scenario) != "udp":
+            continue
+        for server in SERVERS:
+            if (m := by_server.get(server)) is not None:
+                rows.append(
+                    [
+                        labels.get(scenario, scenario),
+                        server,
+                        f"{m['per_source_per_s']:,.0f}",
+                        f"{m['lost']:,}",
+                        f"{m['late']:,}",
+                    ]
+                )
+    return rows
 
 
 def _idle_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -144,10 +195,12 @@ def render_table(result: dict[str, Any]) -> str:
     """The console version: medians, idle memory, targets."""
     parts = [
         f"Medians of {result['options']['runs']} run(s), {result['options']['duration']:g} s each",
-        _text_table(THROUGHPUT_HEAD, _throughput_rows(result)),
+        _text_table(_throughput_head(result), _throughput_rows(result)),
     ]
     if _one_connection(result):
         parts += [textwrap.fill(WAKEUP_NOTE, 100, break_on_hyphens=False)]
+    if _udp(result):
+        parts += [textwrap.fill(UDP_NOTE, 100, break_on_hyphens=False)]
     if _idle_rows(result):
         parts += ["", _text_table(IDLE_HEAD, _idle_rows(result))]
     parts += [
@@ -177,6 +230,7 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
         "the table's *other load* is CPU used by other processes during each measurement.",
         f"- {o['runs']} run(s), {o['duration']:g} s measured per server and scenario after "
         f"{o['warmup']:g} s of warm-up; figures are medians over runs.",
+        f"- Servers on {show_host(o.get('host', '127.0.0.1'))} (loopback).",
         "",
         "Servers:",
         "",
@@ -187,10 +241,28 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
         "",
         "## Throughput, latency, CPU",
         "",
-        _md_table(THROUGHPUT_HEAD, _throughput_rows(result)),
+        _md_table(_throughput_head(result), _throughput_rows(result)),
     ]
     if _one_connection(result):
         out += ["", "\\" + WAKEUP_NOTE]  # escaped: a leading * would make a list item
+    if _udp(result):
+        out += ["", UDP_NOTE]
+        rates = o.get("udp_rate_limits")
+        out += [
+            "",
+            "## UDP per socket",
+            "",
+            "Each socket is one source (address and port) to a server's per-source rate "
+            "limit"
+            + (
+                f"; pyecho's servers ran with udp_rate and udp_rate_per_source at {rates:,} "
+                "datagrams/s, so no limit was hit."
+                if rates
+                else "."
+            ),
+            "",
+            _md_table(UDP_HEAD, _udp_rows(result)),
+        ]
     if _idle_rows(result):
         out += ["", "## Idle connections held", "", _md_table(IDLE_HEAD, _idle_rows(result), 1)]
     out += ["", "## Targets", "", _md_table(TARGET_HEAD, _target_rows(result), 1)]
@@ -302,15 +374,13 @@ def figure(result: dict[str, Any]) -> Any:
         fontsize=10,
     )
     bottom = 0.0
-    if scenarios and _one_connection(result):
-        fig.text(
-            0.01,
-            0.01,
-            textwrap.fill(WAKEUP_NOTE, 190, break_on_hyphens=False),
-            fontsize=8,
-            va="bottom",
-        )
-        bottom = 0.05
+    notes = [WAKEUP_NOTE] if scenarios and _one_connection(result) else []
+    if scenarios and _udp(result):
+        notes.append(UDP_PLOT_NOTE)
+    for note in reversed(notes):  # bottom up
+        text = textwrap.fill(note, 190, break_on_hyphens=False)
+        fig.text(0.01, 0.01 + bottom, text, fontsize=8, va="bottom")
+        bottom += 0.015 * (text.count("\n") + 1) + 0.005
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 

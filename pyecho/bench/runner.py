@@ -4,6 +4,9 @@ user would pick instead, driven by the C load generator.
     python benchmarks/native_vs_python.py [--runs 5] [--duration 3] [--out DIR]
     python -m pyecho.bench ...            (the same; also ``pyecho bench``)
 
+TCP and UDP: over UDP a *round trip* is one datagram echoed and verified, and
+CPU per round trip is CPU per datagram.
+
 Every server runs in its own process (so the OS can say what CPU time and
 memory it used) and is started afresh for each measurement. A *run* measures
 every scenario on every server back to back; figures are medians over runs,
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import statistics
 import sys
 import time
@@ -30,14 +34,16 @@ from typing import Any
 from .. import __version__, _native
 from .loadgen import LoadGen, LoadGenError
 from .report import plot, render_markdown, render_table
-from .serve import raise_nofile_limit
+from .serve import UDP_RATE, raise_nofile_limit
 from .servers import (
     CLK_TCK,
     DESCRIPTIONS,
     SERVER_MODES,
     SERVERS,
     STEADY_MALLOC_ENV,
+    TRANSPORTS,
     ServerProcess,
+    show_host,
     unavailable_reason,
     wait_settled,
 )
@@ -55,6 +61,7 @@ class Scenario:
     depth: int = 1
     mode: str = "raw"
     idle: bool = False
+    transport: str = "tcp"  # udp: connections are sockets, messages datagrams
 
 
 SCENARIOS = (
@@ -67,9 +74,15 @@ SCENARIOS = (
     Scenario("c50-64B-line", "50 conns x 64 B, line mode", 50, 64, mode="line"),
     Scenario("c50-64B-line-p16", "50 conns x 64 B lines, 16 deep", 50, 64, depth=16, mode="line"),
     Scenario("idle", "idle connections held", 10_000, 64, idle=True),
+    Scenario("u50-64B", "UDP 50 sockets x 64 B", 50, 64, transport="udp"),
+    # 4 x 32 = 128 datagrams in flight: 8 x 32 overflows the servers' default
+    # 208 KiB receive buffer (each 64 B datagram costs about 1 KiB of it).
+    Scenario("u4-64B-w32", "UDP 4 sockets x 64 B, 32 in flight", 4, 64, depth=32, transport="udp"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 IDLE_TARGET_CONNECTIONS = 10_000
+UDP_SCENARIOS = tuple(s.name for s in SCENARIOS if s.transport == "udp")
+UDP_LABELS = {s.name: s.label.removeprefix("UDP ") for s in SCENARIOS if s.transport == "udp"}
 
 
 @dataclass(frozen=True)
@@ -147,26 +160,70 @@ TARGETS = (
         "<=",
         1.5,
     ),
+    # UDP (issue 10): datagrams/s against the floor and uvloop, in both scenarios.
+    *(
+        Target(
+            f"UDP native datagrams/s / {other}'s, {UDP_LABELS[sc]}",
+            ("native", sc, "rt_per_s"),
+            (other, sc, "rt_per_s"),
+            ">=",
+            bound,
+        )
+        for sc in UDP_SCENARIOS
+        for other, bound in (("floor", 0.85), ("uvloop", 2.0))
+    ),
+    *(
+        Target(
+            f"UDP python datagrams/s / asyncio's, {UDP_LABELS[sc]}",
+            ("python", sc, "rt_per_s"),
+            ("asyncio", sc, "rt_per_s"),
+            ">=",
+            1.0,
+        )
+        for sc in UDP_SCENARIOS
+    ),
 )
 
 # Informative ratios, same run: what the engines cost over the floor, and what
 # line and seed framing cost over raw.
-INFO_RATIOS = tuple(
-    (
-        f"{eng} CPU per round trip / floor's, {sc}",
-        (eng, sc, "cpu_us_per_rt"),
-        ("floor", sc, "cpu_us_per_rt"),
+INFO_RATIOS = (
+    tuple(
+        (
+            f"{eng} CPU per round trip / floor's, {sc}",
+            (eng, sc, "cpu_us_per_rt"),
+            ("floor", sc, "cpu_us_per_rt"),
+        )
+        for sc in ("c1-64B", "c50-64B", "c50-1KiB", "c50-64B-p16", "c10-64KiB")
+        for eng in ("native", "python")
     )
-    for sc in ("c1-64B", "c50-64B", "c50-1KiB", "c50-64B-p16", "c10-64KiB")
-    for eng in ("native", "python")
-) + tuple(
-    (
-        f"{eng} CPU per round trip, {mode} mode / raw mode, 50 x 64 B",
-        (eng, f"c50-64B-{mode}", "cpu_us_per_rt"),
-        (eng, "c50-64B", "cpu_us_per_rt"),
+    + tuple(
+        (
+            f"{eng} CPU per round trip, {mode} mode / raw mode, 50 x 64 B",
+            (eng, f"c50-64B-{mode}", "cpu_us_per_rt"),
+            (eng, "c50-64B", "cpu_us_per_rt"),
+        )
+        for eng in ("native", "python")
+        for mode in ("seed", "line")
     )
-    for eng in ("native", "python")
-    for mode in ("seed", "line")
+    + tuple(
+        (
+            f"UDP {srv} CPU per datagram / {other}'s, {UDP_LABELS[sc]}",
+            (srv, sc, "cpu_us_per_rt"),
+            (other, sc, "cpu_us_per_rt"),
+        )
+        for sc in UDP_SCENARIOS
+        for srv, other in (("native", "floor"), ("native", "uvloop"), ("python", "asyncio"))
+    )
+    # The most any server could reach against uvloop on this machine: the
+    # kernel's own cost per datagram bounds the 2x target.
+    + tuple(
+        (
+            f"UDP floor datagrams/s / uvloop's, {UDP_LABELS[sc]}",
+            ("floor", sc, "rt_per_s"),
+            ("uvloop", sc, "rt_per_s"),
+        )
+        for sc in UDP_SCENARIOS
+    )
 )
 
 THROUGHPUT_METRICS = (
@@ -181,6 +238,11 @@ THROUGHPUT_METRICS = (
     "loadgen_cpu_cores",
     "other_cpu_cores",
 )
+# UDP: datagrams/s per socket (each socket is one source to the server's
+# per-source rate limit), and datagrams lost (summed over runs, not a median:
+# one loss anywhere must show).
+UDP_METRICS = (*THROUGHPUT_METRICS, "per_source_per_s")
+SUMMED_METRICS = ("lost", "late")
 IDLE_METRICS = ("rss_per_conn_bytes", "peak_rss_bytes")
 
 
@@ -208,19 +270,23 @@ def measure(
     warmup: float,
     idle_connections: int,
     steady_malloc: bool = True,
+    host: str = HOST,
 ) -> dict[str, Any]:
     """Start ``server`` afresh, drive ``sc`` against it, return its figures."""
-    with ServerProcess(server, sc.mode, steady_malloc=steady_malloc) as srv:
+    with ServerProcess(
+        server, sc.mode, transport=sc.transport, host=host, steady_malloc=steady_malloc
+    ) as srv:
         wait_settled(srv)
         rss_before = srv.rss()
         connections = idle_connections if sc.idle else sc.connections
-        with LoadGen(connections, sc.msg_size, sc.depth, sc.mode) as lg:
-            lg.connect(HOST, srv.port)
+        with LoadGen(connections, sc.msg_size, sc.depth, sc.mode, transport=sc.transport) as lg:
+            lg.connect(host, srv.port)
             rec: dict[str, Any] = {
                 "connections": connections,
                 "msg_size": sc.msg_size,
                 "depth": sc.depth,
                 "mode": sc.mode,
+                "transport": sc.transport,
             }
             if sc.idle:
                 wait_settled(srv, 0.2)
@@ -232,8 +298,7 @@ def measure(
                     peak_rss_bytes=srv.peak_rss(),
                 )
                 return rec
-            if warmup > 0:
-                lg.run(warmup)
+            warmup_lost = lg.run(warmup).lost if warmup > 0 else 0
             srv.check_alive()
             busy0, self0 = _busy_cpu_seconds(), _self_cpu_seconds()
             user0, sys0 = srv.cpu_times()
@@ -241,6 +306,10 @@ def measure(
             user1, sys1 = srv.cpu_times()
             busy1, self1 = _busy_cpu_seconds(), _self_cpu_seconds()
             srv.check_alive()
+            if res.round_trips == 0:
+                raise RuntimeError(
+                    f"no echo came back in {duration:g} s ({res.lost:,} datagrams lost)"
+                )
             cpu = (user1 - user0) + (sys1 - sys0)
             loadgen_cpu = self1 - self0
             rec.update(
@@ -263,6 +332,13 @@ def measure(
                 other_cpu_cores=max(0.0, (busy1 - busy0) - cpu - loadgen_cpu) / res.seconds,
                 peak_rss_bytes=srv.peak_rss(),
             )
+            if sc.transport == "udp":
+                rec.update(
+                    lost=res.lost,
+                    late=res.late,
+                    warmup_lost=warmup_lost,
+                    per_source_per_s=res.round_trips / res.seconds / connections,
+                )
             return rec
 
 
@@ -306,10 +382,15 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
             rows = [r for r in records if r["scenario"] == sc.name and r["server"] == server]
             if not rows:
                 continue
-            metrics = IDLE_METRICS if sc.idle else THROUGHPUT_METRICS
-            out.setdefault(sc.name, {})[server] = {
-                m: statistics.median(r[m] for r in rows) for m in metrics
-            } | {"runs": len(rows), "connections": rows[0]["connections"]}
+            metrics: tuple[str, ...] = IDLE_METRICS if sc.idle else THROUGHPUT_METRICS
+            summed: tuple[str, ...] = ()
+            if sc.transport == "udp":
+                metrics, summed = UDP_METRICS, SUMMED_METRICS
+            out.setdefault(sc.name, {})[server] = (
+                {m: statistics.median(r[m] for r in rows) for m in metrics}
+                | {m: sum(r[m] for r in rows) for m in summed}
+                | {"runs": len(rows), "connections": rows[0]["connections"]}
+            )
     return out
 
 
@@ -404,8 +485,13 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Benchmark pyecho's native and Python engines against a C epoll "
-        "floor, asyncio and uvloop, with a C load generator that verifies every byte.",
+        description="Benchmark pyecho's native and Python engines against a C floor\n"
+        "server, asyncio and uvloop, over TCP and UDP, with a C load generator that\n"
+        "verifies every byte.",
+        epilog="scenarios:\n"
+        + "\n".join(f"  {s.name:<18}{s.label}" for s in SCENARIOS)
+        + "\n\nOver UDP a round trip is one datagram echoed; docs/BENCHMARKS.md has the rest.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--duration",
@@ -432,7 +518,7 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
         "--scenarios",
         type=_csv(SCENARIO_NAMES),
         default=list(SCENARIO_NAMES),
-        help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}",
+        help="comma-separated subset of the scenarios below (default: all)",
     )
     p.add_argument(
         "--idle-connections",
@@ -447,6 +533,12 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="smoke mode: 1 run, 0.5 s per measurement, 1000 idle connections",
+    )
+    p.add_argument(
+        "--host",
+        default=HOST,
+        help="numeric loopback address the servers listen on, IPv4 or IPv6 "
+        "(default 127.0.0.1; ::1 measures IPv6)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument(
@@ -468,11 +560,28 @@ def _describe(rec: dict[str, Any]) -> str:
             f"{rec['connections']:,} idle: {rec['rss_per_conn_bytes']:,.0f} B/conn, "
             f"peak RSS {rec['peak_rss_bytes'] / MiB:.1f} MiB"
         )
-    return (
+    text = (
         f"{rec['rt_per_s']:>12,.0f} rt/s {rec['mib_per_s']:>9,.1f} MiB/s  "
         f"CPU {rec['cpu_us_per_rt']:6.2f} us/rt  p99 {rec['lat_p99_us']:8.1f} us  "
         f"other load {rec['other_cpu_cores']:.2f} cores"
     )
+    if rec.get("transport") == "udp":
+        text += f"  {rec['per_source_per_s']:,.0f}/s per socket"
+        if rec["lost"]:
+            text += f"  LOST {rec['lost']:,} datagrams ({rec['late']:,} came back late)"
+        if rec["warmup_lost"]:
+            text += f"  ({rec['warmup_lost']:,} lost in the warm-up)"
+    return text
+
+
+def _valid_host(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host.split("%", 1)[0])
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> int:
@@ -484,6 +593,9 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
             args.idle_connections = 1000
     if args.runs < 1 or args.duration <= 0 or args.warmup < 0 or args.idle_connections < 1:
         print("error: --runs, --duration and --idle-connections must be positive", file=sys.stderr)
+        return 2
+    if not _valid_host(args.host):
+        print(f"error: --host must be a numeric IP address, not {args.host!r}", file=sys.stderr)
         return 2
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
     try:
@@ -503,17 +615,27 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         )
         return 2
 
-    servers, skipped = [], {}
+    transports = [t for t in TRANSPORTS if any(sc.transport == t for sc in scenarios)]
+    serves: set[tuple[str, str]] = set()  # (server, transport) that can run here
+    skipped: dict[str, str] = {}
     for name in args.servers:
-        reason = unavailable_reason(name)
-        if reason is None:
-            servers.append(name)
-        else:
-            skipped[name] = reason
-            _progress(f"skipping {name}: {reason}")
+        why = {t: unavailable_reason(name, t) for t in transports}
+        serves |= {(name, t) for t in transports if why[t] is None}
+        for t in transports:
+            if why[t] is not None:
+                key = name if all(why.values()) else f"{name} ({t.upper()})"
+                skipped[key] = why[t]  # type: ignore[assignment]
+    for key, reason in skipped.items():
+        _progress(f"skipping {key}: {reason}")
+    servers = [s for s in args.servers if any((s, t) in serves for t in transports)]
     if not servers:
         print("error: no server can run here", file=sys.stderr)
         return 2
+
+    def runs_here(server: str, sc: Scenario) -> bool:
+        return (server, sc.transport) in serves and (
+            sc.transport == "udp" or sc.mode in SERVER_MODES[server]
+        )
 
     out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -521,11 +643,12 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     launcher = f"python benchmarks/{prog}" if prog.endswith(".py") else prog
     command = " ".join([launcher, *([shlex.join(given)] if given else [])])
 
-    plan = [(sc, s) for sc in scenarios for s in servers if sc.mode in SERVER_MODES[s]]
+    plan = [(sc, s) for sc in scenarios for s in servers if runs_here(s, sc)]
     total = len(plan) * args.runs
     _progress(
         f"pyecho bench: {args.runs} run(s) x {len(plan)} measurements, "
-        f"{args.duration:g} s each; servers {', '.join(servers)}; results in {out_dir}"
+        f"{args.duration:g} s each; servers {', '.join(servers)} on "
+        f"{show_host(args.host)}; results in {out_dir}"
     )
     started = time.monotonic()
     load_start = _loadavg()
@@ -535,7 +658,7 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     for run in range(args.runs):
         for sc in scenarios:
             # Rotate the order each run so no server always goes first.
-            order = [s for s in servers if sc.mode in SERVER_MODES[s]]
+            order = [s for s in servers if runs_here(s, sc)]
             if not order:
                 continue
             shift = run % len(order)
@@ -550,6 +673,7 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
                         args.warmup,
                         args.idle_connections,
                         not args.default_malloc,
+                        args.host,
                     )
                 except (LoadGenError, RuntimeError, OSError) as e:
                     errors.append(
@@ -576,7 +700,9 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
             "warmup": args.warmup,
             "idle_connections": args.idle_connections,
             "quick": args.quick,
+            "host": args.host,
             "server_env": {} if args.default_malloc else STEADY_MALLOC_ENV,
+            "udp_rate_limits": UDP_RATE,
         },
         "servers": {s: DESCRIPTIONS[s] for s in servers},
         "skipped": skipped,

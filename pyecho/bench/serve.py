@@ -2,12 +2,19 @@
 and memory apart from the load generator's.
 
     python -m pyecho.bench.serve {native,python,asyncio,uvloop} [--mode raw]
+        [--udp] [--host 127.0.0.1]
 
-(asyncio and uvloop: raw or line mode, with the Protocols below.)
+(asyncio and uvloop: raw or line mode, with the Protocols below; over UDP a
+DatagramProtocol.)
 
-prints ``PORT <n>`` on stdout once listening on 127.0.0.1 and serves until
-killed (SIGTERM); it also dies with its parent. The floor server is the C
-program floor_server.c (see servers.py), with the same protocol.
+prints ``PORT <n>`` on stdout once listening (TCP) or bound (UDP) and serves
+until killed (SIGTERM); it also dies with its parent. The floor servers are
+the C programs floor_server.c and floor_udp_server.c (see servers.py), with
+the same protocol.
+
+pyecho's UDP rate limits are set to their maximum (10**9 datagrams per
+second, globally and per source): the benchmark measures echoing, and the
+limits' bookkeeping is still done for every datagram, as with the defaults.
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import resource
 import signal
 import socket
 import sys
+from typing import Any
 
 HOST = "127.0.0.1"
 BACKLOG = 1024
 PR_SET_PDEATHSIG = 1
+# High enough never to be hit, low enough that the buckets are still kept.
+UDP_RATE = 1_000_000_000
 
 
 def raise_nofile_limit() -> int:
@@ -51,10 +61,19 @@ def _announce(port: int) -> None:
     sys.stdout.flush()
 
 
-def serve_pyecho(engine: str, mode: str) -> None:
+def serve_pyecho(engine: str, mode: str, udp: bool, host: str) -> None:
     from pyecho import EchoServer
 
-    server = EchoServer((HOST, 0), engine=engine, mode=mode, backlog=BACKLOG)
+    if udp:
+        server = EchoServer(
+            (host, 0),
+            engine=engine,
+            transport="udp",
+            udp_rate=UDP_RATE,
+            udp_rate_per_source=UDP_RATE,
+        )
+    else:
+        server = EchoServer((host, 0), engine=engine, mode=mode, backlog=BACKLOG)
     _announce(server.server_address[1])
     server.serve_forever(poll_interval=0.5)
 
@@ -87,38 +106,59 @@ class LineEchoProtocol(EchoProtocol):
         self.held = buf[end:] if end < len(buf) else b""
 
 
-async def _serve_asyncio(mode: str) -> None:
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    """The standard library's UDP echo server, as its documentation writes it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+async def _serve_asyncio(mode: str, udp: bool, host: str) -> None:
     loop = asyncio.get_running_loop()
+    if udp:
+        transport, _ = await loop.create_datagram_endpoint(
+            EchoDatagramProtocol, local_addr=(host, 0)
+        )
+        _announce(transport.get_extra_info("sockname")[1])
+        await loop.create_future()  # until killed
+        return
     protocol = LineEchoProtocol if mode == "line" else EchoProtocol
-    server = await loop.create_server(protocol, HOST, 0, backlog=BACKLOG)
+    server = await loop.create_server(protocol, host, 0, backlog=BACKLOG)
     _announce(server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
 
 
-def serve_asyncio(use_uvloop: bool, mode: str) -> None:
+def serve_asyncio(use_uvloop: bool, mode: str, udp: bool = False, host: str = HOST) -> None:
     if use_uvloop:
         import uvloop
 
-        uvloop.run(_serve_asyncio(mode))
+        uvloop.run(_serve_asyncio(mode, udp, host))
     else:
-        asyncio.run(_serve_asyncio(mode))
+        asyncio.run(_serve_asyncio(mode, udp, host))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyecho.bench.serve")
     parser.add_argument("server", choices=["native", "python", "asyncio", "uvloop"])
     parser.add_argument("--mode", default="raw", choices=["raw", "line", "seed"])
+    parser.add_argument("--udp", action="store_true", help="UDP echo (raw mode only)")
+    parser.add_argument("--host", default=HOST, help="numeric address to serve on")
     args = parser.parse_args(argv)
+    if args.udp and args.mode != "raw":
+        parser.error("UDP has no modes: a datagram is the message")
     _die_with_parent()
     raise_nofile_limit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if args.server in ("native", "python"):
-        serve_pyecho(args.server, args.mode)
+        serve_pyecho(args.server, args.mode, args.udp, args.host)
     else:
         if args.mode == "seed":
             parser.error(f"{args.server} serves raw and line mode only")
-        serve_asyncio(args.server == "uvloop", args.mode)
+        serve_asyncio(args.server == "uvloop", args.mode, args.udp, args.host)
     return 0
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 SERVERS = ("floor", "native", "python", "asyncio", "uvloop")
 DESCRIPTIONS = {
-    "floor": "minimal single-threaded C epoll echo server (the floor: the kernel's cost)",
+    "floor": "minimal single-threaded C epoll echo server (the floor: the kernel's cost); "
+    "UDP: a blocking recvmmsg/sendmmsg loop, 32 datagrams a batch",
     "native": "pyecho, engine='native' (C core through cffi)",
     "python": "pyecho, engine='python' (pure-Python reference engine)",
     "asyncio": "standard library asyncio Protocol echo server "
-    "(line mode: echoes each buffer's complete lines with one write)",
+    "(line mode: echoes each buffer's complete lines with one write; "
+    "UDP: a DatagramProtocol, sendto in datagram_received)",
     "uvloop": "the same asyncio Protocols on uvloop",
 }
 # The modes each server speaks: the reference servers have no seed mode, the
@@ -33,6 +35,7 @@ SERVER_MODES = {
     "asyncio": ("raw", "line"),
     "uvloop": ("raw", "line"),
 }
+TRANSPORTS = ("tcp", "udp")
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
@@ -46,6 +49,11 @@ START_TIMEOUT = 30.0
 STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
 
 
+def show_host(host: str) -> str:
+    """An address as the benchmark prints it: IPv6 in brackets ([::1])."""
+    return f"[{host}]" if ":" in host else host
+
+
 class ServerUnavailable(RuntimeError):
     """This server cannot run here (uvloop missing, no C compiler)."""
 
@@ -55,21 +63,26 @@ def cache_dir() -> Path:
     return Path(base) / "pyecho"
 
 
-def floor_binary() -> Path:
-    """Compile floor_server.c with ``cc -O2`` once per source version."""
-    source = importlib.resources.files("pyecho.bench").joinpath("floor_server.c").read_bytes()
+FLOOR_SOURCES = {"tcp": "floor_server", "udp": "floor_udp_server"}
+
+
+def floor_binary(transport: str = "tcp") -> Path:
+    """Compile the floor server for ``transport`` (floor_server.c,
+    floor_udp_server.c) with ``cc -O2`` once per source version."""
+    name = FLOOR_SOURCES[transport]
+    source = importlib.resources.files("pyecho.bench").joinpath(f"{name}.c").read_bytes()
     cc = os.environ.get("CC", "cc")
     digest = hashlib.sha256(source + cc.encode()).hexdigest()[:16]
-    binary = cache_dir() / f"floor_server-{digest}"
+    binary = cache_dir() / f"{name}-{digest}"
     if binary.exists():
         return binary
     if shutil.which(cc.split()[0]) is None:
         raise ServerUnavailable(f"no C compiler ({cc}) to build the floor server")
     binary.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "floor_server.c"
+        src = Path(tmp) / f"{name}.c"
         src.write_bytes(source)
-        out = Path(tmp) / "floor_server"
+        out = Path(tmp) / name
         proc = subprocess.run(
             [*cc.split(), "-O2", "-std=c11", "-o", str(out), str(src)],
             capture_output=True,
@@ -81,37 +94,63 @@ def floor_binary() -> Path:
     return binary
 
 
-def unavailable_reason(name: str) -> str | None:
-    """Why ``name`` cannot run here, or None if it can."""
+def python_engine_serves_udp() -> bool:
+    """The Python engine's UDP (pyecho/_pyudp.py) is being written apart from
+    this benchmark; until it is in, the Python engine's UDP rows are skipped
+    with that reason."""
+    return importlib.util.find_spec("pyecho._pyudp") is not None
+
+
+def unavailable_reason(name: str, transport: str = "tcp") -> str | None:
+    """Why ``name`` cannot serve ``transport`` here, or None if it can."""
     if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
         return "uvloop is not installed (pip install 'pyecho[bench]')"
+    if name == "python" and transport == "udp" and not python_engine_serves_udp():
+        return "this pyecho's Python engine does not serve UDP (no pyecho/_pyudp.py)"
     if name == "floor":
         try:
-            floor_binary()
+            floor_binary(transport)
         except ServerUnavailable as e:
             return str(e)
     return None
 
 
-def _command(name: str, mode: str) -> list[str]:
+def _command(name: str, mode: str, transport: str, host: str) -> list[str]:
+    if transport == "udp" and mode != "raw":
+        raise ValueError("UDP has no modes: a datagram is the message")
     if mode not in SERVER_MODES[name]:
         raise ValueError(f"the {name} server has no {mode} mode")
     if name == "floor":
-        return [str(floor_binary()), "127.0.0.1", "0", "1024"]
-    return [sys.executable, "-m", "pyecho.bench.serve", name, "--mode", mode]
+        if transport == "udp":
+            return [str(floor_binary("udp")), host, "0"]
+        return [str(floor_binary()), host, "0", "1024"]
+    udp = ["--udp"] if transport == "udp" else []
+    return [sys.executable, "-m", "pyecho.bench.serve", name, "--mode", mode, "--host", host, *udp]
 
 
 class ServerProcess:
     """A running server: ``port``, ``pid``, ``cpu_seconds()``, ``rss()``."""
 
-    def __init__(self, name: str, mode: str = "raw", *, steady_malloc: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        mode: str = "raw",
+        *,
+        transport: str = "tcp",
+        host: str = "127.0.0.1",
+        steady_malloc: bool = True,
+    ) -> None:
         if name not in SERVERS:
             raise ValueError(f"unknown server {name!r}; one of {', '.join(SERVERS)}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
         self.name = name
         self.mode = mode
+        self.transport = transport
+        self.host = host
         self._stderr: list[str] = []
         self.proc = subprocess.Popen(
-            _command(name, mode),
+            _command(name, mode, transport, host),
             # -m puts the working directory first on sys.path: run from the
             # folder holding the very pyecho package this process imported.
             cwd=PACKAGE_PARENT,
@@ -139,7 +178,8 @@ class ServerProcess:
             self.proc.kill()
             _, err = self.proc.communicate()
             raise RuntimeError(
-                f"server {self.name} ({self.mode}) did not start: {line!r} {err.strip()}"
+                f"server {self.name} ({self.transport}, {self.mode}) did not start on "
+                f"{show_host(self.host)}: {line!r} {err.strip()}"
             )
         return int(line.split()[1])
 
