@@ -22,7 +22,7 @@ void echo_config_default(echo_config *cfg)
     cfg->backlog = 128;
     cfg->udp_guard = 1;
     cfg->udp_rate = 1000000;
-    cfg->udp_rate_per_source = 100000;
+    cfg->udp_rate_per_source = 250000;
 }
 
 /* Upper bounds keep buffers sane and every size computation far from overflow;

@@ -256,7 +256,7 @@ class Config:
     )
     udp_rate_per_source: int = _setting(
         "count",
-        100_000,
+        250_000,
         "server",
         "datagrams echoed per second to one address and port",
         lower=0,
