@@ -16,7 +16,7 @@ COMBOS = [(s, c) for s in ENGINES for c in ENGINES]
 ClientFactory = Callable[..., pyecho.EchoClient]
 Scenario = Callable[[pyecho.EchoServer, ClientFactory], Any]
 
-CLIENT_KEYS = ("mode", "quit_word", "bufsize", "max_line")
+CLIENT_KEYS = ("transport", "mode", "quit_word", "bufsize", "max_line")
 
 
 def run_one(
@@ -25,33 +25,36 @@ def run_one(
     scenario: Scenario,
     *,
     ordered_events: bool = True,
+    host: str = LOOPBACK,
     **server_kw: Any,
 ) -> dict[str, Any]:
-    """Run scenario against a fresh server; its transcript, events and stats."""
+    """Run scenario against a fresh server on host; its transcript, events
+    and stats."""
     rec = Recorder()
     connected = 0
     client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
 
-    def client(**kw: Any) -> pyecho.EchoClient:
+    def client(address: tuple[str, int] | None = None, **kw: Any) -> pyecho.EchoClient:
+        """A client of the server (at another of its addresses, say "::1"
+        for one bound to "::")."""
         nonlocal connected
         opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
-        c = pyecho.EchoClient(server.server_address, **opts)
+        c = pyecho.EchoClient(address or server.server_address, **opts)
         connected += 1
         return c
 
-    with pyecho.EchoServer(
-        (LOOPBACK, 0), engine=server_engine, on_event=rec, **server_kw
-    ) as server:
+    with pyecho.EchoServer((host, 0), engine=server_engine, on_event=rec, **server_kw) as server:
         server.start()
         transcript = scenario(server, client)
-        wait_for(
-            lambda: (
-                server.stats.accepted + server.stats.rejected >= connected
-                and server.stats.open == 0
-            ),
-            20,
-            "every connection to be accepted and closed",
-        )
+        if server.transport == "tcp":  # UDP has no connections to wait for
+            wait_for(
+                lambda: (
+                    server.stats.accepted + server.stats.rejected >= connected
+                    and server.stats.open == 0
+                ),
+                20,
+                "every connection to be accepted and closed",
+            )
         server.shutdown()
         stats = asdict(server.stats)
     events = rec.summary()
