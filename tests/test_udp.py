@@ -460,7 +460,7 @@ def test_latency_holds_each_datagram(engine: str) -> None:
                 t0 = time.monotonic()
                 assert c.echo(b"late") == b"late"
                 took = time.monotonic() - t0
-                assert 0.05 <= took < 0.5
+                assert 0.05 - 0.002 <= took < 0.5  # the engines count whole ms
 
 
 def test_jitter_keeps_the_order_of_datagrams(engine: str) -> None:
