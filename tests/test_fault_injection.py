@@ -21,7 +21,15 @@ from procserver import ProcServer
 from spec_rng import SplitMix64
 
 import pyecho
-from conftest import LOOPBACK, SANITIZED, Recorder, raise_fd_limit, scaled, wait_for
+from conftest import (
+    LOOPBACK,
+    SANITIZED,
+    Recorder,
+    open_fds,
+    raise_fd_limit,
+    scaled,
+    wait_for,
+)
 from differential import run_matrix
 from pyecho._config import CLOSE_REASONS, DROP_REASONS
 from pyecho._faults import FAULTS
@@ -618,6 +626,71 @@ def test_a_slow_reader_under_slice_keeps_memory_bounded(engine: str) -> None:
         time.sleep(0.2)
         assert server.stats.bytes_in == first <= max_pending + READ_CHUNK
         assert sent > first  # the rest waits in the kernel's buffers
+
+
+def test_a_connection_lingering_after_its_limit_makes_room_at_max_clients(engine: str) -> None:
+    """After the limit a connection lingers like after the quit word: it
+    counts toward max_clients, and a newcomer at the limit closes it, for
+    the reason it was ending (limit)."""
+    with (
+        tcp_server(engine, pyecho.Faults(limit=3), max_clients=1) as (server, rec),
+        connect(server) as first,
+    ):
+        first.sendall(b"abcdef")
+        assert recv_to_eof(first) == b"abc"  # lingering now: it holds its descriptor
+        with connect(server) as second:
+            second.sendall(b"xy")
+            assert recv_exactly(second, 2) == b"xy"
+            wait_for(lambda: closes(rec)[:1] == [(1, "limit")])
+            assert server.stats.rejected == 0
+
+
+def test_refused_connections_leave_nothing_behind(engine: str) -> None:
+    before = open_fds()
+    with tcp_server(engine, pyecho.Faults(refuse=1.0)) as (server, rec):
+        server_fds = open_fds() - before
+        for _ in range(200):
+            with suppress(ConnectionResetError), connect(server):
+                pass
+        wait_for(lambda: len(closes(rec)) == 200, 10)
+        assert {reason for _, reason in closes(rec)} == {"refused"}
+        assert server.stats.open == 0
+        assert open_fds() - before == server_fds  # its own descriptors only
+
+
+def test_set_faults_from_on_event(engine: str) -> None:
+    """on_event runs on the serving thread: set_faults() from there is
+    applied at the next turn, without a deadlock."""
+    holder: list[pyecho.EchoServer] = []
+
+    def on_event(event: pyecho.Event) -> None:
+        if event.kind == "open":
+            holder[0].set_faults(pyecho.Faults(latency=0.001 * (event.conn_id % 3)))
+
+    with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="raw", on_event=on_event) as server:
+        holder.append(server)
+        server.start()
+        for i in range(5):
+            with pyecho.EchoClient(server.server_address, engine=engine, mode="raw") as c:
+                assert c.echo(b"%d" % i) == b"%d" % i
+        assert server.faults is not None and server.faults.latency == 0.002  # set by open 5
+
+
+def test_faults_outlive_a_shutdown(engine: str) -> None:
+    """shutdown() closes connections with held echo (reason shutdown); the
+    faults stay set for the next start()."""
+    with tcp_server(engine, pyecho.Faults(latency=5)) as (server, rec), connect(server) as s:
+        s.sendall(b"held")
+        wait_for(lambda: server.stats.bytes_in == 4)
+        server.shutdown()
+        assert s.recv(10) == b""
+        assert closes(rec) == [(1, "shutdown")]
+        server.set_faults(pyecho.Faults(latency=0.05))
+        server.start()
+        with connect(server) as s2:
+            t0 = time.monotonic()
+            turn(s2)
+            assert time.monotonic() - t0 >= 0.05 - MS
 
 
 # ---- scale ---------------------------------------------------------------------------------------

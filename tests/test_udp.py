@@ -567,6 +567,22 @@ def test_udp_rejects_tcp_faults_and_tcp_rejects_udp_faults(engine: str) -> None:
 # ---- attacks ---------------------------------------------------------------------------
 
 
+def test_echoes_to_vanished_clients_do_not_hurt_others(engine: str) -> None:
+    """Clients that are gone when their (delayed) echo leaves: the port
+    unreachable answers do not make the server drop anyone else's echo."""
+    with udp_server(engine, faults=pyecho.Faults(latency=0.02)) as server:
+        for _ in range(50):
+            with udp_socket() as gone:
+                gone.sendto(b"bye", server.server_address)
+        wait_for(lambda: server.stats.datagrams_out == 50)
+        with pyecho.EchoClient(
+            server.server_address, engine=engine, transport="udp", timeout=5
+        ) as c:
+            for i in range(20):
+                assert c.echo(b"%d" % i) == b"%d" % i
+        assert sum(server.stats.dropped.values()) == 0
+
+
 def test_set_faults_from_many_threads_during_a_flood(engine: str) -> None:
     """Faults changed from eight threads at once while datagrams pour in:
     the server keeps serving, its counts add up, and the last faults set
