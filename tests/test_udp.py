@@ -615,7 +615,7 @@ def test_set_faults_from_many_threads_during_a_flood(engine: str) -> None:
         threads += [threading.Thread(target=flood) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         stop.set()
         for t in threads:
             t.join(10)
