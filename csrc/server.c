@@ -305,7 +305,8 @@ static conn_fx *fx_attach(echo_server *srv, conn *c)
         return NULL;
     fx->c = c;
     fx->rng = fx_rng_seed(srv->faults->seed, c->id);
-    fx->tokens_ms = ev_now(srv->loop);
+    /* tokens_ms 0: the first refill finds a second gone, so the rate's
+     * bucket starts full, like the UDP global one. */
     c->fx = fx;
     return fx;
 }
@@ -444,7 +445,8 @@ static int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     if (f->stall_after >= 0 && fx->echoed + len > (uint64_t)f->stall_after)
         len = fx->echoed >= (uint64_t)f->stall_after ? 0 : (size_t)((uint64_t)f->stall_after - fx->echoed);
     if (f->limit >= 0 && fx->echoed + len >= (uint64_t)f->limit) {
-        len = (size_t)((uint64_t)f->limit - fx->echoed);
+        /* set_faults() may have lowered it below what was echoed already. */
+        len = fx->echoed >= (uint64_t)f->limit ? 0 : (size_t)((uint64_t)f->limit - fx->echoed);
         limit_reached = 1;
     }
     fx->echoed += len;

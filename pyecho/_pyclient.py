@@ -1,8 +1,9 @@
 """The echo client of the pure-Python engine: the twin of csrc/client.c.
 
-A blocking client with timeouts. It runs the server's framing over what it
-sends, so echo() knows how many bytes to wait for and whether the quit word
-will end the connection.
+A blocking client with timeouts. Over TCP it runs the server's framing over
+what it sends, so echo() knows how many bytes to wait for and whether the
+quit word will end the connection. Over UDP a datagram goes out and one comes
+back.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ class PyClient:
         self._owed = 0  # echo the server will send that was not received
         self._quit_sent = False  # the quit word went out: the server is closing
         self._eof = False
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._udp = cfg.transport == "udp"
+        self._sock = socket.socket(family, socket.SOCK_DGRAM if self._udp else socket.SOCK_STREAM)
         try:
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self._udp:
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6:
                 # An IPv4-mapped address (::ffff:127.0.0.1) works whatever
                 # the system's default, as in csrc/net.c.
@@ -67,6 +70,45 @@ class PyClient:
         if not ready:
             raise _oserror(errno.ETIMEDOUT)
         return ready[0][1]
+
+    # ---- UDP: a datagram out, a datagram back ----
+
+    def _udp_send(self, data: bytes) -> None:
+        while True:
+            try:
+                self._sock.send(data, socket.MSG_NOSIGNAL)
+                return
+            except BlockingIOError:
+                self._wait(select.POLLOUT)
+
+    def _udp_recv(self, buf: bytearray) -> int:
+        """Wait for one datagram; at most len(buf) bytes of it in buf, how
+        many. ConnectionRefusedError: nothing listens there."""
+        while True:
+            try:
+                return self._sock.recv_into(buf)
+            except _RETRY:
+                self._wait(select.POLLIN)
+
+    def _udp_echo(self, data: bytes) -> tuple[bytes, int]:
+        """Drop datagrams already waiting (late or duplicated answers to
+        earlier ones), send data, and return the datagram that comes back:
+        OSError(EPROTO) if it is not data. Its buffer has room for one byte
+        more, to see a longer one (and a zero-length one: CPython would not
+        even receive into no room)."""
+        while True:
+            try:
+                self._sock.recv(1)
+            except OSError:  # nothing waiting (or an error, now consumed)
+                break
+        self._udp_send(data)
+        reply = bytearray(len(data) + 1)
+        n = self._udp_recv(reply)
+        if n != len(data) or reply[:n] != data:
+            raise _oserror(errno.EPROTO)
+        return bytes(reply[:n]), REPLY_OPEN
+
+    # ---- TCP ----
 
     def _track(self, data: bytes) -> None:
         """Feed bytes about to be sent through the framing: add the echo they
@@ -98,6 +140,9 @@ class PyClient:
             return 0
 
     def send(self, data: bytes) -> None:
+        if self._udp:
+            self._udp_send(data)
+            return
         self._track(data)
         view = memoryview(data)
         sent = 0
@@ -106,6 +151,9 @@ class PyClient:
             sent += self._send_some(view[sent:])
 
     def recv(self, bufsize: int) -> bytes:
+        if self._udp:
+            buf = bytearray(bufsize)
+            return bytes(buf[: self._udp_recv(buf)])  # the rest of the datagram is gone
         while True:
             self._wait(select.POLLIN)
             try:
@@ -187,6 +235,8 @@ class PyClient:
         longer data goes in pieces of bufsize bytes, each sent once the echo
         of the one before arrived (as the original client did per word). A
         piece that is the quit word ends it: nothing after it is sent."""
+        if self._udp:
+            return self._udp_echo(data)
         piece = self.cfg.bufsize
         if self.cfg.mode != "seed" or len(data) <= piece:
             return self._echo(data)
@@ -203,6 +253,8 @@ class PyClient:
         return self._quit_sent
 
     def shutdown_write(self) -> None:
+        if self._udp:
+            raise _oserror(errno.EOPNOTSUPP)  # datagrams have no end of stream
         self._sock.shutdown(socket.SHUT_WR)
         # At EOF the server echoes a partial line too: it is owed now.
         self._owed += len(self._held)

@@ -4,26 +4,46 @@ It has the structure of the C server function for function, over the same
 event loop (pyecho/_pyloop.py, the twin of csrc/loop.c), so either can be
 read to understand the other: one thread, per-connection output bounded by
 max_pending (backpressure), idle and linger deadlines in lists ordered by
-time, each driven by one loop timer at its oldest entry's deadline.
+time, each driven by one loop timer at its oldest entry's deadline. Faults
+(pyecho/_pyfaults.py) act on the echo path of connections that have fault
+state; UDP (pyecho/_pyudp.py) uses the same loop with one socket.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
-from ._config import CLOSE_REASONS, Config, Event, Stats, idle_timeout_ms, numeric_host, sockaddr
+from ._config import (
+    CLOSE_REASONS,
+    DROP_REASONS,
+    Config,
+    Event,
+    Stats,
+    idle_timeout_ms,
+    numeric_host,
+    sockaddr,
+)
+from ._faults import FaultsInts
 from ._framing import scanner
+from ._pyfaults import FxQueue, Rng, chance, delay, faults_check, faults_off
 from ._pyloop import READ, WRITE, Loop, Timer
+from ._pyudp import UdpEcho
 
 READ_CHUNK = 64 * 1024  # bytes read at once in raw and line mode
 ACCEPT_BURST = 64  # connections accepted per readiness event
 ACCEPT_PAUSE_MS = 100  # back-off after running out of descriptors
 LINGER_MS = 2000  # longest wait for the peer's EOF after quit
 MAKE_ROOM_READS = 16  # reads that drain a lingering connection closed early
+RATE_BURST_MS = 10  # faults: a rate-limited send waits for this much
+
+ACCEPT_WAIT, CLOSE_WAIT = 1, 2  # what a connection's fault `wait` timer ends
+_RESET_NOW = struct.pack("ii", 1, 0)  # SO_LINGER on, no time: close() resets
 
 PEER, QUIT, RESET, SHUTDOWN, IDLE, LIMIT, RESET_AFTER, REFUSED = CLOSE_REASONS
 
@@ -43,6 +63,8 @@ class _Conn:
         "held",
         "out",
         "peer",
+        "opened_ms",
+        "fx",
     )
 
     def __init__(self, sock: socket.socket, conn_id: int, peer: tuple, now: int):
@@ -55,7 +77,48 @@ class _Conn:
         self.last_active_ms = now  # or, lingering, when the lingering began
         self.held = b""  # line mode: a partial line, fewer than max_line bytes
         self.out = bytearray()  # echo the client has not taken yet
-        self.peer = (numeric_host(peer), peer[1])
+        self.peer = peer_of(peer)
+        self.opened_ms = now
+        self.fx: _ConnFx | None = None  # fault state; None until faults apply to it
+
+
+def peer_of(addr: tuple) -> tuple[str, int]:
+    """(host, port) as the C core formats it (a scope kept)."""
+    return numeric_host(addr), addr[1]
+
+
+class _ConnFx:
+    """A connection's faults: echo held for latency, the send gate (rate,
+    slice), its reset and wait timers, and its own random generator."""
+
+    __slots__ = (
+        "rng",
+        "delayed",
+        "release",
+        "gate",
+        "reset",
+        "wait",
+        "next_send_ms",
+        "tokens",
+        "tokens_ms",
+        "echoed",
+        "waiting",
+        "close_waited",
+    )
+
+    def __init__(self, srv: PyServer, c: _Conn, seed: int) -> None:
+        self.rng = Rng(seed, c.id)
+        self.delayed = FxQueue()  # echo held until its time (latency, jitter)
+        self.release = Timer(partial(srv._fx_progress, c))  # the head of `delayed` is due
+        self.gate = Timer(partial(srv._fx_progress, c))  # pending: sending waits
+        self.reset = Timer(partial(srv._conn_reset, c, RESET_AFTER))
+        self.wait = Timer(partial(srv._on_fx_wait, c))  # accept_delay, then close_delay
+        self.next_send_ms = 0  # slice_delay: not before
+        self.tokens = 0  # rate: thousandths of a byte
+        self.tokens_ms = 0  # 0: the first refill finds a second gone (full)
+        self.echoed = 0  # bytes let into the echo: limit, stall_after
+        self.waiting = 0  # 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs
+        self.close_waited = False  # close_delay already spent
 
 
 class PyServer:
@@ -85,16 +148,34 @@ class PyServer:
         self._idle_timer = Timer(self._on_idle_timer)
         self._linger_timer = Timer(self._on_linger_timer)
         self._accept_timer = Timer(self._on_accept_resume)
+        self._counts.update(datagrams_in=0, datagrams_out=0)
+        self._dropped = [0] * len(DROP_REASONS)
+        self._faults: FaultsInts | None = None  # in effect (loop thread)
+        # From set_faults(), any thread: None, or a 1-tuple (None: faults off).
+        self._pending_faults: tuple[FaultsInts | None] | None = None
+        self._faults_lock = threading.Lock()
+        self._udp: UdpEcho | None = None
+        self._udp_release = Timer(self._on_udp_release)  # the next held datagram is due
         self._listener: socket.socket | None = None
         self._loop: Loop | None = Loop()
         try:
-            self._listener = socket.socket(family, socket.SOCK_STREAM)
-            # Restarting right after a stop must not fail on TIME_WAIT sockets.
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp = cfg.transport == "udp"
+            if udp:
+                self._udp = UdpEcho(cfg, self._counts, self._dropped, self._on_drop)
+            self._listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            if not udp:
+                # Restarting right after a stop must not fail on TIME_WAIT sockets.
+                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # Dual stack whatever the system default: "::" serves IPv4 as well.
+                self._listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self._listener.bind(sockaddr(family, host, port))
-            self._listener.listen(cfg.backlog)
+            if not udp:
+                self._listener.listen(cfg.backlog)
             self._listener.setblocking(False)
-            self._loop.io_start(self._listener, READ, self._on_acceptable)
+            self._loop.io_start(
+                self._listener, READ, self._on_datagrams if udp else self._on_acceptable
+            )
         except BaseException:
             self.free()
             raise
@@ -119,26 +200,57 @@ class PyServer:
         self._counts["open"] -= 1
         self._closed[reason] += 1
         self._notify(c, "close", reason)
+        self._fx_free(c)
+
+    def _conn_reset(self, c: _Conn, reason: str) -> None:
+        """Close with a reset (RST) instead of a FIN: SO_LINGER with no time."""
+        try:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_NOW)
+        except OSError:
+            pass
+        self._conn_close(c, reason)
+
+    def _queued(self, c: _Conn) -> int:
+        """Echo not yet handed to the kernel: queued, and held by faults."""
+        return len(c.out) + (c.fx.delayed.cost if c.fx is not None else 0)
 
     def _update_interest(self, c: _Conn) -> None:
         """Watch for input while the peer may still send and the queue has
-        room (or, lingering, for its EOF); for output while anything is queued."""
+        room (or, lingering, for its EOF); for output while anything is queued
+        and no fault holds sending back. Nothing while a fault makes it wait."""
+        fx = c.fx
         want = 0
-        if c.lingering or (c.closing is None and len(c.out) < self.cfg.max_pending):
-            want |= READ
-        if c.out:
-            want |= WRITE
+        if fx is None:
+            if c.lingering or (c.closing is None and len(c.out) < self.cfg.max_pending):
+                want |= READ
+            if c.out:
+                want |= WRITE
+        elif not fx.waiting:
+            if c.lingering or (
+                c.closing is None and len(c.out) + fx.delayed.cost < self.cfg.max_pending
+            ):
+                want |= READ
+            if c.out and not fx.gate.pending:
+                want |= WRITE
         if want != c.events:
             self._loop.io_set(c.sock, want)
             c.events = want
 
     def _conn_done(self, c: _Conn, reason: str) -> None:
-        """All echo is out and the connection ends. After the quit word the
-        peer may still be sending, and close() with unread input answers with
-        a reset that destroys echo still in flight to it. So linger instead:
-        shut our side (the FIN follows the echo), drop what the peer sends,
-        and close at its EOF or after LINGER_MS."""
-        if reason != QUIT:
+        """All echo is out and the connection ends. After the quit word (or
+        the limit fault) the peer may still be sending, and close() with
+        unread input answers with a reset that destroys echo still in flight
+        to it. So linger instead: shut our side (the FIN follows the echo),
+        drop what the peer sends, and close at its EOF or after LINGER_MS.
+        The close_delay fault makes any of these ends wait first."""
+        fx, f = c.fx, self._faults
+        if fx is not None and f is not None and f.close_delay_ms > 0 and not fx.close_waited:
+            fx.close_waited = True
+            fx.waiting = CLOSE_WAIT
+            self._loop.timer_start(fx.wait, self._loop.now + f.close_delay_ms)
+            self._update_interest(c)
+            return
+        if reason not in (QUIT, LIMIT):
             self._conn_close(c, reason)
             return
         try:
@@ -170,17 +282,170 @@ class PyServer:
         return True
 
     def _on_lingering_readable(self, c: _Conn) -> None:
-        """Lingering: read and drop; the peer's EOF (or failure) ends it."""
+        """Lingering: read and drop; the peer's EOF (or failure) ends it, for
+        the reason it was ending (quit, limit)."""
         if not self._drop_input(c, 1):
-            self._conn_close(c, QUIT)
+            self._conn_close(c, c.closing)
 
     def _finish(self, c: _Conn, reason: str) -> None:
-        """The peer is done (EOF or quit): end now or once the queue drains."""
+        """The peer is done (EOF or quit) or the limit is reached: end now or
+        once the queue drains."""
         c.closing = reason
-        if not c.out:
+        if not self._queued(c):
             self._conn_done(c, reason)
         else:
             self._update_interest(c)
+
+    # ---- faults on the echo path ----
+
+    def _fx_attach(self, c: _Conn) -> _ConnFx:
+        assert self._faults is not None
+        c.fx = fx = _ConnFx(self, c, self._faults.seed)
+        return fx
+
+    def _fx_free(self, c: _Conn) -> None:
+        fx, c.fx = c.fx, None
+        if fx is not None:
+            loop = self._loop
+            for timer in (fx.release, fx.gate, fx.reset, fx.wait):
+                loop.timer_stop(timer)
+
+    @staticmethod
+    def _fx_bucket_cap(rate: int) -> int:
+        """Rate: a burst is RATE_BURST_MS of the rate (1 byte at least).
+        Tokens are thousandths of a byte: the rate is bytes per second."""
+        return max(rate * RATE_BURST_MS, 1000)
+
+    def _fx_refill(self, fx: _ConnFx, rate: int, now: int) -> None:
+        cap = self._fx_bucket_cap(rate)
+        elapsed = now - fx.tokens_ms
+        fx.tokens = cap if elapsed >= RATE_BURST_MS + 1000 else min(cap, fx.tokens + elapsed * rate)
+        fx.tokens_ms = now
+
+    def _fx_flush(self, c: _Conn) -> bool:
+        """Send what the faults let go now (rate, slice); False if the
+        connection failed."""
+        f, fx, now = self._faults, c.fx, self._loop.now
+        assert fx is not None
+        while c.out and not fx.gate.pending:
+            n = len(c.out)
+            if now < fx.next_send_ms:
+                self._loop.timer_start(fx.gate, fx.next_send_ms)
+                return True
+            if f is not None and f.slice and n > f.slice:
+                n = f.slice
+            if f is not None and f.rate:
+                self._fx_refill(fx, f.rate, now)
+                avail = fx.tokens // 1000
+                want = min(self._fx_bucket_cap(f.rate) // 1000, n)
+                if avail < want:  # wait until a burst's worth (or all) may go
+                    wait = -(-(want * 1000 - fx.tokens) // f.rate)
+                    self._loop.timer_start(fx.gate, now + wait)
+                    return True
+                n = min(n, avail)
+            sent = self._send(c, c.out if n == len(c.out) else c.out[:n])
+            if sent is None:
+                return False
+            if sent == 0:
+                return True  # the socket is full: wait until it is writable
+            del c.out[:sent]
+            if f is not None and f.rate:
+                fx.tokens -= sent * 1000
+            if f is not None and f.slice and f.slice_delay_ms and c.out:
+                fx.next_send_ms = now + f.slice_delay_ms
+            if sent < n:
+                return True
+        return True
+
+    def _fx_release_due(self, c: _Conn) -> None:
+        """Move the echo that is due from `delayed` to the output queue."""
+        fx, now = c.fx, self._loop.now
+        assert fx is not None
+        delayed = fx.delayed
+        while delayed and delayed.head.due_ms <= now:
+            c.out += delayed.pop().data
+        if delayed:
+            self._loop.timer_start(fx.release, delayed.head.due_ms)
+
+    def _fx_progress(self, c: _Conn) -> bool:
+        """After the queues changed: send, then end the connection if it was
+        ending and everything is out, else watch what is needed. True if it
+        was closed (or ended)."""
+        self._fx_release_due(c)
+        if not self._fx_flush(c):
+            self._conn_close(c, RESET)
+            return True
+        if c.closing is not None and not c.lingering and not self._queued(c):
+            if not c.fx.waiting:  # type: ignore[union-attr]
+                self._conn_done(c, c.closing)
+                return True
+        self._update_interest(c)
+        return False
+
+    def _fx_echo(self, c: _Conn, data: bytes) -> int:
+        """Echo data through the faults: stall_after and limit cut it, latency
+        and jitter hold it, rate and slice pace it (_fx_flush). 0, 1 when the
+        limit is reached (the caller ends the connection), or -1 on failure."""
+        f, fx = self._faults, c.fx
+        assert f is not None and fx is not None
+        n = len(data)
+        limit_reached = 0
+        if f.stall_after >= 0 and fx.echoed + n > f.stall_after:
+            n = max(0, f.stall_after - fx.echoed)
+        if f.limit >= 0 and fx.echoed + n >= f.limit:
+            # set_faults() may have lowered it below what was echoed already.
+            n = max(0, f.limit - fx.echoed)
+            limit_reached = 1
+        fx.echoed += n
+        if n < len(data):
+            data = data[:n]
+        if n and (f.latency_ms or f.jitter_ms):
+            fx.delayed.push(self._loop.now + delay(fx.rng, f), data, merge=True)
+            if not fx.release.pending:
+                self._loop.timer_start(fx.release, fx.delayed.head.due_ms)
+        else:
+            c.out += data
+        if not self._fx_flush(c):
+            return -1
+        return limit_reached
+
+    def _on_fx_wait(self, c: _Conn) -> None:
+        """accept_delay is over (serve it now), or close_delay (end it now)."""
+        fx = c.fx
+        assert fx is not None
+        was, fx.waiting = fx.waiting, 0
+        if was == CLOSE_WAIT:
+            self._conn_done(c, c.closing)  # type: ignore[arg-type]
+        else:
+            self._fx_progress(c)
+
+    def _fx_update(self, c: _Conn) -> bool:
+        """Bring a connection in line with the server's faults, new or
+        changed: reseed nothing (its generator is its own), re-arm
+        reset_after from when it opened, release held echo no later than the
+        new latency allows (at once with none), and reopen the send gate.
+        True if it was closed."""
+        f, fx, loop = self._faults, c.fx, self._loop
+        now = loop.now
+        if f is None and fx is None:
+            return False
+        if fx is None:
+            fx = self._fx_attach(c)
+        if f is not None and f.reset_after_ms >= 0:
+            loop.timer_start(fx.reset, max(c.opened_ms + f.reset_after_ms, now))
+        else:
+            loop.timer_stop(fx.reset)
+        fx.delayed.hurry(now if f is None else now + f.latency_ms + f.jitter_ms)
+        if fx.delayed:
+            loop.timer_stop(fx.release)
+        loop.timer_stop(fx.gate)
+        fx.next_send_ms = now
+        if fx.waiting == ACCEPT_WAIT and (f is None or f.accept_delay_ms == 0):
+            loop.timer_stop(fx.wait)
+            fx.waiting = 0
+        return self._fx_progress(c)
+
+    # ---- the echo path ----
 
     def _send(self, c: _Conn, data: bytes | bytearray) -> int | None:
         """Bytes sent now (0 if the socket is full), or None if it failed."""
@@ -195,6 +460,8 @@ class PyServer:
 
     def _flush_out(self, c: _Conn) -> bool:
         """Write what can go now; False if the connection failed."""
+        if c.fx is not None:
+            return self._fx_flush(c)
         while c.out:
             n = self._send(c, c.out)
             if n is None:
@@ -204,17 +471,23 @@ class PyServer:
             del c.out[:n]
         return True
 
-    def _echo_out(self, c: _Conn, data: bytes) -> bool:
-        """Echo data: straight to the socket when nothing is queued before it."""
+    def _echo_out(self, c: _Conn, data: bytes) -> int:
+        """Echo data: straight to the socket when nothing is queued before it.
+        0, 1 when the limit fault is reached, or -1 on failure."""
+        if c.fx is not None:
+            if self._faults is not None:
+                return self._fx_echo(c, data)
+            c.out += data
+            return 0 if self._fx_flush(c) else -1
         if not c.out and data:
             n = self._send(c, data)
             if n is None:
-                return False
+                return -1
             if n == len(data):
-                return True  # the common case: all sent, nothing to queue
+                return 0  # the common case: all sent, nothing to queue
             data = data[n:]
         c.out += data
-        return True
+        return 0
 
     def _on_readable(self, c: _Conn) -> None:
         try:
@@ -228,26 +501,28 @@ class PyServer:
             # Half-close: a partial line is still echoed, nothing is lost,
             # and it is forgotten.
             held, c.held = c.held, b""
-            if not self._echo_out(c, held):
+            rc = self._echo_out(c, held)
+            if rc < 0:
                 self._conn_close(c, RESET)
             else:
-                self._finish(c, PEER)
+                self._finish(c, LIMIT if rc else PEER)
             return
         self._counts["bytes_in"] += len(chunk)
         if self._idle_ms:
             self._touch(c)
         buf = c.held + chunk if c.held else chunk
         emit, c.cont, quit_ = self._scan(c.cont, buf)
-        if not self._echo_out(c, buf if emit == len(buf) else buf[:emit]):
+        rc = self._echo_out(c, buf if emit == len(buf) else buf[:emit])
+        if rc < 0:
             self._conn_close(c, RESET)
             return
-        if quit_:
+        if rc or quit_:
             c.held = b""
-            self._finish(c, QUIT)
+            self._finish(c, LIMIT if rc else QUIT)
             return
         if self._line:
             c.held = buf[emit:] if emit < len(buf) else b""
-        if c.events != READ or c.out:
+        if c.events != READ or c.out or c.fx is not None:
             self._update_interest(c)
 
     def _on_writable(self, c: _Conn) -> bool:
@@ -258,7 +533,7 @@ class PyServer:
             return True
         if len(c.out) < before:
             self._touch(c)
-        if c.closing is not None and not c.out:
+        if c.closing is not None and not self._queued(c):
             self._conn_done(c, c.closing)
             return True
         self._update_interest(c)
@@ -298,6 +573,18 @@ class PyServer:
         if self._idle_ms and not self._idle_timer.pending:
             self._loop.timer_start(self._idle_timer, c.last_active_ms + self._idle_ms)
         self._notify(c, "open", None)
+        f = self._faults
+        if f is None:
+            return
+        # Faults: its generator's first draw decides `refuse`.
+        fx = self._fx_attach(c)
+        if chance(fx.rng, f.refuse_ppm):
+            self._conn_reset(c, REFUSED)
+            return
+        if f.accept_delay_ms > 0:
+            fx.waiting = ACCEPT_WAIT
+            self._loop.timer_start(fx.wait, c.opened_ms + f.accept_delay_ms)
+        self._fx_update(c)
 
     def _make_room(self) -> bool:
         """At max_clients: close the oldest lingering connection (its echo is
@@ -307,7 +594,7 @@ class PyServer:
             return False
         oldest = next(iter(self._lingering.values()))
         self._drop_input(oldest, MAKE_ROOM_READS)
-        self._conn_close(oldest, QUIT)
+        self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
         return True
 
     def _on_acceptable(self, _ready: int) -> None:
@@ -351,7 +638,8 @@ class PyServer:
             if oldest.last_active_ms + LINGER_MS > now:
                 self._loop.timer_start(self._linger_timer, oldest.last_active_ms + LINGER_MS)
                 return
-            self._conn_close(oldest, QUIT)
+            # Their echo is out and they were ending (quit, limit): that is how they end.
+            self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
 
     def _arm_timers(self) -> None:
         """Arm the idle and linger timers if a list has entries and its timer
@@ -365,13 +653,59 @@ class PyServer:
             self._loop.timer_start(self._linger_timer, oldest.last_active_ms + LINGER_MS)
         if self._accept_paused and not self._accept_timer.pending:
             self._loop.timer_start(self._accept_timer, self._loop.now)
+        if self._udp is not None:
+            self._arm_udp_release()
 
     def _close_all(self, reason: str) -> None:
         while self._active:
             self._conn_close(next(iter(self._active.values())), reason)
-        # Their echo is out and the peer asked to quit: that is how they end.
+        # Their echo is out and they were ending: that is how they end.
         while self._lingering:
-            self._conn_close(next(iter(self._lingering.values())), QUIT)
+            c = next(iter(self._lingering.values()))
+            self._conn_close(c, c.closing)  # type: ignore[arg-type]
+
+    # ---- UDP ----
+
+    def _on_udp_release(self) -> None:
+        due = self._udp.release(self._listener, self._loop.now)  # type: ignore[union-attr]
+        if due is not None:
+            self._loop.timer_start(self._udp_release, due)
+
+    def _arm_udp_release(self) -> None:
+        """Keep the release timer at the first held datagram's time."""
+        due = self._udp.due()  # type: ignore[union-attr]
+        if due is None:
+            self._loop.timer_stop(self._udp_release)
+        elif self._udp_release.when != due:
+            self._loop.timer_start(self._udp_release, due)
+
+    def _on_datagrams(self, _ready: int) -> None:
+        self._udp.readable(self._listener, self._loop.now)  # type: ignore[union-attr]
+        self._arm_udp_release()
+
+    def _on_drop(self, reason: int, src: tuple, n: int) -> None:
+        if self._on_event is not None:
+            self._on_event(Event("drop", 0, peer_of(src), DROP_REASONS[reason], n))
+
+    # ---- faults, changed from any thread ----
+
+    def _take_faults(self) -> None:
+        """Take the faults set_faults() left, if any, and apply them to every
+        open connection (on the loop's thread, at the start of a turn)."""
+        with self._faults_lock:
+            pending, self._pending_faults = self._pending_faults, None
+        if pending is None:
+            return
+        f = pending[0]
+        if f is not None and faults_off(f):
+            f = None
+        self._faults = f
+        if self._udp is not None:
+            self._udp.set_faults(f, self._listener, self._loop.now)  # type: ignore[arg-type]
+            self._arm_udp_release()
+        for c in [*self._active.values(), *self._lingering.values()]:
+            if c.sock.fileno() >= 0:  # not closed meanwhile
+                self._fx_update(c)
 
     # ---- the loop ----
 
@@ -391,6 +725,8 @@ class PyServer:
                 # Only now: a stop asked for by a close event belongs to this stop.
                 self._stop = False
                 return 0
+            if self._pending_faults is not None:
+                self._take_faults()
             loop.run_once(-1 if deadline is None else max(0, deadline - loop.now))
             if deadline is not None and loop.now >= deadline:
                 return 1
@@ -406,7 +742,19 @@ class PyServer:
         self._loop.wake()
 
     def stats(self) -> Stats:
-        return Stats(closed=dict(self._closed), **self._counts)
+        return Stats(
+            closed=dict(self._closed),
+            dropped=dict(zip(DROP_REASONS, self._dropped, strict=True)),
+            **self._counts,
+        )
+
+    def set_faults(self, faults: FaultsInts | None) -> None:
+        if faults is not None:
+            faults_check(faults, self.cfg.transport)
+        with self._faults_lock:
+            self._pending_faults = (faults,)  # a newer one wins
+        if self._loop is not None:
+            self._loop.wake()
 
     def free(self) -> None:
         if self._loop is None:

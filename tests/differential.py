@@ -18,7 +18,7 @@ COMBOS = [(s, c) for s in ENGINES for c in ENGINES]
 ClientFactory = Callable[..., pyecho.EchoClient]
 Scenario = Callable[[pyecho.EchoServer, ClientFactory], Any]
 
-CLIENT_KEYS = ("mode", "quit_word", "bufsize", "max_line")
+CLIENT_KEYS = ("transport", "mode", "quit_word", "bufsize", "max_line")
 
 
 def run_one(
@@ -31,31 +31,36 @@ def run_one(
     **server_kw: Any,
 ) -> dict[str, Any]:
     """Run scenario against a fresh server on ``host``; its transcript, events
-    and stats. The scenario's ``client(to=None, **kw)`` connects to the
-    server's address, or to host ``to`` at its port."""
+    and stats. The scenario's ``client(address=None, to=None, **kw)``
+    connects to the server's address, or to ``address``, or to host ``to``
+    at the server's port."""
     rec = Recorder()
     connected = 0
     client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
 
-    def client(to: str | None = None, **kw: Any) -> pyecho.EchoClient:
+    def client(
+        address: tuple[str, int] | None = None, *, to: str | None = None, **kw: Any
+    ) -> pyecho.EchoClient:
         nonlocal connected
         opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
-        address = server.server_address if to is None else (to, server.server_address[1])
-        c = pyecho.EchoClient(address, **opts)
+        if to is not None:
+            address = (to, server.server_address[1])
+        c = pyecho.EchoClient(address or server.server_address, **opts)
         connected += 1
         return c
 
     with pyecho.EchoServer((host, 0), engine=server_engine, on_event=rec, **server_kw) as server:
         server.start()
         transcript = scenario(server, client)
-        wait_for(
-            lambda: (
-                server.stats.accepted + server.stats.rejected >= connected
-                and server.stats.open == 0
-            ),
-            20,
-            "every connection to be accepted and closed",
-        )
+        if server.transport == "tcp":  # UDP has no connections to wait for
+            wait_for(
+                lambda: (
+                    server.stats.accepted + server.stats.rejected >= connected
+                    and server.stats.open == 0
+                ),
+                20,
+                "every connection to be accepted and closed",
+            )
         server.shutdown()
         stats = asdict(server.stats)
     events = rec.summary()

@@ -4,7 +4,8 @@ Python engine does not share a GIL with the load generator.
 
 The child serves on a background thread and answers one-line JSON commands
 on stdin: "stats", "quit". Environment (PYECHO_LIBRARY, LD_PRELOAD for a
-sanitizer run) is inherited.
+sanitizer run) is inherited. A ``faults`` keyword is a dict of pyecho.Faults
+fields.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import dataclasses, json, sys
 import pyecho
 
 args = json.loads(sys.argv[1])
-server = pyecho.EchoServer((args["host"], 0), engine=args["engine"], **args["kw"])
+kw = args["kw"]
+if "faults" in kw:
+    kw["faults"] = pyecho.Faults(**kw["faults"])
+server = pyecho.EchoServer((args["host"], 0), engine=args["engine"], **kw)
 server.start()
 print(json.dumps({"port": server.server_address[1]}), flush=True)
 for line in sys.stdin:

@@ -627,6 +627,53 @@ static void test_faults_pacing(void)
     stop(&r);
 }
 
+/* Regressions: a limit lowered at runtime below what a connection echoed
+ * already ends it (it used to wrap a size_t and spin the loop forever), and
+ * the rate's bucket starts full (at 1 byte/s the first byte goes at once). */
+static void test_faults_changed_under_way(void)
+{
+    echo_config cfg;
+    echo_faults f;
+    running r;
+    static uint8_t buf[256];
+    uint64_t t0;
+    int fd, err;
+
+    echo_config_default(&cfg);
+    cfg.mode = ECHO_MODE_RAW;
+    start(&r, &cfg);
+    echo_faults_default(&f);
+    f.limit = 1000;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    memset(buf, 'x', 200);
+    CHECK_EQ(send(fd, buf, 200, 0), 200);
+    CHECK_EQ(read_all(fd, buf, 200, &err), 200);
+    f.limit = 100;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    CHECK_EQ(send(fd, "y", 1, 0), 1);
+    CHECK_EQ(read_all(fd, buf, sizeof buf, &err), 0); /* EOF, nothing more */
+    CHECK_EQ(err, 0);
+    close(fd);
+    wait_closed(&r, ECHO_CLOSE_LIMIT, 1);
+
+    echo_faults_default(&f);
+    f.rate = 1;
+    CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
+    usleep(20000);
+    fd = tcp_to(r.port);
+    t0 = now_ms();
+    CHECK_EQ(send(fd, "ab", 2, 0), 2);
+    CHECK_EQ(read_all(fd, buf, 1, &err), 1);
+    CHECK(now_ms() - t0 < 500);
+    CHECK_EQ(read_all(fd, buf, 1, &err), 1); /* the next one, a second later */
+    CHECK(now_ms() - t0 >= 900);
+    close(fd);
+    stop(&r);
+}
+
 static void test_faults_udp(void)
 {
     echo_config cfg;
@@ -676,6 +723,7 @@ int main(void)
     RUN(test_udp_guard);
     RUN(test_udp_rate);
     RUN(test_faults_latency_limit_reset);
+    RUN(test_faults_changed_under_way);
     RUN(test_faults_pacing);
     RUN(test_faults_udp);
     return check_summary("test_server");
