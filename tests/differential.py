@@ -31,15 +31,15 @@ def run_one(
     **server_kw: Any,
 ) -> dict[str, Any]:
     """Run scenario against a fresh server on ``host``; its transcript, events
-    and stats. The scenario's ``client(address=None, to=None, **kw)``
-    connects to the server's address, or to ``address``, or to host ``to``
-    at the server's port."""
+    and stats. The scenario's ``client(to=None, address=None, **kw)``
+    connects to the server's address, or to host ``to`` at the server's port,
+    or to ``address``."""
     rec = Recorder()
     connected = 0
     client_kw = {k: server_kw[k] for k in CLIENT_KEYS if k in server_kw}
 
     def client(
-        address: tuple[str, int] | None = None, *, to: str | None = None, **kw: Any
+        to: str | None = None, *, address: tuple[str, int] | None = None, **kw: Any
     ) -> pyecho.EchoClient:
         nonlocal connected
         opts = {"engine": client_engine, "timeout": 20, **client_kw, **kw}
