@@ -76,7 +76,8 @@ def parse(kind: str, text: str) -> int | float:
 def format_size(n: int) -> str:
     """64 KiB or 1 MiB, 64 kB from 10 kB on, when exact; else bytes."""
     for unit in ("TiB", "GiB", "MiB", "KiB", "TB", "GB", "MB", "kB"):
-        if n >= min(SIZE_UNITS[unit], 10_000) and n % SIZE_UNITS[unit] == 0:
+        size = SIZE_UNITS[unit]
+        if n >= (size if "i" in unit else max(size, 10_000)) and n % size == 0:
             return f"{n // SIZE_UNITS[unit]} {unit}"
     return f"{n} byte{'s' * (n != 1)}"
 

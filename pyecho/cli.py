@@ -105,7 +105,7 @@ def _converter(setting: Setting, negatable: bool) -> Callable[[str], Any]:
             return setting.check(value, label=flag)
         except (TypeError, ValueError) as e:
             message = str(e)
-            if str(value) != text and message.endswith(f"got {value}"):
+            if re.search(r"[^\d.+\-]", text) and message.endswith(f"got {value}"):
                 message += f" ({text})"  # what 64KiB or 2m came to
             if negatable and setting.off and setting.off_value is None:
                 message += f" (or --no-{flag[2:]}: {setting.off})"
@@ -478,11 +478,11 @@ def serve(args: argparse.Namespace) -> int:
         what = f"UDP on {shown} ({args.engine} engine)"
     else:
         what = f"on {shown} ({args.mode} mode, {args.engine} engine)"
-    say(f"pyecho: serving {what}; press Ctrl+C to stop")
-    if server.faults is not None:
-        say(f"pyecho: faults: {_describe(server.faults)}")
-    with _sigterm_stops():
+    with _sigterm_stops():  # from the banner on: a signal may follow it at once
         try:
+            say(f"pyecho: serving {what}; press Ctrl+C to stop")
+            if server.faults is not None:
+                say(f"pyecho: faults: {_describe(server.faults)}")
             server.serve_forever()
         except OSError as e:  # from printing a log line: stdout went away, say
             if e.errno == errno.EPIPE:
