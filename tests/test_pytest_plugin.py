@@ -401,6 +401,20 @@ def test_faults_by_marker(pytester: pytest.Pytester, engine: str) -> None:
     result.stdout.fnmatch_lines(["*ValueError: rate does not apply to UDP*"])
 
 
+def readme_example(heading: str) -> str:
+    """The first Python block of a README section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split(f"\n## {heading}\n")[1].split("\n## ")[0]
+    return section.split("```python\n")[1].split("```")[0]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_the_readmes_bad_network_example(pytester: pytest.Pytester, engine: str) -> None:
+    pytester.makepyfile(test_my_client=readme_example("Testing your client against a bad network"))
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--echo-engine={engine}")
+    result.assert_outcomes(passed=5)
+
+
 # ---- failures ----
 
 
