@@ -46,6 +46,12 @@ HELP = (
     "Chances: 0.1 or 10%."
 )
 
+_UNITS: dict[str, dict[str, int] | dict[str, Fraction]] = {
+    "bytes": SIZE_UNITS,
+    "rate": SIZE_UNITS,
+    "seconds": TIME_UNITS,
+    "probability": {"": Fraction(1), "%": Fraction(1, 100)},
+}
 _QUANTITY = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*([A-Za-z%]*)\s*\Z")
 
 
@@ -60,9 +66,7 @@ def parse(kind: str, text: str) -> int | float:
             raise ValueError(FORMS[kind]) from None
     body = text[:-2] if kind == "rate" and text.endswith("/s") else text
     match = _QUANTITY.match(body)
-    units = {"bytes": SIZE_UNITS, "rate": SIZE_UNITS, "seconds": TIME_UNITS}.get(kind, {"": 1})
-    if kind == "probability":
-        units = {"": Fraction(1), "%": Fraction(1, 100)}
+    units = _UNITS[kind]
     if match is None or match.group(2) not in units:
         raise ValueError(FORMS[kind])
     value = Fraction(match.group(1)) * units[match.group(2)]

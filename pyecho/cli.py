@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ from ._config import (
     DEFAULT_PORT,
     ENGINES,
     NOT_APPLICABLE,
+    RESOLUTION,
     TIMEOUT,
     ConnectionClosedError,
     Event,
@@ -587,6 +589,22 @@ def _stdin_lines() -> Iterator[bytes]:
         yield line
 
 
+def _udp_echo(conn: EchoClient, line: bytes, timeout: float | None) -> bytes:
+    """Send line as one datagram and wait up to timeout for its echo. Any
+    other datagram is skipped: a duplicate of an earlier line's echo can
+    arrive after it (the server's duplicate fault, or the network's)."""
+    sock = conn.fileno()
+    while select.select([sock], [], [], 0)[0]:  # stale echoes: not this line's
+        conn.recv(MAX_DATAGRAM + 1)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    conn.send(line)
+    while True:
+        if deadline is not None:
+            conn.timeout = max(deadline - time.monotonic(), RESOLUTION)
+        if conn.recv(MAX_DATAGRAM + 1) == line:
+            return line
+
+
 def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[bytes], None]) -> int:
     """Each line of stdin one datagram; each echo one line of stdout."""
     where = f"UDP {hostport(args.host, args.port)}"
@@ -600,7 +618,7 @@ def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[byte
     try:
         for line in _stdin_lines():
             n += 1
-            out(conn.echo(line) + b"\n")
+            out(_udp_echo(conn, line, args.timeout) + b"\n")
     except TimeoutError:
         raise CliError(
             f"no echo of line {n} from {where} within {args.timeout}s: the datagram or its "
@@ -611,8 +629,6 @@ def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[byte
             f"nothing listens on {where}: the port is closed (is the server running with --udp?)"
         ) from None
     except OSError as e:
-        if e.errno == errno.EPROTO:
-            raise CliError(f"{where} answered line {n} with another datagram") from None
         if e.errno == errno.EMSGSIZE:
             raise CliError(f"line {n} is too long for one datagram to {where}") from None
         raise CliError(f"sending line {n} to {where} failed: {e}") from None

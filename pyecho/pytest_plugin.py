@@ -201,7 +201,7 @@ class EchoServerFixture(EchoServer):
         return all that match. AssertionError after ``timeout`` seconds."""
         if kind not in ("open", "close", "drop", None):
             raise ValueError(f"kind must be 'open', 'close', 'drop' or None, got {kind!r}")
-        reasons = DROP_REASONS if kind == "drop" else CLOSE_REASONS
+        reasons: tuple[str, ...] = DROP_REASONS if kind == "drop" else CLOSE_REASONS
         if kind is None:
             reasons = (*CLOSE_REASONS, *DROP_REASONS)
         if reason is not None and reason not in reasons:

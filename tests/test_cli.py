@@ -767,6 +767,22 @@ def test_udp_latency_beyond_the_timeout(cwd: Path, engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_udp_client_skips_late_duplicates(cwd: Path, engine: str) -> None:
+    """A duplicate of line n's echo can arrive after the client moved on to
+    line n + 1: it is not line n + 1's echo (a break found: it was taken
+    for a wrong answer)."""
+    faults = ["--duplicate", "100%", "--latency", "20ms", "--jitter", "15ms"]
+    server, port = serve(cwd, "--engine", engine, "--udp", *faults)
+    try:
+        lines = b"".join(b"%d\n" % i for i in range(300))
+        result = udp_client(cwd, port, lines, "--engine", engine)
+        assert (result.returncode, result.stderr) == (0, b"")
+        assert result.stdout == lines
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_udp_drops_are_logged_once_per_reason_per_second(cwd: Path, engine: str) -> None:
     server, port = serve(cwd, "--engine", engine, "--udp", "--udp-rate-per-source", "5")
     try:
