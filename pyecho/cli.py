@@ -318,9 +318,10 @@ def _describe(faults: Faults) -> str:
     shown = []
     for s in FAULTS:
         value = getattr(faults, s.name)
-        if s.name in ("jitter", "seed") or value == s.default:
-            if not (s.name == "latency" and faults.jitter):
-                continue
+        if s.name in ("jitter", "seed"):
+            continue  # jitter goes with latency; the seed comes last
+        if value == s.default and not (s.name == "latency" and faults.jitter):
+            continue
         if s.kind == "seconds":
             text = _units.format_time(value)
             if s.name == "latency" and faults.jitter:
@@ -335,7 +336,7 @@ def _describe(faults: Faults) -> str:
 
 def _can_print(text: str) -> bool:
     try:
-        text.encode(sys.stdout.encoding or "ascii")
+        text.encode(getattr(sys.stdout, "encoding", None) or "ascii")
     except (UnicodeEncodeError, LookupError):
         return False
     return True
@@ -400,7 +401,7 @@ DROP_WHY = {
     "rate_global": "global rate limit",
     "full": "no room to send or hold them",
     "error": "send error",
-    "fault": "--drop",
+    "fault": "the --drop fault",
 }
 
 
