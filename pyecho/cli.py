@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import os
 import re
 import select
@@ -17,24 +18,30 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import pyecho
 
+from . import _units
 from ._config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     ENGINES,
+    NOT_APPLICABLE,
+    RESOLUTION,
     TIMEOUT,
     ConnectionClosedError,
     Event,
     Setting,
     Side,
+    Stats,
     _int,
     hostport,
     settings_for,
 )
+from ._faults import FAULTS, Faults
 from ._framing import is_quit_message
 from ._native import NativeUnavailableError
 from .api import EchoClient, EchoServer
@@ -84,26 +91,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pyecho: error: {message}\n")
 
 
-def _converter(setting: Setting) -> Callable[[str], Any]:
-    """The argparse type for a setting: text to a checked value, or one line
-    naming the flag."""
+def _converter(setting: Setting, negatable: bool) -> Callable[[str], Any]:
+    """The argparse type for a setting: text (with units: 64KiB, 50ms) to a
+    checked value, or one line naming the flag."""
     flag = setting.flag
 
     def convert(text: str) -> Any:
         value: Any = text
-        try:
-            if setting.kind in ("count", "bytes", "rate"):
-                value = int(text, 10)
-            elif setting.kind in ("seconds", "probability"):
-                value = float(text)
-        except ValueError:
-            what = "a number of seconds" if setting.kind == "seconds" else "a whole number"
-            raise argparse.ArgumentTypeError(f"{flag} must be {what}, got {text!r}") from None
+        if setting.kind in _units.FORMS:
+            try:
+                value = _units.parse(setting.kind, text)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"{flag} must be {e}, got {text!r}") from None
         try:
             return setting.check(value, label=flag)
         except (TypeError, ValueError) as e:
             message = str(e)
-            if setting.off and setting.off_value is None:
+            if re.search(r"[^\d.+\-]", text) and message.endswith(f"got {value}"):
+                message += f" ({text})"  # what 64KiB or 2m came to
+            if negatable and setting.off and setting.off_value is None:
                 message += f" (or --no-{flag[2:]}: {setting.off})"
             raise argparse.ArgumentTypeError(message) from None
 
@@ -112,45 +118,77 @@ def _converter(setting: Setting) -> Callable[[str], Any]:
 
 _METAVARS = {
     "count": "N",
-    "bytes": "BYTES",
-    "rate": "BYTES/S",
-    "seconds": "SECONDS",
+    "bytes": "SIZE",
+    "rate": "RATE",
+    "seconds": "TIME",
     "word": "WORD",
-    "probability": "P",
+    "probability": "CHANCE",
 }
 
 
-def _add_option(p: argparse.ArgumentParser, setting: Setting) -> None:
+def _given(namespace: argparse.Namespace, dest: str, option: str | None) -> None:
+    """Remember which flag the user typed for a setting: a setting that does
+    not apply to the transport is an error when typed, never as a default."""
+    given = getattr(namespace, "given", None) or {}
+    given[dest] = option
+    namespace.given = given
+
+
+class _Store(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        _given(namespace, self.dest, option)
+
+
+class _StoreConst(argparse.Action):
+    def __init__(self, option_strings: Any, dest: str, const: Any = None, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=const, **kw)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, self.const)
+        _given(namespace, self.dest, option)
+
+
+class _Flag(argparse.BooleanOptionalAction):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        super().__call__(parser, namespace, values, option)
+        _given(namespace, self.dest, option)
+
+
+def _add_option(p: Any, setting: Setting, negatable: bool = True) -> None:
     """--name for a setting, with its default and unit in the help; and
-    --no-name for one whose "off" (None) cannot be typed as a value."""
+    --no-name for one whose "off" (None) cannot be typed as a value (unless
+    not ``negatable``: off is the default and needs no flag)."""
     default = setting.default
     shown = setting.show(default)
+    only = "" if len(setting.transports) > 1 else f" [{setting.transports[0].upper()}]"
     if setting.kind == "flag":
         p.add_argument(
             setting.flag,
-            action=argparse.BooleanOptionalAction,
+            action=_Flag,
             default=default,
-            help=f"{setting.help} (default: {'on' if default else 'off'})",
+            help=f"{setting.help} (default: {'on' if default else 'off'}){only}",
         )
         return
     if setting.off and setting.off_value is not None:  # typed as 0
-        help = f"{setting.help}; 0: {setting.off} (default: {shown})"
+        help = f"{setting.help}; 0: {setting.off} (default: {shown}){only}"
     else:
-        help = f"{setting.help} (default: {shown})"
+        help = f"{setting.help} (default: {shown}){only}"
     p.add_argument(
         setting.flag,
-        type=_converter(setting),
+        action=_Store,
+        type=_converter(setting, negatable),
         default=default,
         metavar="{" + ",".join(setting.choices) + "}"
         if setting.choices
         else _METAVARS[setting.kind],
         help=help,
     )
-    if setting.off and setting.off_value is None:
+    if negatable and setting.off and setting.off_value is None:
         p.add_argument(
             f"--no-{setting.flag[2:]}",
             dest=setting.name,
-            action="store_const",
+            action=_StoreConst,
             const=None,
             default=default,
             help=setting.off,
@@ -181,7 +219,8 @@ def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     if isinstance(exc, socket.gaierror):
         return f"unknown host {host!r}: {exc.strerror}"
     if exc.errno == errno.EADDRINUSE:
-        return f"port {port} on {host} is already in use (is another server running there?)"
+        shown = f"[{host}]" if ":" in host else host
+        return f"port {port} on {shown} is already in use (is another server running there?)"
     if exc.errno == errno.EACCES and action == "listen" and 0 < port < 1024:
         return (
             f"permission denied to listen on port {port}: ports 0-1023 are well-known "
@@ -195,7 +234,8 @@ def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     if isinstance(exc, TimeoutError):
         return f"cannot connect to {where}: timed out"
     reason = exc.strerror or str(exc)
-    return f"cannot {action} on {where}: {reason[0].lower() + reason[1:]}"
+    on = "on" if action == "listen" else "to"
+    return f"cannot {action} {on} {where}: {reason[0].lower() + reason[1:]}"
 
 
 def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> None:
@@ -205,7 +245,7 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
         type=_port(side),
         default=DEFAULT_PORT,
         metavar="PORT",
-        help=f"TCP port (default: {DEFAULT_PORT})",
+        help=f"TCP or UDP port (default: {DEFAULT_PORT})",
     )
     p.add_argument(
         "--engine",
@@ -219,7 +259,7 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
     p.add_argument(
         "--udp",
         dest="transport",
-        action="store_const",
+        action=_StoreConst,
         const="udp",
         help="UDP echo (RFC 862 over UDP): the same as --transport udp (default: TCP)",
     )
@@ -241,9 +281,74 @@ def _settings(args: argparse.Namespace, side: Side) -> dict[str, Any]:
     return {"engine": args.engine} | {s.name: getattr(args, s.name) for s in settings_for(side)}
 
 
+def _check_transport(args: argparse.Namespace, side: Side) -> None:
+    """ValueError, naming the flag, for a setting or fault typed that does
+    not apply to the transport."""
+    transport = args.transport
+    given = getattr(args, "given", None) or {}
+    faults = FAULTS if side == "server" else ()
+    for s in (*settings_for(side), *faults):
+        flag = given.get(s.name)
+        if flag is None or transport in s.transports:
+            continue
+        if transport == "tcp":
+            why = "it is for UDP (add --udp)"
+        elif s in faults:
+            udp = [f.flag for f in FAULTS if "udp" in f.transports]
+            why = f"of the faults, UDP takes {', '.join(udp[:-1])} and {udp[-1]}"
+        else:
+            why = NOT_APPLICABLE["udp"]
+        raise ValueError(f"{flag} does not apply to {transport.upper()}: {why}")
+
+
+def _faults(args: argparse.Namespace) -> Faults | None:
+    """The Faults typed (None: none), or ValueError naming the flags."""
+    try:
+        faults = Faults(**{s.name: getattr(args, s.name) for s in FAULTS})
+    except ValueError as e:  # a rule between faults: name them as flags
+        flags = {s.name: s.flag for s in FAULTS}
+        names = "|".join(sorted(flags, key=len, reverse=True))
+        raise ValueError(re.sub(rf"\b({names})\b", lambda m: flags[m[1]], str(e))) from None
+    return faults if faults.active else None
+
+
+def _describe(faults: Faults) -> str:
+    """The faults in effect, for the banner: latency 50ms ± 10ms, rate 64
+    KiB/s, seed 7 (the seed always, drawn or given, so a run can be repeated)."""
+    shown = []
+    for s in FAULTS:
+        value = getattr(faults, s.name)
+        if s.name in ("jitter", "seed"):
+            continue  # jitter goes with latency; the seed comes last
+        if value == s.default and not (s.name == "latency" and faults.jitter):
+            continue
+        if s.kind == "seconds":
+            text = _units.format_time(value)
+            if s.name == "latency" and faults.jitter:
+                text += f" {_PLUS_MINUS} {_units.format_time(faults.jitter)}"
+        elif s.kind == "probability":
+            text = _units.format_chance(value)
+        else:
+            text = _units.format_size(value) + "/s" * (s.kind == "rate")
+        shown.append(f"{s.name.replace('_', ' ')} {text}")
+    return ", ".join([*shown, f"seed {faults.seed}"])
+
+
+def _can_print(text: str) -> bool:
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+_PLUS_MINUS = "\u00b1" if _can_print("\u00b1") else "+/-"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="pyecho", description="A TCP echo server and client (C engine or pure Python)."
+        prog="pyecho",
+        description="A TCP and UDP echo server and client (C engine or pure Python).",
     )
     parser.add_argument("--version", action="version", version=f"pyecho {pyecho.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -252,19 +357,31 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the echo server (like the original server.c)",
         description="Run an echo server until Ctrl+C (or SIGTERM), printing a line per "
-        "connection opened or closed.",
+        "connection opened or closed (TCP) or per second of datagrams dropped (UDP).",
+        epilog=_units.HELP,
     )
     _common_options(
         serve,
         "server",
-        "address to listen on; 0.0.0.0 listens on every interface, as the original did",
+        "address to listen on; 0.0.0.0 listens on every interface, as the original did; "
+        ":: on every interface, IPv6 and IPv4",
     )
+    faults = serve.add_argument_group(
+        "faults",
+        "What the server does to its echo on purpose (pyecho.Faults), to test a client "
+        "against a bad network; all off by default. [TCP] and [UDP] say which transport "
+        "takes each.",
+    )
+    for setting in FAULTS:
+        _add_option(faults, setting, negatable=False)
 
     client = sub.add_parser(
         "client",
         help="talk to an echo server (like the original client.c)",
         description="Send standard input to an echo server (words in seed mode, lines in "
-        "line mode, bytes in raw mode) and print its echo.",
+        "line mode, bytes in raw mode; over UDP each line is one datagram) and print its "
+        "echo.",
+        epilog=_units.HELP,
     )
     _common_options(client, "client", "server address")
     _add_option(client, TIMEOUT)
@@ -277,15 +394,34 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- serve ----
 
 
+# Why datagrams were dropped, for the log (one line per reason per second).
+DROP_WHY = {
+    "guard": "reflection guard, see --udp-guard",
+    "rate_source": "rate limit per source",
+    "rate_global": "global rate limit",
+    "full": "no room to send or hold them",
+    "error": "send error",
+    "fault": "the --drop fault",
+}
+
+
+def _datagrams(n: int) -> str:
+    return f"{n} datagram{'s' * (n != 1)}"
+
+
 class _ServeLog:
-    """Prints the original server's lines for connection events."""
+    """Prints the original server's lines for connection events, and a line
+    for each drop event (the engines emit at most one per reason per second)."""
 
     def __init__(self) -> None:
         self.closed_at_shutdown = 0
 
     def __call__(self, event: Event) -> None:
         peer = hostport(*event.peer)
-        if event.kind == "open":
+        if event.kind == "drop":
+            why = DROP_WHY.get(event.reason or "", event.reason)
+            say(f"INFO :: dropped {_datagrams(event.count)} ({why}), latest from {peer}")
+        elif event.kind == "open":
             say(f"INFO :: Connect with client {peer}")
         elif event.reason == "peer":
             say(f"{MSG_PEER_CLOSED} ({peer})")
@@ -295,8 +431,21 @@ class _ServeLog:
             say(f"INFO :: Connection reset by client... BYE ({peer})")
         elif event.reason == "idle":
             say(f"INFO :: Client idle too long, closing... BYE ({peer})")
-        else:  # "shutdown": summed up once, at Ctrl+C
+        elif event.reason == "shutdown":  # summed up once, at Ctrl+C
             self.closed_at_shutdown += 1
+        else:  # the faults' closes: limit, reset_after, refused
+            say(f"INFO :: Closed by fault ({event.reason})... BYE ({peer})")
+
+
+def _udp_summary(stats: Stats) -> str:
+    """What a UDP server did, said at Ctrl+C: the drops since the last drop
+    line are told nowhere else."""
+    line = (
+        f"INFO :: {_datagrams(stats.datagrams_in)} received, "
+        f"{stats.datagrams_out} sent, {sum(stats.dropped.values())} dropped"
+    )
+    why = [f"{DROP_WHY[r]}: {n}" for r, n in stats.dropped.items() if n]
+    return line + (f" ({'; '.join(why)})" if why else "")
 
 
 @contextlib.contextmanager
@@ -322,15 +471,21 @@ def _sigterm_stops() -> Iterator[None]:
 def serve(args: argparse.Namespace) -> int:
     log = _ServeLog()
     try:
-        server = EchoServer((args.host, args.port), **_settings(args, "server"), on_event=log)
+        server = EchoServer(
+            (args.host, args.port), **_settings(args, "server"), faults=args.faults, on_event=log
+        )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
     shown = hostport(*server.server_address)
-    say(
-        f"pyecho: serving on {shown} ({args.mode} mode, {args.engine} engine); press Ctrl+C to stop"
-    )
-    with _sigterm_stops():
+    if server.transport == "udp":
+        what = f"UDP on {shown} ({args.engine} engine)"
+    else:
+        what = f"on {shown} ({args.mode} mode, {args.engine} engine)"
+    with _sigterm_stops():  # from the banner on: a signal may follow it at once
         try:
+            say(f"pyecho: serving {what}; press Ctrl+C to stop")
+            if server.faults is not None:
+                say(f"pyecho: faults: {_describe(server.faults)}")
             server.serve_forever()
         except OSError as e:  # from printing a log line: stdout went away, say
             if e.errno == errno.EPIPE:
@@ -338,11 +493,14 @@ def serve(args: argparse.Namespace) -> int:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise CliError(f"stopped serving: {e}") from None
         except (KeyboardInterrupt, _Terminated) as e:
+            stats = server.stats if server.transport == "udp" else None
             server.close()  # every client socket, then the listening one
             say(MSG_CTRL_C if isinstance(e, KeyboardInterrupt) else MSG_SIGTERM)
             n = log.closed_at_shutdown
             if n:
                 say(f"INFO :: closed {n} client connection{'s' * (n != 1)}")
+            if stats is not None:
+                say(_udp_summary(stats))
             return 0
         finally:
             server.close()
@@ -413,6 +571,71 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
         yield chunk
 
 
+# The largest UDP payload (over IPv6; IPv4 allows 65,507 and the OS says so).
+MAX_DATAGRAM = 65527
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """Lines of stdin without their newline, each at most MAX_DATAGRAM bytes
+    (a longer one is an error, found before it is all read)."""
+    stdin = sys.stdin.buffer
+    for n in itertools.count(1):
+        line = stdin.readline(MAX_DATAGRAM + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        elif len(line) > MAX_DATAGRAM:
+            raise CliError(f"line {n} is longer than a UDP datagram can be ({MAX_DATAGRAM} bytes)")
+        yield line
+
+
+def _udp_echo(conn: EchoClient, line: bytes, timeout: float | None) -> bytes:
+    """Send line as one datagram and wait up to timeout for its echo. Any
+    other datagram is skipped: a duplicate of an earlier line's echo can
+    arrive after it (the server's duplicate fault, or the network's)."""
+    sock = conn.fileno()
+    while select.select([sock], [], [], 0)[0]:  # stale echoes: not this line's
+        conn.recv(MAX_DATAGRAM + 1)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    conn.send(line)
+    while True:
+        if deadline is not None:
+            conn.timeout = max(deadline - time.monotonic(), RESOLUTION)
+        if conn.recv(MAX_DATAGRAM + 1) == line:
+            return line
+
+
+def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[bytes], None]) -> int:
+    """Each line of stdin one datagram; each echo one line of stdout."""
+    where = f"UDP {hostport(args.host, args.port)}"
+    if sys.stdin.isatty():
+        print(
+            f"pyecho: talking to {where}; type lines (each one datagram), Ctrl+D ends",
+            file=sys.stderr,
+            flush=True,
+        )
+    n = 0  # lines sent
+    try:
+        for line in _stdin_lines():
+            n += 1
+            out(_udp_echo(conn, line, args.timeout) + b"\n")
+    except TimeoutError:
+        raise CliError(
+            f"no echo of line {n} from {where} within {args.timeout}s: the datagram or its "
+            "echo was lost (is a UDP echo server there?)"
+        ) from None
+    except ConnectionRefusedError:
+        raise CliError(
+            f"nothing listens on {where}: the port is closed (is the server running with --udp?)"
+        ) from None
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            raise CliError(f"line {n} is too long for one datagram to {where}") from None
+        raise CliError(f"sending line {n} to {where} failed: {e}") from None
+    return 0
+
+
 def client(args: argparse.Namespace) -> int:
     try:
         conn = EchoClient((args.host, args.port), **_settings(args, "client"), timeout=args.timeout)
@@ -428,7 +651,7 @@ def client(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             raise _StdoutGone() from None
 
-    if sys.stdin.isatty():
+    if sys.stdin.isatty() and args.transport == "tcp":
         what = "words" if args.mode == "seed" else "lines" if args.mode == "line" else "text"
         if args.quit_word is None:
             ends = "Ctrl+D ends"
@@ -441,6 +664,8 @@ def client(args: argparse.Namespace) -> int:
         )
     with conn:
         try:
+            if args.transport == "udp":
+                return _udp_session(conn, args, out)
             chunks = _stdin_chunks(conn, out)
             if args.mode == "raw":
                 for chunk in chunks:
@@ -488,7 +713,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:], prog="pyecho bench")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # what argparse cannot check alone: the transport, rules between faults
+        _check_transport(args, "server" if args.command == "serve" else "client")
+        args.faults = _faults(args) if args.command == "serve" else None
+    except ValueError as e:
+        parser.error(str(e))
     try:
         if args.command == "serve":
             return serve(args)

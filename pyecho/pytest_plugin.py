@@ -6,6 +6,7 @@ Installed with pyecho, loaded by pytest through the ``pytest11`` entry point:
   a free port); ``@pytest.mark.echo_server(mode="line", ...)`` changes its
   settings (any :class:`pyecho.EchoServer` keyword, plus ``record``,
   ``record_limit`` and ``check_leaks``).
+* ``udp_echo_server``: the same over UDP (``@pytest.mark.udp_echo_server``).
 * ``echo_server_factory``: makes as many servers as a test wants.
 * ``echo_engine``: the engine they run on (``--echo-engine``, ini
   ``echo_engine``; ``both`` runs each test once per engine).
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from ._config import CLOSE_REASONS, DEFAULT_HOST, ENGINES, Event, hostport
+from ._config import CLOSE_REASONS, DEFAULT_HOST, DROP_REASONS, ENGINES, Event, hostport
 from ._tap import Tap, Transcript, family_of, reachable
 from .api import EchoServer
 
@@ -46,19 +47,21 @@ ENGINE_CHOICES = (*ENGINES, "both")
 class EchoServerFixture(EchoServer):
     """An :class:`pyecho.EchoServer` that remembers what it saw.
 
-    ``server_address`` is where clients connect. With ``record=True`` (the
-    default) that is a small relay in front of the server that keeps the
-    first ``record_limit`` bytes each client sends (``received``); it passes
-    every byte, half-close and reset on as they come, and events name the
-    client's own address. ``record=False`` connects clients straight to the
-    engine (``engine_address``) when a test must see it bare.
+    ``server_address`` is where clients connect. Over TCP, with ``record``
+    (the default) that is a small relay in front of the server that keeps
+    the first ``record_limit`` bytes each client sends (``received``); it
+    passes every byte, half-close and reset on as they come, and events name
+    the client's own address. ``record=False`` connects clients straight to
+    the engine (``engine_address``) when a test must see it bare. The relay
+    is TCP only: a UDP server (``transport="udp"``) is always bare, and its
+    events are drops (``kind="drop"``).
     """
 
     def __init__(
         self,
         server_address: tuple[str, int] = (DEFAULT_HOST, 0),
         *,
-        record: bool = True,
+        record: bool | None = None,
         record_limit: int = RECORD_LIMIT,
         check_leaks: bool = False,
         on_event: Callable[[Event], None] | None = None,
@@ -68,7 +71,14 @@ class EchoServerFixture(EchoServer):
             raise ValueError(f"record_limit must be an int >= 0, got {record_limit!r}")
         if on_event is not None and not callable(on_event):
             raise TypeError("on_event must be callable or None")
-        settings.setdefault("mode", "raw")
+        if settings.get("transport", "tcp") == "udp":
+            if record:
+                raise ValueError("record=True needs TCP: the recording relay does not carry UDP")
+            if check_leaks:
+                raise ValueError("check_leaks=True needs TCP: UDP has no connections to leak")
+            record = False
+        else:
+            settings.setdefault("mode", "raw")
         self.check_leaks = bool(check_leaks)
         # (what failed, its exception): on_event raising, the relay failing
         self._failures: list[tuple[str, BaseException]] = []
@@ -83,7 +93,7 @@ class EchoServerFixture(EchoServer):
         self._probes: dict[tuple[str, int], bool] = {}
         super().__init__(server_address, on_event=self._observe, **settings)
         self.engine_address: tuple[str, int] = self.server_address
-        if record:
+        if record is None or record:
             try:
                 self._tap = Tap(self.engine_address, record_limit, self._relay_failed)
             except BaseException:
@@ -148,7 +158,8 @@ class EchoServerFixture(EchoServer):
 
     @property
     def events(self) -> list[Event]:
-        """Every open and close event so far, in order (a copy)."""
+        """Every event so far, in order (a copy): opens and closes over TCP,
+        drops over UDP."""
         with self._changed:
             return list(self._events)
 
@@ -185,13 +196,16 @@ class EchoServerFixture(EchoServer):
         count: int = 1,
         timeout: float = 5.0,
     ) -> list[Event]:
-        """Wait until ``count`` events of ``kind`` ("open", "close", None for
-        any) and close ``reason`` have happened; return all that match.
-        AssertionError after ``timeout`` seconds."""
-        if kind not in ("open", "close", None):
-            raise ValueError(f"kind must be 'open', 'close' or None, got {kind!r}")
-        if reason is not None and reason not in CLOSE_REASONS:
-            raise ValueError(f"reason must be one of {', '.join(CLOSE_REASONS)}, got {reason!r}")
+        """Wait until ``count`` events of ``kind`` ("open", "close", "drop",
+        None for any) and ``reason`` (a close's, or a drop's) have happened;
+        return all that match. AssertionError after ``timeout`` seconds."""
+        if kind not in ("open", "close", "drop", None):
+            raise ValueError(f"kind must be 'open', 'close', 'drop' or None, got {kind!r}")
+        reasons: tuple[str, ...] = DROP_REASONS if kind == "drop" else CLOSE_REASONS
+        if kind is None:
+            reasons = (*CLOSE_REASONS, *DROP_REASONS)
+        if reason is not None and reason not in reasons:
+            raise ValueError(f"reason must be one of {', '.join(reasons)}, got {reason!r}")
 
         def matching() -> list[Event]:
             return [
@@ -287,7 +301,8 @@ class EchoServerFixture(EchoServer):
         return problems
 
     def __repr__(self) -> str:
-        return f"<EchoServerFixture {self.engine} {self.mode} on {hostport(*self.server_address)}>"
+        what = self.mode if self.transport == "tcp" else "udp"
+        return f"<EchoServerFixture {self.engine} {what} on {hostport(*self.server_address)}>"
 
 
 class EchoServerFactory(Protocol):
@@ -329,6 +344,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "echo_server(**settings): settings of the echo_server fixture: any "
         "pyecho.EchoServer keyword, record=, record_limit=, check_leaks=",
     )
+    config.addinivalue_line(
+        "markers",
+        "udp_echo_server(**settings): settings of the udp_echo_server fixture: any "
+        "pyecho.EchoServer keyword that applies to UDP (faults=, udp_rate=, ...)",
+    )
     _engines(config)  # a bad ini value is a usage error at once
 
 
@@ -348,9 +368,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             names = [n.strip() for n in names.split(",")]
         if "echo_engine" in names:
             return
-    settings = metafunc.definition.get_closest_marker("echo_server")
+    # Each server fixture used has its engine from its marker: nothing to vary.
+    used = [name for name in _MARKERS if name in metafunc.fixturenames]
+    fixed = [
+        name
+        for name in used
+        if "engine" in getattr(metafunc.definition.get_closest_marker(name), "kwargs", {})
+    ]
     asks = inspect.signature(metafunc.function).parameters
-    if settings is not None and "engine" in settings.kwargs and "echo_server_factory" not in asks:
+    if used and fixed == used and "echo_server_factory" not in asks:
         return
     metafunc.parametrize("echo_engine", engines, indirect=True, ids=engines)
 
@@ -358,6 +384,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 # ---- fixtures ----
 
 _SERVERS = pytest.StashKey[list[EchoServerFixture]]()
+_MARKERS = ("echo_server", "udp_echo_server")  # each names its fixture
 
 
 @pytest.fixture
@@ -411,6 +438,20 @@ def echo_server(
     its settings (any pyecho.EchoServer keyword, plus record=,
     record_limit=, check_leaks=). Closed when the test ends, pass or fail."""
     return echo_server_factory(**_marker_settings(request, "echo_server"))
+
+
+@pytest.fixture
+def udp_echo_server(
+    request: pytest.FixtureRequest, echo_server_factory: EchoServerFactory
+) -> EchoServerFixture:
+    """A started UDP echo server (EchoServerFixture, transport="udp"):
+    127.0.0.1, a free port bound before the test starts; every datagram sent
+    to ``udp_echo_server.server_address`` comes back whole. No relay (it is
+    TCP only): ``events`` are drops, ``stats`` counts datagrams.
+    ``@pytest.mark.udp_echo_server(faults=pyecho.Faults(drop=0.1), ...)``
+    changes its settings (any pyecho.EchoServer keyword that applies to
+    UDP). Closed when the test ends, pass or fail."""
+    return echo_server_factory(transport="udp", **_marker_settings(request, "udp_echo_server"))
 
 
 def _marker_settings(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:

@@ -91,8 +91,9 @@ class Proc:
             self.popen.wait(10)
 
 
-def serve(cwd: Path, *args: str, port: int = 0) -> tuple[Proc, int]:
-    """`pyecho serve` on a free port (or the one given); the process and port."""
-    proc = Proc([*PYECHO, "serve", "--port", str(port), *args], cwd)
-    match = proc.expect(r"serving on 127\.0\.0\.1:(\d+)")
+def serve(cwd: Path, *args: str, port: int = 0, **kw: Any) -> tuple[Proc, int]:
+    """`pyecho serve` (TCP or UDP, any host) on a free port (or the one
+    given); the process and port."""
+    proc = Proc([*PYECHO, "serve", "--port", str(port), *args], cwd, **kw)
+    match = proc.expect(r"^pyecho: serving (?:UDP )?on (?:\[[^\]]+\]|[^\s:]+):(\d+) ")
     return proc, int(match.group(1))

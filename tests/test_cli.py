@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pyecho
 from conftest import ENGINES, LOOPBACK
 from procs import PYECHO, Proc, serve
 from pyecho import cli
+from pyecho._faults import FAULTS
 
 PAIRS = [(s, c) for s in ENGINES for c in ENGINES]
 
@@ -321,7 +323,11 @@ USAGE_ERRORS = [
     ("serve --backlog 1e3", "--backlog must be a whole number, got '1e3'"),
     ("serve --bufsize 0", "--bufsize must be between 1 and 1048576, got 0"),
     ("client --max-line 16777217", "--max-line must be between 1 and 16777216, got 16777217"),
-    ("serve --idle-timeout soon", "--idle-timeout must be a number of seconds, got 'soon'"),
+    (
+        "serve --idle-timeout soon",
+        "--idle-timeout must be a time such as 30, 1.5s, 50ms or 2m (a plain number is "
+        "seconds), got 'soon'",
+    ),
     ("serve --idle-timeout -1", "--idle-timeout must be between 0 and 4e+06 seconds, got -1.0"),
     ("serve --idle-timeout 0.0001", "--idle-timeout must be at least 0.001 seconds, got 0.0001"),
     (
@@ -333,6 +339,92 @@ USAGE_ERRORS = [
         "serve --quit-word=",
         "--quit-word must be 1 to 255 bytes long (or --no-quit-word: no quit word)",
     ),
+    # units
+    (
+        "serve --latency soon",
+        "--latency must be a time such as 30, 1.5s, 50ms or 2m (a plain number is seconds), "
+        "got 'soon'",
+    ),
+    (
+        "serve --rate 64Kb",
+        "--rate must be a rate such as 1000, 64KiB or 1MB/s (bytes per second), got '64Kb'",
+    ),
+    (
+        "serve --stall-after lots",
+        "--stall-after must be a size such as 1000, 64KiB, 1MiB or 64kB (a plain number is "
+        "bytes), got 'lots'",
+    ),
+    ("serve --max-pending 1.5", "--max-pending must be a whole number of bytes, got '1.5'"),
+    ("serve --rate 0.5/s", "--rate must be a whole number of bytes/s, got '0.5/s'"),
+    (
+        "serve --max-pending 2GiB",
+        "--max-pending must be between 1 and 1073741824, got 2147483648 (2GiB)",
+    ),
+    ("serve --slice 0", "--slice must be between 1 and 4294967295, got 0"),
+    ("serve --limit=-1KiB", "--limit must be between 0 and 1125899906842624, got -1024 (-1KiB)"),
+    ("serve --jitter=-10ms", "--jitter must be between 0 and 4e+06 seconds, got -0.01 (-10ms)"),
+    (
+        "serve --reset-after 0",
+        "--reset-after must be a positive number of seconds up to 4e+06, got 0.0",
+    ),
+    (
+        "serve --accept-delay 0.5ms",
+        "--accept-delay must be at least 0.001 seconds, got 0.0005 (0.5ms)",
+    ),
+    ("serve --refuse 2", "--refuse must be a probability from 0 to 1, got 2.0"),
+    ("serve --udp --drop 150%", "--drop must be a probability from 0 to 1, got 1.5 (150%)"),
+    ("serve --duplicate half", "--duplicate must be a chance such as 0.1 or 10%, got 'half'"),
+    ("serve --seed 7.5", "--seed must be a whole number, got '7.5'"),
+    ("serve --seed -1", "--seed must be between 0 and 18446744073709551615, got -1"),
+    (
+        "client --timeout 0ms",
+        "--timeout must be a positive number of seconds up to 2e+06, got 0.0 (0ms) "
+        "(or --no-timeout: wait forever)",
+    ),
+    ("serve --slice-delay 5ms", "--slice-delay needs --slice: the size of the pieces it separates"),
+    # what does not apply to the transport
+    ("serve --drop 0.1", "--drop does not apply to TCP: it is for UDP (add --udp)"),
+    ("serve --duplicate 1%", "--duplicate does not apply to TCP: it is for UDP (add --udp)"),
+    (
+        "serve --udp --rate 64KiB",
+        "--rate does not apply to UDP: of the faults, UDP takes --latency, --jitter, "
+        "--drop, --duplicate and --seed",
+    ),
+    (
+        "serve --transport udp --limit 0",
+        "--limit does not apply to UDP: of the faults, UDP takes --latency, --jitter, "
+        "--drop, --duplicate and --seed",
+    ),
+    (
+        "serve --udp --mode raw",
+        "--mode does not apply to UDP: UDP echoes every datagram whole, with no modes, "
+        "quit word or connections",
+    ),
+    (
+        "serve --max-clients 5 --udp",
+        "--max-clients does not apply to UDP: UDP echoes every datagram whole, with no "
+        "modes, quit word or connections",
+    ),
+    (
+        "client --udp --mode line",
+        "--mode does not apply to UDP: UDP echoes every datagram whole, with no modes, "
+        "quit word or connections",
+    ),
+    (
+        "client --udp --no-quit-word",
+        "--no-quit-word does not apply to UDP: UDP echoes every datagram whole, with no "
+        "modes, quit word or connections",
+    ),
+    (
+        "client --bufsize 10 --udp",
+        "--bufsize does not apply to UDP: UDP echoes every datagram whole, with no modes, "
+        "quit word or connections",
+    ),
+    (
+        "serve --udp-rate-per-source 5",
+        "--udp-rate-per-source does not apply to TCP: it is for UDP (add --udp)",
+    ),
+    ("serve --no-udp-guard", "--no-udp-guard does not apply to TCP: it is for UDP (add --udp)"),
     ("serve --bogus", "unrecognized arguments: --bogus"),
     ("serve --port", "argument --port: expected one argument"),
     ("", "the following arguments are required: COMMAND"),
@@ -375,15 +467,31 @@ def test_help_describes_the_command_and_every_default(
     for entry in entries:
         if entry and not entry.startswith(("-h", "--no-")):
             assert "(default: " in entry, entry
-    # Every size and time says its unit.
+    # Every size and time says its unit; the forms they take are shown once.
     text = " ".join(entries)
     for flag in ("--bufsize", "--max-line", "--max-pending"):
-        assert f"{flag} BYTES" in text or flag not in flags
+        assert f"{flag} SIZE" in text or flag not in flags
     assert "(default: 99 bytes)" in text and "(default: 65536 bytes)" in text
     if command == "serve":
-        assert "--idle-timeout SECONDS" in text and "(default: 262144 bytes)" in text
+        assert "--idle-timeout TIME" in text and "(default: 262144 bytes)" in text
     else:
-        assert "--timeout SECONDS" in text and "(default: 10.0 seconds)" in text
+        assert "--timeout TIME" in text and "(default: 10.0 seconds)" in text
+    forms = " ".join(out.split())
+    assert forms.count("Sizes: 1000 (bytes), 64kB (x1000), 64KiB or 1MiB (x1024).") == 1
+    assert forms.count("Times: 30 (seconds), 1.5s, 50ms, 2m, 1h.") == 1
+    # The faults: under their own heading, each with its default and unit.
+    faults = out.split("\nfaults:\n")
+    if command == "client":
+        assert len(faults) == 1 and "--latency" not in out
+        return
+    listed = re.findall(r"^  (--[\w-]+) ", faults[1], re.MULTILINE)
+    assert listed == [s.flag for s in FAULTS]
+    assert "--latency TIME" in text and "--rate RATE" in text and "--limit SIZE" in text
+    assert "--drop CHANCE" in text and "--seed N" in text and "--no-latency" not in out
+    by_flag = {e.split()[0].rstrip(","): e for e in entries if e}
+    assert by_flag["--drop"].endswith("(default: 0.0) [UDP]")
+    assert by_flag["--rate"].startswith("--rate RATE send at most this many bytes")
+    assert by_flag["--rate"].endswith("(default: no limit) [TCP]")
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -453,3 +561,354 @@ def test_ipv6_addresses_are_shown_in_brackets(cwd: Path, engine: str) -> None:
         f"pyecho: error: cannot connect to [::1]:{port}: connection refused "
         "(is the server running?)"
     )
+
+
+# ---- human units, faults, UDP, IPv6 ----
+
+PARSED = [
+    ("serve --latency 50ms", "latency", 0.05),
+    ("serve --jitter 10ms", "jitter", 0.01),
+    ("serve --rate 64KiB", "rate", 65536),
+    ("serve --rate 1MB/s", "rate", 1_000_000),
+    ("serve --slice 1kB", "slice", 1000),
+    ("serve --slice 512 --slice-delay 2m", "slice_delay", 120.0),
+    ("serve --limit 1000", "limit", 1000),
+    ("serve --reset-after 1.5s", "reset_after", 1.5),
+    ("serve --stall-after 1MiB", "stall_after", 1 << 20),
+    ("serve --close-delay 250ms", "close_delay", 0.25),
+    ("serve --accept-delay 1", "accept_delay", 1.0),
+    ("serve --refuse 10%", "refuse", 0.1),
+    ("serve --udp --drop 0.25", "drop", 0.25),
+    ("serve --udp --duplicate 5%", "duplicate", 0.05),
+    ("serve --seed 7", "seed", 7),
+    ("serve --max-pending 1MiB", "max_pending", 1 << 20),
+    ("serve --idle-timeout 30s", "idle_timeout", 30.0),
+    ("serve --bufsize 1KiB", "bufsize", 1024),
+    ("serve --max-line 64kB", "max_line", 64000),
+    ("serve --udp --udp-rate 500", "udp_rate", 500),
+    ("client --timeout 500ms", "timeout", 0.5),
+    ("client --max-line 1MiB", "max_line", 1 << 20),
+]
+
+
+@pytest.mark.parametrize("argv, name, value", PARSED, ids=[a[0] for a in PARSED])
+def test_options_take_human_units(argv: str, name: str, value: float) -> None:
+    args = cli.build_parser().parse_args(argv.split())
+    assert getattr(args, name) == value
+    assert type(getattr(args, name)) is type(value)
+
+
+def test_the_issues_fault_line_builds_its_faults() -> None:
+    argv = "serve --latency 50ms --jitter 10ms --rate 64KiB --limit 1000".split()
+    faults = cli._faults(cli.build_parser().parse_args(argv))
+    assert faults == pyecho.Faults(latency=0.05, jitter=0.01, rate=65536, limit=1000)
+    assert cli._faults(cli.build_parser().parse_args(["serve", "--seed", "7"])) is None
+
+
+def serve_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONIOENCODING": "utf-8"}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_faults_banner(cwd: Path, engine: str) -> None:
+    argv = ["--latency", "50ms", "--jitter", "10ms", "--rate", "64KiB", "--limit", "1000"]
+    server, _ = serve(cwd, "--engine", engine, *argv, "--seed", "7", env=serve_env())
+    try:
+        server.expect(
+            r"^pyecho: faults: latency 50ms ± 10ms, rate 64 KiB/s, limit 1000 bytes, seed 7$"
+        )
+    finally:
+        server.kill()
+    # No seed given: the one drawn is printed, and repeats the run.
+    server, _ = serve(cwd, "--engine", engine, "--udp", "--drop", "10%", env=serve_env())
+    try:
+        seed = server.expect(r"^pyecho: faults: drop 10%, seed (\d+)$").group(1)
+    finally:
+        server.kill()
+    server, _ = serve(cwd, "--engine", engine, "--udp", "--drop", "0.1", "--seed", seed)
+    try:
+        server.expect(rf"^pyecho: faults: drop 10%, seed {seed}$")
+    finally:
+        server.kill()
+    # A seed alone changes nothing: no faults line.
+    server, _ = serve(cwd, "--engine", engine, "--seed", "7")
+    try:
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        assert server.rest() == ["Terminated (SIGTERM)", "Bye"]
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_latency_delays_every_echo(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--mode", "raw", "--latency", "300ms")
+    try:
+        # A client that waits less than the latency gives up, saying so.
+        result = run_client(
+            cwd, port, b"hi", "--engine", engine, "--mode", "raw", "--timeout", "100ms"
+        )
+        assert result.returncode == 1
+        assert one_line_error(result) == (
+            f"pyecho: error: the server at 127.0.0.1:{port} did not answer within 0.1s "
+            "(does it speak --mode raw?)"
+        )
+        # One that waits long enough gets its echo, no sooner than 300 ms.
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            started = time.monotonic()
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+            assert time.monotonic() - started >= 0.299
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fault_closes_are_logged(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--mode", "raw", "--limit", "5")
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            s.sendall(b"hello world")
+            echoed = b""
+            while chunk := s.recv(100):
+                echoed += chunk
+            assert echoed == b"hello"  # then EOF
+            me = s.getsockname()[1]
+        server.expect(rf"^INFO :: Closed by fault \(limit\)\.\.\. BYE \(127\.0\.0\.1:{me}\)$")
+    finally:
+        server.kill()
+
+
+def udp_client(cwd: Path, port: int, stdin: bytes, *args: str) -> subprocess.CompletedProcess:
+    return run_client(cwd, port, stdin, "--udp", *args)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_session(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--udp")
+    assert server.seen == [
+        f"pyecho: serving UDP on 127.0.0.1:{port} ({engine} engine); press Ctrl+C to stop"
+    ]
+    try:
+        # One datagram per line: spaces kept, an empty line is an empty datagram.
+        lines = b"hello world\n\n  two  spaces \r\nlast"
+        result = udp_client(cwd, port, lines, "--engine", engine)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"hello world\n\n  two  spaces \r\nlast\n"
+        assert result.stderr == b""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # each line, whole
+            s.settimeout(10)
+            s.sendto(b"x" * 60000, (LOOPBACK, port))
+            assert s.recv(65536) == b"x" * 60000
+        server.signal()
+        assert server.wait(10) == 0
+        # Nothing per datagram: after the banner, only the goodbye.
+        assert server.rest() == [
+            "",
+            "You typed Ctrl + C",
+            "Bye",
+            "INFO :: 5 datagrams received, 5 sent, 0 dropped",
+        ]
+        assert server.stderr_lines == []
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_client_a_lost_datagram_is_one_line_not_a_hang(cwd: Path, engine: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((LOOPBACK, 0))  # takes datagrams, never answers
+        port = silent.getsockname()[1]
+        result = udp_client(cwd, port, b"one\ntwo\n", "--engine", engine, "--timeout", "200ms")
+        assert silent.recv(100) == b"one"  # sent, and nothing after it
+    assert result.returncode == 1
+    assert one_line_error(result) == (
+        f"pyecho: error: no echo of line 1 from UDP 127.0.0.1:{port} within 0.2s: the "
+        "datagram or its echo was lost (is a UDP echo server there?)"
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_client_nothing_listening(cwd: Path, engine: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]
+    result = udp_client(cwd, port, b"hi\n", "--engine", engine)
+    assert result.returncode == 1
+    assert one_line_error(result) == (
+        f"pyecho: error: nothing listens on UDP 127.0.0.1:{port}: the port is closed "
+        "(is the server running with --udp?)"
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_client_line_too_long_for_a_datagram(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--udp")
+    try:
+        result = udp_client(cwd, port, b"ok\n" + b"x" * 70000 + b"\n", "--engine", engine)
+        assert result.returncode == 1
+        assert result.stderr == (
+            b"pyecho: error: line 2 is longer than a UDP datagram can be (65527 bytes)\n"
+        )
+        assert result.stdout == b"ok\n"  # the line before it was echoed
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_latency_beyond_the_timeout(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--udp", "--latency", "300ms")
+    try:
+        result = udp_client(cwd, port, b"late\n", "--engine", engine, "--timeout", "0.1")
+        assert result.returncode == 1
+        assert "no echo of line 1 from UDP" in one_line_error(result)
+        result = udp_client(cwd, port, b"late\n", "--engine", engine, "--timeout", "5s")
+        assert (result.returncode, result.stdout) == (0, b"late\n")
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_client_skips_late_duplicates(cwd: Path, engine: str) -> None:
+    """A duplicate of line n's echo can arrive after the client moved on to
+    line n + 1: it is not line n + 1's echo (a break found: it was taken
+    for a wrong answer)."""
+    faults = ["--duplicate", "100%", "--latency", "20ms", "--jitter", "15ms"]
+    server, port = serve(cwd, "--engine", engine, "--udp", *faults)
+    try:
+        lines = b"".join(b"%d\n" % i for i in range(300))
+        result = udp_client(cwd, port, lines, "--engine", engine)
+        assert (result.returncode, result.stderr) == (0, b"")
+        assert result.stdout == lines
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_udp_drops_are_logged_once_per_reason_per_second(cwd: Path, engine: str) -> None:
+    server, port = serve(cwd, "--engine", engine, "--udp", "--udp-rate-per-source", "5")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as burst:
+            burst.bind((LOOPBACK, 0))
+            me = burst.getsockname()[1]
+            for i in range(50):
+                burst.sendto(b"%d" % i, (LOOPBACK, port))
+            first = server.expect(r"^INFO :: dropped (\d+) datagrams? \(rate limit per source\)")
+            assert first.string == (
+                f"INFO :: dropped {first.group(1)} datagram{'s' * (first.group(1) != '1')} "
+                f"(rate limit per source), latest from 127.0.0.1:{me}"
+            )
+            # The bucket held 5 (a refill at 5/s takes 200 ms: the burst is over by then).
+            echoed = []
+            burst.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    echoed.append(burst.recv(100))
+        n = len(echoed)
+        assert echoed[:5] == [b"0", b"1", b"2", b"3", b"4"] and n < 50
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+        assert server.rest() == [
+            "Terminated (SIGTERM)",
+            "Bye",
+            f"INFO :: 50 datagrams received, {n} sent, {50 - n} dropped "
+            f"(rate limit per source: {50 - n})",
+        ]
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_udp_server_stops_on_signals_like_tcp(cwd: Path, engine: str, sig: int) -> None:
+    server, port = serve(cwd, "--engine", engine, "--udp")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(b"hi", (LOOPBACK, port))
+            assert s.recv(10) == b"hi"
+        server.signal(sig)
+        assert server.wait(10) == 0
+        goodbye = ["Terminated (SIGTERM)", "Bye"]
+        if sig == signal.SIGINT:
+            goodbye = ["", "You typed Ctrl + C", "Bye"]
+        assert server.rest() == [*goodbye, "INFO :: 1 datagram received, 1 sent, 0 dropped"]
+        assert server.stderr_lines == []
+    finally:
+        server.kill()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, port))  # the server's socket is closed: the port is free
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ipv6_udp_in_brackets(cwd: Path, engine: str) -> None:
+    ipv6_loopback()
+    server, port = serve(cwd, "--engine", engine, "--udp", "--host", "::1")
+    try:
+        assert server.seen[0].startswith(f"pyecho: serving UDP on [::1]:{port} ")
+        result = udp_client(cwd, port, b"v6\n", "--host", "::1", "--engine", engine)
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"v6\n", b"")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as burst:
+            for _ in range(3):
+                burst.sendto(b"x", ("::1", port))  # from ::1: the guard lets it pass
+    finally:
+        server.kill()
+    result = udp_client(cwd, port, b"v6\n", "--host", "::1", "--engine", engine)
+    assert one_line_error(result) == (
+        f"pyecho: error: nothing listens on UDP [::1]:{port}: the port is closed "
+        "(is the server running with --udp?)"
+    )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ipv6_drop_log_in_brackets(cwd: Path, engine: str) -> None:
+    ipv6_loopback()
+    server, port = serve(
+        cwd, "--engine", engine, "--udp", "--host", "::1", "--udp-rate-per-source", "1"
+    )
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as burst:
+            burst.bind(("::1", 0))
+            for _ in range(3):
+                burst.sendto(b"x", ("::1", port))
+            me = burst.getsockname()[1]
+            server.expect(rf"^INFO :: dropped \d+ datagrams? .*, latest from \[::1\]:{me}$")
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+def test_dual_stack_serves_both_families(cwd: Path, engine: str, transport: str) -> None:
+    ipv6_loopback()
+    udp = ["--udp"] if transport == "udp" else []
+    server, port = serve(cwd, "--engine", engine, "--host", "::", *udp)
+    try:
+        assert server.seen[0].startswith(f"pyecho: serving {'UDP ' * bool(udp)}on [::]:{port} ")
+        for host in (LOOPBACK, "::1"):
+            stdin = b"from " + host.encode() + (b"\n" if udp else b" exit\n")
+            result = run_client(cwd, port, stdin, "--host", host, "--engine", engine, *udp)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == (stdin if udp else b"from\n" + host.encode() + b"\n")
+        if not udp:  # the IPv4 client arrives as an IPv4-mapped IPv6 address
+            server.expect(r"^INFO :: Connect with client \[::ffff:127\.0\.0\.1\]:\d+$")
+            server.expect(r"^INFO :: Connect with client \[::1\]:\d+$")
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("command", ["serve", "client"])
+def test_a_scoped_ipv6_host_passes_through(cwd: Path, command: str) -> None:
+    """fe80::1%lo reaches the socket calls as given (Linux refuses a
+    link-local address on lo) and every message shows it in brackets."""
+    ipv6_loopback()
+    args = ["--udp", "--timeout", "0.2"] if command == "client" else []
+    result = subprocess.run(
+        [*PYECHO, command, "--host", "fe80::1%lo", "--port", "9", *args],
+        cwd=cwd,
+        input=b"x\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "[fe80::1%lo]:9" in one_line_error(result)

@@ -25,6 +25,7 @@ from pyecho._config import (
     make_config,
     settings_for,
 )
+from pyecho._faults import FAULTS
 
 NUMERIC = [s for s in SETTINGS if s.kind in ("count", "bytes", "seconds")]
 
@@ -223,6 +224,10 @@ def test_the_command_line_offers_every_setting_with_its_default(command: str, si
             assert (off.dest, off.const, off.default) == (s.name, None, s.default)
     udp = actions.pop("--udp")
     assert (udp.dest, udp.const) == ("transport", "udp")
+    for s in FAULTS if side == "server" else ():  # off by default: no --no- flags
+        action = actions.pop(s.flag)
+        assert (action.dest, action.default) == (s.name, s.default)
+        assert f"(default: {s.show(s.default)})" in (action.help or "")
     assert set(actions) == {"-h", "--host", "--port", "--engine"}
     args = parser.parse_args([command])
     assert cli._settings(args, side) == {  # type: ignore[arg-type]

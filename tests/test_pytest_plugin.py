@@ -76,6 +76,7 @@ def test_fixtures_are_listed_with_their_docstrings(pytester: pytest.Pytester) ->
     out = result.stdout.str()
     for name, doc in [
         ("echo_server", "A started echo server (EchoServerFixture)"),
+        ("udp_echo_server", "A started UDP echo server (EchoServerFixture"),
         ("echo_server_factory", "Make started echo servers"),
         ("echo_engine", 'The engine ("native" or "python")'),
     ]:
@@ -84,7 +85,12 @@ def test_fixtures_are_listed_with_their_docstrings(pytester: pytest.Pytester) ->
 
 
 def test_marker_and_option_are_documented(pytester: pytest.Pytester) -> None:
-    pytester.runpytest("--markers").stdout.fnmatch_lines(["@pytest.mark.echo_server(**settings):*"])
+    pytester.runpytest("--markers").stdout.fnmatch_lines(
+        [
+            "@pytest.mark.echo_server(**settings):*",
+            "@pytest.mark.udp_echo_server(**settings):*",
+        ]
+    )
     pytester.runpytest("--help").stdout.fnmatch_lines(["*--echo-engine=*"])
 
 
@@ -242,6 +248,171 @@ def test_factory_servers_are_all_closed(pytester: pytest.Pytester) -> None:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(address, timeout=5).close()
     wait_for(lambda: not pyecho_threads(), what="the servers' and taps' threads to end")
+
+
+# ---- UDP and faults ----
+
+UDP = """
+    import socket
+
+    import pytest
+
+    import pyecho
+
+
+    def test_udp_roundtrip(udp_echo_server, echo_engine):
+        server = udp_echo_server
+        assert (server.transport, server.engine) == ("udp", echo_engine)
+        assert server.server_address == server.engine_address  # no relay for UDP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            for data in (b"ping", b"", b"x" * 60000):
+                s.sendto(data, server.server_address)
+                assert s.recv(65536) == data
+        assert (server.stats.datagrams_in, server.stats.datagrams_out) == (3, 3)
+        assert server.events == []
+        with pytest.raises(RuntimeError, match="record=True"):
+            server.received
+        open("engine-" + echo_engine, "w").close()
+
+
+    @pytest.mark.udp_echo_server(udp_rate_per_source=1)
+    def test_drops_are_events(udp_echo_server):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            for _ in range(3):
+                s.sendto(b"x", udp_echo_server.server_address)
+            (drop,) = udp_echo_server.wait_for_events("drop", reason="rate_source")
+            assert (drop.peer, drop.count) == (s.getsockname(), 1)
+        with pytest.raises(ValueError, match="reason must be one of guard, rate_source"):
+            udp_echo_server.wait_for_events("drop", reason="quit")
+
+
+    @pytest.mark.udp_echo_server(faults=pyecho.Faults(drop=1.0))
+    def test_every_datagram_lost(udp_echo_server):
+        with pyecho.EchoClient(
+            udp_echo_server.server_address, transport="udp", timeout=0.2
+        ) as client:
+            with pytest.raises(TimeoutError, match="did not answer within 0.2 s"):
+                client.echo(b"hello?")
+        assert udp_echo_server.wait_for_events("drop", reason="fault")[0].count == 1
+
+
+    def test_factory_over_udp(echo_server_factory):
+        with pytest.raises(ValueError, match="record=True needs TCP"):
+            echo_server_factory(transport="udp", record=True)
+        with pytest.raises(ValueError, match="check_leaks=True needs TCP"):
+            echo_server_factory(transport="udp", check_leaks=True)
+        server = echo_server_factory(transport="udp", udp_guard=False)
+        assert server.config.udp_guard is False and "udp" in repr(server)
+
+
+    @pytest.mark.udp_echo_server(mode="line")
+    def test_a_tcp_setting(udp_echo_server):
+        pass
+"""
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_udp_echo_server(pytester: pytest.Pytester, engine: str) -> None:
+    result = run(pytester, UDP, f"--echo-engine={engine}")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_a_tcp_setting*",
+            "*ValueError: mode does not apply to UDP*",
+        ],
+        consecutive=False,
+    )
+    assert engines_used(pytester) == [engine]
+    wait_for(lambda: not pyecho_threads(), what="the servers' threads to end")
+
+
+def test_udp_echo_server_runs_on_both_engines(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import pytest
+
+        def test_udp(udp_echo_server, echo_engine):
+            assert udp_echo_server.engine == echo_engine
+
+        @pytest.mark.udp_echo_server(engine="python")
+        def test_marker_engine(udp_echo_server):
+            assert udp_echo_server.engine == "python"
+
+        @pytest.mark.udp_echo_server(engine="python")
+        def test_marker_engine_and_tcp(udp_echo_server, echo_server, echo_engine):
+            assert echo_server.engine == echo_engine  # this one still varies
+        """,
+        "-v",
+        "--echo-engine=both",
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*test_udp[[]native[]] PASSED*",
+            "*test_udp[[]python[]] PASSED*",
+            "*test_marker_engine PASSED*",
+            "*test_marker_engine_and_tcp[[]native[]] PASSED*",
+            "*test_marker_engine_and_tcp[[]python[]] PASSED*",
+        ]
+    )
+
+
+FAULTS_MARKER = """
+    import socket
+
+    import pytest
+
+    import pyecho
+
+
+    @pytest.mark.echo_server(faults=pyecho.Faults(latency=0.2))
+    def test_a_short_timeout_fires(echo_server):
+        with pyecho.EchoClient(echo_server.server_address, mode="raw", timeout=0.05) as c:
+            with pytest.raises(TimeoutError):
+                c.echo(b"ping")
+        with socket.create_connection(echo_server.server_address, timeout=5) as s:
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"  # a patient client gets it
+        assert echo_server.faults.latency == 0.2
+
+
+    @pytest.mark.udp_echo_server(faults=pyecho.Faults(latency=0.2))
+    def test_over_udp(udp_echo_server):
+        address = udp_echo_server.server_address
+        with pyecho.EchoClient(address, transport="udp", timeout=0.05) as c:
+            with pytest.raises(TimeoutError):
+                c.echo(b"ping")
+        with pyecho.EchoClient(address, transport="udp", timeout=5) as c:
+            assert c.echo(b"pong") == b"pong"
+
+
+    @pytest.mark.udp_echo_server(faults=pyecho.Faults(rate=1000))
+    def test_a_tcp_fault_over_udp(udp_echo_server):
+        pass
+"""
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_faults_by_marker(pytester: pytest.Pytester, engine: str) -> None:
+    result = run(pytester, FAULTS_MARKER, f"--echo-engine={engine}")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ValueError: rate does not apply to UDP*"])
+
+
+def readme_example(heading: str) -> str:
+    """The first Python block of a README section."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split(f"\n## {heading}\n")[1].split("\n## ")[0]
+    return section.split("```python\n")[1].split("```")[0]
+
+
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_the_readmes_bad_network_example(pytester: pytest.Pytester, engine: str) -> None:
+    pytester.makepyfile(test_my_client=readme_example("Testing your client against a bad network"))
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--echo-engine={engine}")
+    result.assert_outcomes(passed=5)
 
 
 # ---- failures ----
@@ -458,6 +629,15 @@ TYPED_USER_TESTS = """
         other = echo_server_factory(mode="seed", engine="python")
         assert (echo_server.mode, other.mode) == ("line", "seed")
         echo_server.assert_connections_closed()
+
+
+    def test_udp(udp_echo_server: EchoServerFixture) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(b"ping", udp_echo_server.server_address)
+            assert s.recv(100) == b"ping"
+        stats: pyecho.Stats = udp_echo_server.stats
+        assert stats.datagrams_in == 1
 """
 
 
@@ -491,7 +671,7 @@ def test_mypy_strict_on_a_user_test_file(pytester: pytest.Pytester) -> None:
     assert 'Incompatible return value type (got "list[Event]", expected "int")' in result.stdout
     # And the file is a passing test file.
     path.write_text(textwrap.dedent(TYPED_USER_TESTS))
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
 # ---- the recording relay, on both engines (no inner session) ----
