@@ -183,19 +183,21 @@ class UdpEcho:
         alone."""
         counts = self.counts
         for i, (data, to) in enumerate(out):
-            try:
-                sock.sendto(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, to)
-            except _FULL:
-                self.drop(FULL, to, len(out) - i, now_ms)
-                return
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    self.drop(FULL, to, len(out) - i, now_ms)
-                    return
-                self.drop(ERROR, to, 1, now_ms)
-                continue
+            # Counted first: a Ctrl+C landing right after the send (the echo
+            # gone) must not leave it uncounted; a failed send takes it back.
             counts["bytes_out"] += len(data)
             counts["datagrams_out"] += 1
+            try:
+                sock.sendto(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, to)
+                continue
+            except OSError as e:
+                full = isinstance(e, _FULL) or e.errno == errno.ENOBUFS
+            counts["bytes_out"] -= len(data)
+            counts["datagrams_out"] -= 1
+            if full:
+                self.drop(FULL, to, len(out) - i, now_ms)
+                return
+            self.drop(ERROR, to, 1, now_ms)
 
     def fault(self, data: Any, src: Any, now_ms: int) -> int:
         """Faults on an admitted datagram: drop it, or hold its echo (one or

@@ -417,8 +417,12 @@ class EchoClient:
     def _framed(self, what: str, data: bytes, call: Callable[[], _T]) -> _T:
         """Run a call that moves the framing on. If it fails or is interrupted
         part way (a timeout, Ctrl+C), how much was sent and what echo is owed
-        is unknown: later echo() and send() refuse rather than guess."""
+        is unknown: later echo() and send() refuse rather than guess. Over UDP
+        there is no such state: a lost datagram leaves the client usable (the
+        next echo() drops late answers before it sends)."""
         core = self._open()
+        if self.transport == "udp":
+            return self._timed(what, call, core.timeout)
         if data and core.quit_sent:
             raise BrokenPipeError(
                 errno.EPIPE, "the quit word was sent: the server is closing this connection"

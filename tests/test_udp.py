@@ -640,3 +640,28 @@ def test_set_faults_from_many_threads_during_a_flood(engine: str) -> None:
     # What came in was echoed (maybe twice), dropped, or is held no more:
     # shutdown with latency on may leave held datagrams unsent.
     assert stats.datagrams_out + sum(stats.dropped.values()) <= 2 * stats.datagrams_in
+
+
+def test_a_lost_datagram_leaves_the_client_usable(engine: str) -> None:
+    """A timeout over UDP (the datagram or its echo lost) is no broken state:
+    the next echo() works, and a late answer to the lost one is not taken for
+    the next one's echo."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fake:
+        fake.bind(("127.0.0.1", 0))
+        with pyecho.EchoClient(
+            fake.getsockname(), engine=engine, transport="udp", timeout=0.2
+        ) as c:
+            with pytest.raises(TimeoutError):
+                c.echo(b"first")  # the fake server does not answer in time
+            data, peer = fake.recvfrom(100)
+            fake.sendto(data, peer)  # a late answer to the lost one
+            time.sleep(0.05)
+            c.timeout = 5
+            echoed: list[bytes] = []
+            t = threading.Thread(target=lambda: echoed.append(c.echo(b"second")))
+            t.start()
+            data, peer = fake.recvfrom(100)
+            assert data == b"second"
+            fake.sendto(data, peer)
+            t.join(10)
+            assert echoed == [b"second"]
