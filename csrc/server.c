@@ -1,5 +1,6 @@
 /*
- * server.c - the TCP echo server on the event loop (loop.h).
+ * server.c - the echo server on the event loop (loop.h): TCP connections
+ * here (their faults in tcp_faults.c), UDP datagrams in udp.c.
  *
  * Each connection echoes what echo_scan() releases. Output the client does
  * not take yet is queued per connection up to max_pending; past that the
@@ -15,91 +16,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "faults.h"
-#include "loop.h"
-#include "net.h"
-#include "outbuf.h"
-#include "pyecho.h"
-#include "stats.h"
-#include "udp.h"
+#include "server.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
 #define ACCEPT_BURST 64        /* connections accepted per readiness event */
 #define ACCEPT_PAUSE_MS 100    /* back-off after running out of descriptors */
 #define LINGER_MS 2000         /* longest wait for the peer's EOF after quit */
 #define MAKE_ROOM_READS 16     /* input drained from a lingering connection closed early */
-#define RATE_BURST_MS 10       /* faults: a rate-limited send waits for this much */
-
-#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
-
-/* Events carry any address net_format() writes, IPv6 scope included. */
-_Static_assert(sizeof(((echo_event *)0)->host) >= NET_HOSTLEN, "echo_event.host too small");
-
-typedef struct conn_fx conn_fx;
-
-typedef struct conn {
-    ev_io io;
-    int closing;       /* 0, or 1 + the close reason once the peer is done */
-    int lingering;     /* after quit (or limit): output sent and shut, input dropped */
-    int cont;          /* line mode: inside a line longer than max_line */
-    uint64_t id;
-    uint64_t last_active_ms;  /* or, lingering, when the lingering began */
-    struct conn *prev, *next; /* in srv->active or srv->lingering */
-    uint8_t *held;     /* line mode: a partial line, fewer than max_line bytes */
-    size_t held_len;
-    outbuf out;        /* echo the client has not taken yet */
-    net_addr peer;
-    uint64_t opened_ms;
-    conn_fx *fx;       /* fault state; NULL until faults apply to it */
-    struct echo_server *srv;
-} conn;
-
-/* A connection's faults: echo held for latency, the send gate (rate,
- * slice), its reset and wait timers, and its own random generator. */
-struct conn_fx {
-    conn *c;
-    uint64_t rng;
-    fx_queue delayed;       /* echo held until its time (latency, jitter) */
-    ev_timer release;       /* when the head of `delayed` is due */
-    ev_timer gate;          /* pending: sending waits (rate, slice_delay) */
-    ev_timer reset;         /* reset_after */
-    ev_timer wait;          /* accept_delay, then close_delay */
-    uint64_t next_send_ms;  /* slice_delay: not before */
-    uint64_t tokens;        /* rate: thousandths of a byte */
-    uint64_t tokens_ms;
-    uint64_t echoed;        /* bytes let into the echo: limit, stall_after */
-    int waiting;            /* 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs */
-    int close_waited;       /* close_delay already spent */
-};
-
-enum { ACCEPT_WAIT = 1, CLOSE_WAIT = 2 };
-
-/* Oldest first: idle and linger deadlines are then O(1) to find. */
-typedef struct conn_list {
-    conn *oldest, *newest;
-    ev_timer timer; /* at the oldest one's deadline (or earlier: re-armed) */
-} conn_list;
-
-struct echo_server {
-    echo_config cfg;
-    uint8_t quit_word[256];
-    ev_loop *loop;
-    ev_io listener;         /* TCP: the listening socket; UDP: the socket */
-    udp_echo *udp;          /* UDP only */
-    ev_timer accept_pause;  /* accepting resumes when it fires */
-    uint64_t next_id;
-    conn_list active;       /* least recently active first */
-    conn_list lingering;    /* in the order they began lingering */
-    uint8_t *scratch;       /* held line + one read */
-    size_t scratch_cap;
-    echo_event_fn event_fn;
-    void *event_ctx;
-    atomic_int stop;
-    echo_faults *faults;    /* in effect (loop thread); NULL: none */
-    _Atomic(echo_faults *) pending_faults; /* from echo_server_set_faults() */
-    ev_timer udp_release;   /* UDP: the next delayed datagram is due */
-    counters stats;
-};
 
 static uint64_t open_now(const echo_server *srv)
 {
@@ -174,9 +97,7 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
     srv->event_fn(srv->event_ctx, &ev);
 }
 
-static void fx_free(echo_server *srv, conn_fx *fx);
-
-static void conn_close(echo_server *srv, conn *c, int reason)
+void conn_close(echo_server *srv, conn *c, int reason)
 {
     ev_io_stop(srv->loop, &c->io);
     close(c->io.fd);
@@ -191,7 +112,7 @@ static void conn_close(echo_server *srv, conn *c, int reason)
 }
 
 /* Close with a reset (RST) instead of a FIN: SO_LINGER with no time. */
-static void conn_reset(echo_server *srv, conn *c, int reason)
+void conn_reset(echo_server *srv, conn *c, int reason)
 {
     struct linger now = {1, 0};
 
@@ -200,7 +121,7 @@ static void conn_reset(echo_server *srv, conn *c, int reason)
 }
 
 /* Echo not yet handed to the kernel: queued, and held by faults. */
-static size_t queued(const conn *c)
+size_t queued(const conn *c)
 {
     return c->out.len + (c->fx != NULL ? c->fx->delayed.cost : 0);
 }
@@ -208,7 +129,7 @@ static size_t queued(const conn *c)
 /* Watch for input while the peer may still send and the queue has room (or,
  * lingering, for its EOF); for output while anything is queued and no fault
  * holds sending back. Nothing while a fault makes it wait. */
-static int update_interest(echo_server *srv, conn *c)
+int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
     const conn_fx *fx = c->fx;
@@ -222,12 +143,10 @@ static int update_interest(echo_server *srv, conn *c)
     return ev_io_set(srv->loop, &c->io, want);
 }
 
-static int is_reset(int err)
+int is_reset(int err)
 {
     return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
 }
-
-static void on_fx_wait(ev_loop *loop, ev_timer *t);
 
 /*
  * All echo is out and the connection ends. After the quit word (or the
@@ -237,7 +156,7 @@ static void on_fx_wait(ev_loop *loop, ev_timer *t);
  * sends, and close at its EOF or after LINGER_MS. The close_delay fault
  * makes any of these ends wait first.
  */
-static void conn_done(echo_server *srv, conn *c, int reason)
+void conn_done(echo_server *srv, conn *c, int reason)
 {
     conn_fx *fx = c->fx;
 
@@ -289,260 +208,6 @@ static void finish(echo_server *srv, conn *c, int reason)
         conn_done(srv, c, reason);
     else if (update_interest(srv, c) != 0)
         conn_close(srv, c, ECHO_CLOSE_RESET);
-}
-
-/* ---- faults on the echo path ------------------------------------------------ */
-
-static void on_fx_release(ev_loop *loop, ev_timer *t);
-static void on_fx_gate(ev_loop *loop, ev_timer *t);
-static void on_fx_reset(ev_loop *loop, ev_timer *t);
-
-static conn_fx *fx_attach(echo_server *srv, conn *c)
-{
-    conn_fx *fx = calloc(1, sizeof *fx);
-
-    if (fx == NULL)
-        return NULL;
-    fx->c = c;
-    fx->rng = fx_rng_seed(srv->faults->seed, c->id);
-    /* tokens_ms 0: the first refill finds a second gone, so the rate's
-     * bucket starts full, like the UDP global one. */
-    c->fx = fx;
-    return fx;
-}
-
-static void fx_free(echo_server *srv, conn_fx *fx)
-{
-    if (fx == NULL)
-        return;
-    ev_timer_stop(srv->loop, &fx->release);
-    ev_timer_stop(srv->loop, &fx->gate);
-    ev_timer_stop(srv->loop, &fx->reset);
-    ev_timer_stop(srv->loop, &fx->wait);
-    fx_queue_free(&fx->delayed);
-    free(fx);
-}
-
-/* Rate: refill the bucket; a burst is RATE_BURST_MS of the rate (1 byte at
- * least). Tokens are thousandths of a byte: the rate is bytes per second. */
-static uint64_t fx_bucket_cap(uint64_t rate)
-{
-    uint64_t cap = rate * RATE_BURST_MS;
-
-    return cap < 1000 ? 1000 : cap;
-}
-
-static void fx_refill(conn_fx *fx, uint64_t rate, uint64_t now)
-{
-    uint64_t cap = fx_bucket_cap(rate), elapsed = now - fx->tokens_ms;
-
-    fx->tokens = elapsed >= RATE_BURST_MS + 1000 ? cap : fx->tokens + elapsed * rate;
-    if (fx->tokens > cap)
-        fx->tokens = cap;
-    fx->tokens_ms = now;
-}
-
-/* Close the gate until `when`; 0, or -1 if no timer could be started. */
-static int fx_hold(echo_server *srv, conn_fx *fx, uint64_t when)
-{
-    return ev_timer_start(srv->loop, &fx->gate, when, on_fx_gate) == 0 ? 0 : -1;
-}
-
-/* Send what the faults let go now (rate, slice); 0, or -1 if the
- * connection failed. */
-static int fx_flush(echo_server *srv, conn *c)
-{
-    const echo_faults *f = srv->faults;
-    conn_fx *fx = c->fx;
-    uint64_t now = ev_now(srv->loop);
-
-    while (c->out.len > 0 && !ev_timer_pending(&fx->gate)) {
-        size_t n = c->out.len;
-        ssize_t sent;
-
-        if (now < fx->next_send_ms)
-            return fx_hold(srv, fx, fx->next_send_ms);
-        if (f != NULL && f->slice != 0 && n > f->slice)
-            n = f->slice;
-        if (f != NULL && f->rate != 0) {
-            uint64_t avail, want;
-
-            fx_refill(fx, f->rate, now);
-            avail = fx->tokens / 1000;
-            want = fx_bucket_cap(f->rate) / 1000;
-            if (want > n)
-                want = n;
-            if (avail < want) /* wait until a burst's worth (or all) may go */
-                return fx_hold(srv, fx, now + (want * 1000 - fx->tokens + f->rate - 1) / f->rate);
-            if (n > avail)
-                n = (size_t)avail;
-        }
-        sent = send(c->io.fd, outbuf_begin(&c->out), n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (sent < 0)
-            return is_reset(errno) ? -1 : 0;
-        count(&srv->stats.bytes_out, (uint64_t)sent);
-        outbuf_consume(&c->out, (size_t)sent);
-        if (f != NULL && f->rate != 0)
-            fx->tokens -= (uint64_t)sent * 1000;
-        if (f != NULL && f->slice != 0 && f->slice_delay_ms != 0 && c->out.len > 0)
-            fx->next_send_ms = now + f->slice_delay_ms;
-        if ((size_t)sent < n)
-            return 0; /* the socket is full: wait until it is writable */
-    }
-    return 0;
-}
-
-/* Move the echo that is due from `delayed` to the output queue. */
-static int fx_release_due(echo_server *srv, conn *c)
-{
-    conn_fx *fx = c->fx;
-    uint64_t now = ev_now(srv->loop);
-
-    while (fx->delayed.head != NULL && fx->delayed.head->due_ms <= now) {
-        fx_chunk *ch = fx_queue_pop(&fx->delayed);
-        int rc = outbuf_append(&c->out, ch->data, ch->len);
-
-        free(ch);
-        if (rc != 0)
-            return -1;
-    }
-    if (fx->delayed.head != NULL &&
-        ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
-        return -1;
-    return 0;
-}
-
-/* After the queues changed: send, then end the connection if it was ending
- * and everything is out, else watch what is needed. 1 if it was closed. */
-static int fx_progress(echo_server *srv, conn *c)
-{
-    if (fx_release_due(srv, c) != 0 || fx_flush(srv, c) != 0) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return 1;
-    }
-    if (c->closing && !c->lingering && queued(c) == 0 && c->fx->waiting == 0) {
-        conn_done(srv, c, c->closing - 1);
-        return 1;
-    }
-    if (update_interest(srv, c) != 0) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return 1;
-    }
-    return 0;
-}
-
-/*
- * Echo data through the faults: stall_after and limit cut it, latency and
- * jitter hold it, rate and slice pace it (fx_flush). Returns 0, 1 when the
- * limit is reached (the caller ends the connection), or -1 on failure.
- */
-static int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
-{
-    const echo_faults *f = srv->faults;
-    conn_fx *fx = c->fx;
-    int limit_reached = 0;
-
-    if (f->stall_after >= 0 && fx->echoed + len > (uint64_t)f->stall_after)
-        len = fx->echoed >= (uint64_t)f->stall_after ? 0 : (size_t)((uint64_t)f->stall_after - fx->echoed);
-    if (f->limit >= 0 && fx->echoed + len >= (uint64_t)f->limit) {
-        /* set_faults() may have lowered it below what was echoed already. */
-        len = fx->echoed >= (uint64_t)f->limit ? 0 : (size_t)((uint64_t)f->limit - fx->echoed);
-        limit_reached = 1;
-    }
-    fx->echoed += len;
-    if (len > 0 && (f->latency_ms != 0 || f->jitter_ms != 0)) {
-        uint64_t due = ev_now(srv->loop) + fx_delay(&fx->rng, f);
-
-        if (fx_queue_push(&fx->delayed, due, data, len, NULL, 1) != 0)
-            return -1;
-        if (!ev_timer_pending(&fx->release) &&
-            ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
-            return -1;
-    } else if (outbuf_append(&c->out, data, len) != 0) {
-        return -1;
-    }
-    if (fx_flush(srv, c) != 0)
-        return -1;
-    return limit_reached;
-}
-
-static void on_fx_release(ev_loop *loop, ev_timer *t)
-{
-    conn_fx *fx = CONTAINER_OF(t, conn_fx, release);
-
-    (void)loop;
-    fx_progress(fx->c->srv, fx->c);
-}
-
-static void on_fx_gate(ev_loop *loop, ev_timer *t)
-{
-    conn_fx *fx = CONTAINER_OF(t, conn_fx, gate);
-
-    (void)loop;
-    fx_progress(fx->c->srv, fx->c);
-}
-
-static void on_fx_reset(ev_loop *loop, ev_timer *t)
-{
-    conn_fx *fx = CONTAINER_OF(t, conn_fx, reset);
-
-    (void)loop;
-    conn_reset(fx->c->srv, fx->c, ECHO_CLOSE_RESET_AFTER);
-}
-
-/* accept_delay is over (serve it now), or close_delay (end it now). */
-static void on_fx_wait(ev_loop *loop, ev_timer *t)
-{
-    conn_fx *fx = CONTAINER_OF(t, conn_fx, wait);
-    conn *c = fx->c;
-    int was = fx->waiting;
-
-    (void)loop;
-    fx->waiting = 0;
-    if (was == CLOSE_WAIT)
-        conn_done(c->srv, c, c->closing - 1);
-    else
-        fx_progress(c->srv, c);
-}
-
-/*
- * Bring a connection in line with the server's faults, new or changed:
- * reseed nothing (its generator is its own), re-arm reset_after from when
- * it opened, release held echo no later than the new latency allows (at
- * once with none), and reopen the send gate. 1 if it was closed.
- */
-static int fx_update(echo_server *srv, conn *c)
-{
-    const echo_faults *f = srv->faults;
-    uint64_t now = ev_now(srv->loop);
-    conn_fx *fx = c->fx;
-
-    if (f == NULL && fx == NULL)
-        return 0;
-    if (fx == NULL && (fx = fx_attach(srv, c)) == NULL) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return 1;
-    }
-    if (f != NULL && f->reset_after_ms >= 0) {
-        uint64_t at = c->opened_ms + (uint64_t)f->reset_after_ms;
-
-        if (ev_timer_start(srv->loop, &fx->reset, at > now ? at : now, on_fx_reset) != 0) {
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-            return 1;
-        }
-    } else {
-        ev_timer_stop(srv->loop, &fx->reset);
-    }
-    fx_queue_hurry(&fx->delayed, f == NULL ? now : now + f->latency_ms + f->jitter_ms);
-    if (fx->delayed.head != NULL)
-        ev_timer_stop(srv->loop, &fx->release);
-    ev_timer_stop(srv->loop, &fx->gate);
-    fx->next_send_ms = now;
-    if (fx->waiting == ACCEPT_WAIT && (f == NULL || f->accept_delay_ms == 0)) {
-        ev_timer_stop(srv->loop, &fx->wait);
-        fx->waiting = 0;
-    }
-    return fx_progress(srv, c);
 }
 
 /* ---- the echo path ------------------------------------------------------------ */
