@@ -271,6 +271,7 @@ def test_the_client_never_waits_forever_unless_asked(engine: str) -> None:
             assert c.timeout is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", pyecho.MODES)
 def test_a_timeout_says_which_server_did_not_answer(engine: str, mode: str) -> None:
     with socket.socket() as listener:
@@ -425,6 +426,7 @@ def test_a_dropped_server_and_client_release_their_sockets(engine: str) -> None:
         s.bind((LOOPBACK, port))  # the port is free again
 
 
+@pytest.mark.slow
 def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: str) -> None:
     """close() does not remove a socket from epoll while a fork() holds a copy;
     the C server must not be woken for a connection it already freed."""
@@ -450,6 +452,7 @@ def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: 
     assert stats.closed["quit"] == 1 and stats.closed["reset"] == 0
 
 
+@pytest.mark.slow
 def test_a_server_left_serving_at_exit_does_not_crash_the_interpreter(
     engine: str, tmp_path
 ) -> None:
@@ -576,6 +579,7 @@ class Pumps:
             assert not t.is_alive()
 
 
+@pytest.mark.slow
 def test_a_restarted_idle_server_sleeps_after_stops_that_raced_it(engine: str) -> None:
     """Defect 1: stop() sets a flag, then wakes the loop. When the busy loop
     sees the flag first and the session ends, the wake-up lands afterwards;

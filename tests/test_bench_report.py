@@ -84,6 +84,7 @@ def test_no_footnote_without_a_one_connection_scenario() -> None:
         assert "wake-up latency" not in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not HAVE_MATPLOTLIB, reason="matplotlib is not installed (pip install '.[bench]')"
 )

@@ -30,7 +30,8 @@ def _sanitizers_link(tmp: Path) -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.parametrize("sanitize", ["OFF", pytest.param("ON", marks=pytest.mark.slow)])
+@pytest.mark.slow  # builds the C tests (the plain build with -Werror): seconds
+@pytest.mark.parametrize("sanitize", ["OFF", "ON"])
 def test_c_unit_tests(tmp_path: Path, sanitize: str) -> None:
     if shutil.which("cmake") is None or shutil.which("ctest") is None:
         pytest.skip("cmake/ctest are not installed: the C unit tests need them")

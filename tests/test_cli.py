@@ -87,6 +87,7 @@ def test_raw_mode_is_binary_safe(cwd: Path, engine: str) -> None:
         server.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("mode", ["seed", "line"])
 def test_no_input_length_overflows_anything(cwd: Path, engine: str, mode: str) -> None:
@@ -203,6 +204,7 @@ def test_bench_subcommand_reaches_the_benchmark(cwd: Path) -> None:
         assert b"\n  " + name + b" " in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_client_against_a_server_in_another_mode(cwd: Path, engine: str) -> None:
     server, port = serve(cwd, "--engine", engine)  # seed mode
@@ -539,6 +541,7 @@ def ipv6_loopback() -> None:
         pytest.skip(f"no IPv6 loopback on this machine: {e}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_ipv6_addresses_are_shown_in_brackets(cwd: Path, engine: str) -> None:
     ipv6_loopback()
@@ -609,6 +612,7 @@ def serve_env() -> dict[str, str]:
     return {**os.environ, "PYTHONIOENCODING": "utf-8"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_faults_banner(cwd: Path, engine: str) -> None:
     argv = ["--latency", "50ms", "--jitter", "10ms", "--rate", "64KiB", "--limit", "1000"]
@@ -640,6 +644,7 @@ def test_faults_banner(cwd: Path, engine: str) -> None:
         server.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_latency_delays_every_echo(cwd: Path, engine: str) -> None:
     server, port = serve(cwd, "--engine", engine, "--mode", "raw", "--latency", "300ms")
@@ -755,6 +760,7 @@ def test_udp_client_line_too_long_for_a_datagram(cwd: Path, engine: str) -> None
         server.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_udp_latency_beyond_the_timeout(cwd: Path, engine: str) -> None:
     server, port = serve(cwd, "--engine", engine, "--udp", "--latency", "300ms")
@@ -768,6 +774,7 @@ def test_udp_latency_beyond_the_timeout(cwd: Path, engine: str) -> None:
         server.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_udp_client_skips_late_duplicates(cwd: Path, engine: str) -> None:
     """A duplicate of line n's echo can arrive after the client moved on to
@@ -784,6 +791,7 @@ def test_udp_client_skips_late_duplicates(cwd: Path, engine: str) -> None:
         server.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_udp_drops_are_logged_once_per_reason_per_second(cwd: Path, engine: str) -> None:
     server, port = serve(cwd, "--engine", engine, "--udp", "--udp-rate-per-source", "5")

@@ -330,6 +330,7 @@ def _seed_pieces(data: bytes, bufsize: int, quit_word: bytes = b"exit") -> bytes
     return out
 
 
+@pytest.mark.slow
 def test_seed_echo_longer_than_bufsize_goes_in_pieces() -> None:
     """Defect 4: in seed mode echo() of more than bufsize bytes sends it in
     pieces of bufsize, each once the echo of the one before is in, so each

@@ -121,6 +121,7 @@ def test_jitter_draws_each_chunks_delay_from_the_seed(engine: str) -> None:
                 assert d - MS <= took < d + 0.5, (k, d, took)
 
 
+@pytest.mark.slow
 def test_jitter_keeps_order_and_both_engines_agree() -> None:
     """The same bytes and the same closes on every server x client pair, the
     echo in order however the delays fall."""
@@ -454,6 +455,7 @@ def test_the_documented_faults_are_the_dataclass() -> None:
 # ---- held echo is bounded --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("faults", [{"latency": 5}, {"rate": 1000}], ids=["latency", "rate"])
 def test_held_echo_counts_toward_max_pending(engine: str, faults: dict) -> None:
     """A client sending a lot to a delayed (or slow) connection: the server

@@ -93,6 +93,7 @@ def test_slow_reader_memory_stays_bounded_and_nothing_is_lost(engine: str, mode:
         assert grown < 8 * MIB, f"server memory grew by {grown / MIB:.1f} MiB"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raw", "line"])
 def test_max_pending_bounds_queued_output(engine: str, mode: str) -> None:
     """With a small max_pending, what the server holds for a client that does
@@ -134,6 +135,7 @@ def test_max_pending_bounds_queued_output(engine: str, mode: str) -> None:
         assert server.stats.closed["peer"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["raw", "line"])
 def test_reset_in_the_middle_of_a_transfer(engine: str, mode: str) -> None:
     """A client resets while megabytes are in flight both ways: the server

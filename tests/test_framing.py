@@ -102,6 +102,7 @@ _line_stream = st.lists(
 ).map(b"".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=max(500, EXAMPLES // 3), deadline=None)
 @given(word=_words, max_line=st.integers(1, 12), cont=st.booleans(), stream=_line_stream)
 def test_line_framing_with_any_quit_word(
@@ -111,6 +112,7 @@ def test_line_framing_with_any_quit_word(
     harness._both(harness._CScan(cfg), cfg, cont, stream)
 
 
+@pytest.mark.slow
 @settings(max_examples=max(200, EXAMPLES // 10), deadline=None)
 @given(
     max_line=st.sampled_from([1, 2, 7, 64, 1000, 65536]),

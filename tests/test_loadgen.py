@@ -184,6 +184,7 @@ def test_run_before_connect_is_a_usage_error() -> None:
     assert info.value.kind == "usage"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode, connections, msg_size, depth",
     [
@@ -402,6 +403,7 @@ def test_udp_a_dropped_datagram_is_counted_lost() -> None:
     assert r.bytes == r.round_trips * 64
 
 
+@pytest.mark.slow
 def test_udp_a_late_echo_is_counted_lost_then_late() -> None:
     late: list[threading.Timer] = []
 
@@ -495,6 +497,7 @@ def _python_udp_missing() -> bool:
     return not python_engine_serves_udp()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "host, connections, msg_size, depth",
     [

@@ -278,6 +278,7 @@ def test_many_wakes_never_block(loop: Loop) -> None:
     assert time.monotonic() - began >= 0.09
 
 
+@pytest.mark.slow
 def test_a_late_wake_up_does_not_make_the_next_session_spin(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -394,6 +394,7 @@ FAULTS_MARKER = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["native", "python"])
 def test_faults_by_marker(pytester: pytest.Pytester, engine: str) -> None:
     result = run(pytester, FAULTS_MARKER, f"--echo-engine={engine}")
@@ -408,6 +409,7 @@ def readme_example(heading: str) -> str:
     return section.split("```python\n")[1].split("```")[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["native", "python"])
 def test_the_readmes_bad_network_example(pytester: pytest.Pytester, engine: str) -> None:
     pytester.makepyfile(test_my_client=readme_example("Testing your client against a bad network"))
@@ -488,6 +490,7 @@ def test_on_event_error_fails_the_test_clearly(pytester: pytest.Pytester) -> Non
     )
 
 
+@pytest.mark.slow
 def test_check_leaks(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -538,6 +541,7 @@ def test_check_leaks(pytester: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.slow
 def test_wait_helpers_fail_with_what_they_saw(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -573,6 +577,7 @@ def test_wait_helpers_fail_with_what_they_saw(pytester: pytest.Pytester) -> None
 # ---- xdist and typing (subprocesses) ----
 
 
+@pytest.mark.slow
 def test_xdist_workers_get_their_own_servers(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     log = pytester.path / "log"
@@ -660,6 +665,7 @@ def mypy(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_mypy_strict_on_a_user_test_file(pytester: pytest.Pytester) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed")
     path = pytester.makepyfile(test_typed=textwrap.dedent(TYPED_USER_TESTS))
