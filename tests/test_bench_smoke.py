@@ -2,9 +2,7 @@
 every scenario (TCP and UDP) on every server briefly, as a user would start
 it, and its outputs must exist, parse and hold positive figures. uvloop and
 matplotlib are optional (the bench extra): their parts skip, with the reason,
-when they are not installed. The Python engine's UDP rows run once the
-engine serves UDP (pyecho/_pyudp.py); until then the benchmark must say it
-skipped them."""
+when they are not installed."""
 
 from __future__ import annotations
 
@@ -19,14 +17,13 @@ from typing import Any
 import pytest
 
 from pyecho.bench.runner import SCENARIOS, TARGETS
-from pyecho.bench.servers import SERVER_MODES, python_engine_serves_udp
+from pyecho.bench.servers import SERVER_MODES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "native_vs_python.py"
 pytestmark = pytest.mark.slow  # every server, every scenario: ~25 s
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
-HAVE_PY_UDP = python_engine_serves_udp()
 ALWAYS = ("floor", "native", "python", "asyncio")
 UDP = tuple(sc for sc in SCENARIOS if sc.transport == "udp")
 
@@ -34,7 +31,7 @@ UDP = tuple(sc for sc in SCENARIOS if sc.transport == "udp")
 def expected(sc: Any) -> tuple[str, ...]:
     """The servers that must have measured scenario sc here."""
     if sc.transport == "udp":
-        return tuple(s for s in ALWAYS if s != "python" or HAVE_PY_UDP)
+        return ALWAYS
     return tuple(s for s in ALWAYS if sc.mode in SERVER_MODES[s])
 
 
@@ -128,9 +125,6 @@ def test_udp_scenarios(bench: dict[str, Any]) -> None:
             assert r["per_source_per_s"] == pytest.approx(r["rt_per_s"] / sc.connections), where
         for server, m in result["summary"][sc.name].items():
             assert m["lost"] == sum(r["lost"] for r in records if r["server"] == server)
-    if not HAVE_PY_UDP:
-        assert "python (UDP)" in result["skipped"]
-        assert "python (UDP)" in bench["stderr"]
     assert result["options"]["udp_rate_limits"] >= 10**9
     md = (bench["out"] / "results.md").read_text()
     assert "## UDP per socket" in md and "lost (UDP)" in md
@@ -152,8 +146,6 @@ def test_targets_are_evaluated(bench: dict[str, Any]) -> None:
     assert sum(name.startswith("UDP ") for name in targets) == 6
     for t in targets.values():
         if "uvloop" in t["name"] and not HAVE_UVLOOP:
-            assert t["status"] == "not measured"
-        elif t["name"].startswith("UDP python") and not HAVE_PY_UDP:
             assert t["status"] == "not measured"
         elif "idle" in t["name"]:
             assert t["status"].startswith("not evaluated")  # 1000 < 10,000 held

@@ -491,12 +491,6 @@ def test_unknown_transport() -> None:
         LoadGen(1, 64, transport="sctp")
 
 
-def _python_udp_missing() -> bool:
-    from pyecho.bench.servers import python_engine_serves_udp
-
-    return not python_engine_serves_udp()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "host, connections, msg_size, depth",
@@ -510,17 +504,12 @@ def _python_udp_missing() -> bool:
     ],
 )
 def test_udp_correct_servers_pass(
-    request: pytest.FixtureRequest,
     engine: str,
     host: str,
     connections: int,
     msg_size: int,
     depth: int,
 ) -> None:
-    if engine == "python" and _python_udp_missing():
-        # The Python engine's UDP is being written (pyecho/_pyudp.py): until
-        # it is in, this must fail; then the mark goes away by itself.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="no UDP in the Python engine"))
     with pyecho.EchoServer(
         (host, 0), engine=engine, transport="udp", udp_rate=None, udp_rate_per_source=None
     ).start() as server:

@@ -94,19 +94,10 @@ def floor_binary(transport: str = "tcp") -> Path:
     return binary
 
 
-def python_engine_serves_udp() -> bool:
-    """The Python engine's UDP (pyecho/_pyudp.py) is being written apart from
-    this benchmark; until it is in, the Python engine's UDP rows are skipped
-    with that reason."""
-    return importlib.util.find_spec("pyecho._pyudp") is not None
-
-
 def unavailable_reason(name: str, transport: str = "tcp") -> str | None:
     """Why ``name`` cannot serve ``transport`` here, or None if it can."""
     if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
         return "uvloop is not installed (pip install 'pyecho[bench]')"
-    if name == "python" and transport == "udp" and not python_engine_serves_udp():
-        return "this pyecho's Python engine does not serve UDP (no pyecho/_pyudp.py)"
     if name == "floor":
         try:
             floor_binary(transport)
