@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -712,6 +713,44 @@ static void test_faults_udp(void)
     close(fd);
 }
 
+/* A signal while serving: echo_server_run() returns -EINTR (not 1, which
+ * means the time ran out), so the caller can run its handlers and go on. */
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+static void *serve_forever(void *arg)
+{
+    running *r = arg;
+
+    r->rc = echo_server_run(r->srv, -1);
+    return NULL;
+}
+
+static void test_a_signal_returns_eintr(void)
+{
+    echo_config cfg;
+    running r;
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1; /* no SA_RESTART: epoll_wait is interrupted */
+    CHECK_EQ(sigaction(SIGUSR1, &sa, NULL), 0);
+    echo_config_default(&cfg);
+    memset(&r, 0, sizeof r);
+    CHECK_EQ(echo_server_new(&cfg, "127.0.0.1", 0, &r.srv), 0);
+    r.rc = 99;
+    CHECK_EQ(pthread_create(&r.thread, NULL, serve_forever, &r), 0);
+    usleep(50000); /* let it sleep in the loop */
+    CHECK_EQ(pthread_kill(r.thread, SIGUSR1), 0);
+    CHECK_EQ(pthread_join(r.thread, NULL), 0);
+    CHECK_EQ(r.rc, -EINTR);
+    CHECK_EQ(echo_server_run(r.srv, 0), 1); /* and it serves on */
+    echo_server_free(r.srv);
+    signal(SIGUSR1, SIG_DFL);
+}
+
 int main(void)
 {
     RUN(test_raw);
@@ -726,5 +765,6 @@ int main(void)
     RUN(test_faults_changed_under_way);
     RUN(test_faults_pacing);
     RUN(test_faults_udp);
+    RUN(test_a_signal_returns_eintr);
     return check_summary("test_server");
 }
