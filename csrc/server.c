@@ -199,6 +199,20 @@ static int drop_input(echo_server *srv, conn *c, int reads)
     return 0;
 }
 
+int conn_settle(echo_server *srv, conn *c)
+{
+    if (c->closing && !c->lingering && queued(c) == 0 &&
+        (c->fx == NULL || c->fx->waiting == 0)) {
+        conn_done(srv, c, c->closing - 1);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
 /* The peer is done (EOF or quit) or the limit is reached: end now or once
  * the queue drains. */
 static void finish(echo_server *srv, conn *c, int reason)
@@ -337,15 +351,7 @@ static int on_writable(echo_server *srv, conn *c)
     }
     if (c->out.len < before)
         touch(srv, c);
-    if (c->closing && queued(c) == 0) {
-        conn_done(srv, c, c->closing - 1);
-        return 1;
-    }
-    if (update_interest(srv, c) != 0) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return 1;
-    }
-    return 0;
+    return conn_settle(srv, c);
 }
 
 static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)

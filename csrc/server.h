@@ -102,6 +102,10 @@ void conn_done(echo_server *srv, conn *c, int reason);
 size_t queued(const conn *c);
 /* Watch what the connection's state needs; 0 or a negative errno. */
 int update_interest(echo_server *srv, conn *c);
+/* The queues changed: end the connection if it was ending and all its echo
+ * is out (and no fault makes it wait), else watch what it needs. 1 if it
+ * was closed or ended. */
+int conn_settle(echo_server *srv, conn *c);
 /* Is this errno a failed connection (not "try again")? */
 int is_reset(int err);
 

@@ -142,15 +142,7 @@ static int fx_progress(echo_server *srv, conn *c)
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
-    if (c->closing && !c->lingering && queued(c) == 0 && c->fx->waiting == 0) {
-        conn_done(srv, c, c->closing - 1);
-        return 1;
-    }
-    if (update_interest(srv, c) != 0) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return 1;
-    }
-    return 0;
+    return conn_settle(srv, c);
 }
 
 /*

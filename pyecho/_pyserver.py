@@ -287,6 +287,21 @@ class PyServer:
         if not self._drop_input(c, 1):
             self._conn_close(c, c.closing)
 
+    def _conn_settle(self, c: _Conn) -> bool:
+        """The queues changed: end the connection if it was ending and all
+        its echo is out (and no fault makes it wait), else watch what it
+        needs. True if it was closed or ended."""
+        if (
+            c.closing is not None
+            and not c.lingering
+            and not self._queued(c)
+            and (c.fx is None or not c.fx.waiting)
+        ):
+            self._conn_done(c, c.closing)
+            return True
+        self._update_interest(c)
+        return False
+
     def _finish(self, c: _Conn, reason: str) -> None:
         """The peer is done (EOF or quit) or the limit is reached: end now or
         once the queue drains."""
@@ -375,12 +390,7 @@ class PyServer:
         if not self._fx_flush(c):
             self._conn_close(c, RESET)
             return True
-        if c.closing is not None and not c.lingering and not self._queued(c):
-            if not c.fx.waiting:  # type: ignore[union-attr]
-                self._conn_done(c, c.closing)
-                return True
-        self._update_interest(c)
-        return False
+        return self._conn_settle(c)
 
     def _fx_echo(self, c: _Conn, data: bytes) -> int:
         """Echo data through the faults: stall_after and limit cut it, latency
@@ -533,11 +543,7 @@ class PyServer:
             return True
         if len(c.out) < before:
             self._touch(c)
-        if c.closing is not None and not self._queued(c):
-            self._conn_done(c, c.closing)
-            return True
-        self._update_interest(c)
-        return False
+        return self._conn_settle(c)
 
     def _on_conn_io(self, c: _Conn, ready: int) -> None:
         # Errors and hang-ups surface through recv() or send().
