@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netns import Netns
 
 from conftest import ENGINES
 from procs import PYECHO, Proc
@@ -52,31 +53,9 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: _compile(name, out) for name in ("server", "client")}
 
 
-class Net:
-    """Where a test's processes run: a private network namespace (held open
-    by a process inside it, which ends when its stdin closes) or, without
+class Net(Netns):
+    """Where a test's processes run: a private network namespace or, without
     one, the machine's own network."""
-
-    def __init__(self) -> None:
-        self.holder: subprocess.Popen | None = None
-        self.why_not = ""
-        if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-            self.why_not = "unshare/nsenter (util-linux) are not installed"
-            return
-        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-        holder = subprocess.Popen(
-            ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec cat"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        if holder.stdout.readline() == b"up\n":  # type: ignore[union-attr]
-            self.holder = holder
-            return
-        holder.kill()
-        _, err = holder.communicate(timeout=10)
-        self.why_not = f"unshare --net failed: {err.decode(errors='replace').strip()}"
 
     def wrap(self, argv: list[str]) -> list[str]:
         """argv run inside the namespace (nsenter execs it: same pid, same signals)."""
@@ -107,13 +86,6 @@ class Net:
                 state = "nothing listens" if listening else "another program still listens"
                 raise AssertionError(f"{state} on port {PORT}")
             time.sleep(0.02)
-
-    def close(self) -> None:
-        if self.holder is not None:
-            self.holder.stdin.close()  # type: ignore[union-attr]
-            self.holder.wait(10)
-            self.holder.stdout.close()  # type: ignore[union-attr]
-            self.holder.stderr.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture
