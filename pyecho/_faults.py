@@ -115,7 +115,8 @@ class Faults:
         "count",
         None,
         "server",
-        "seed of the random choices (jitter, refuse, drop, duplicate); None: a random one",
+        "seed of the random choices (jitter, refuse, drop, duplicate); by default a random "
+        "one, shown by server.faults (and the command line) so a run can be repeated",
         lower=0,
         upper=(1 << 64) - 1,
         off="random",
