@@ -506,7 +506,7 @@ def _link_local(host: str) -> bool:
         return False
 
 
-def numeric_host(addr: tuple) -> str:
+def numeric_host(addr: tuple[Any, ...]) -> str:
     """A socket address's host as both engines write it (getnameinfo(), as
     net_format() in csrc/net.c): an IPv6 address with a scope keeps it, by
     interface name for a link-local address ("fe80::1%eth0"), so that it can
@@ -516,11 +516,11 @@ def numeric_host(addr: tuple) -> str:
     return str(addr[0])
 
 
-def sockaddr(family: int, host: str, port: int) -> tuple:
+def sockaddr(family: int, host: str, port: int) -> tuple[Any, ...]:
     """The socket address for a numeric host from resolve() or numeric_host():
     an IPv6 scope becomes the address's scope id (as net_resolve() does)."""
     if family == socket.AF_INET6 and "%" in host:
-        return socket.getaddrinfo(  # type: ignore[no-any-return]
+        return socket.getaddrinfo(
             host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
         )[0][4]
     return (host, port)
