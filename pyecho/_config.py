@@ -520,9 +520,9 @@ def sockaddr(family: int, host: str, port: int) -> tuple[Any, ...]:
     """The socket address for a numeric host from resolve() or numeric_host():
     an IPv6 scope becomes the address's scope id (as net_resolve() does)."""
     if family == socket.AF_INET6 and "%" in host:
-        return socket.getaddrinfo(
-            host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
-        )[0][4]
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)[
+            0
+        ][4]
     return (host, port)
 
 
