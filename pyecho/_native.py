@@ -102,8 +102,6 @@ ABI_STRUCTS = (
     "echo_stats",
     "echo_event",
     "echo_faults",
-    "echo_loadgen_config",
-    "echo_loadgen_result",
 )
 
 
