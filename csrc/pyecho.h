@@ -8,12 +8,21 @@
  * Conventions: every function that can fail returns an int, 0 (or a positive
  * status) on success and a negative errno value on failure (-EINVAL for a bad
  * argument). Nothing here prints, exits or raises SIGPIPE.
+ *
+ * The library is built with hidden visibility (CMakeLists.txt): what this
+ * header declares, between the two visibility pragmas, is all it exports,
+ * on ELF and Mach-O alike. (The pragmas are preprocessor lines, which cffi
+ * never sees.)
  */
 #ifndef PYECHO_H
 #define PYECHO_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility push(default)
+#endif
 
 /* ---- the library itself ------------------------------------------------ */
 
@@ -358,5 +367,9 @@ uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q);
 uint32_t echo_loadgen_open(const echo_loadgen *lg);
 /* Close every connection and free. */
 void echo_loadgen_free(echo_loadgen *lg);
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility pop
+#endif
 
 #endif
