@@ -14,6 +14,12 @@
  * as the other backends' and the loop's tests run it wherever kqueue exists.
  */
 #define _GNU_SOURCE /* struct mmsghdr in compat.h, on glibc */
+#include "poller.h"
+
+/* <sys/event.h> defines EV_ERROR, a kevent flag, as a macro: poller.h's
+ * EV_ERROR goes by another name here. */
+enum { POLLER_ERROR = EV_ERROR };
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -23,7 +29,6 @@
 #include <unistd.h>
 
 #include "compat.h"
-#include "poller.h"
 
 #define BATCH 256 /* events taken from the kernel per wait */
 
@@ -177,7 +182,7 @@ int poller_wait(poller *p, poller_event *out, int max, int timeout_ms)
          * which read() returns as 0. */
         if ((e->flags & EV_ERROR) || ((e->flags & EV_EOF) &&
                                       (e->fflags != 0 || e->filter == EVFILT_WRITE)))
-            out[got].ready |= EV_ERROR;
+            out[got].ready |= POLLER_ERROR;
         got++;
     }
     return got;

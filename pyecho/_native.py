@@ -31,7 +31,14 @@ from ._config import (
 )
 from ._faults import FaultsInts
 
-LIBRARY_NAME = "libpyecho_core.so"
+
+def library_name(platform: str = sys.platform) -> str:
+    """The C core's file name where CMake builds it: a Mach-O dylib on macOS,
+    a shared object elsewhere."""
+    return "libpyecho_core" + (".dylib" if platform == "darwin" else ".so")
+
+
+LIBRARY_NAME = library_name()
 HEADER_NAME = "pyecho.h"
 
 
