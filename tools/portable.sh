@@ -36,4 +36,10 @@ echo "== C tests"
 (cd "$build" && ctest --output-on-failure --timeout 300)
 
 echo "== native-engine tests with $lib"
-PYECHO_LIBRARY="$lib" pytest -m native -p no:cacheprovider "$@"
+# The load generator is not in a PORTABLE library (its own epoll loop) until
+# it leaves the library on poller.h (issue 16 item 5): its tests then join.
+ignore=()
+if ! nm -D --defined-only "$lib" | grep -q ' echo_loadgen_new$'; then
+    ignore=(--ignore=tests/test_loadgen.py)
+fi
+PYECHO_LIBRARY="$lib" pytest -m native -p no:cacheprovider "${ignore[@]}" "$@"
