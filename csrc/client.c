@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "net.h"
 #include "pyecho.h"
 
@@ -184,7 +185,7 @@ int echo_client_fileno(const echo_client *cli)
 static int send_some(echo_client *cli)
 {
     ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->tracked - cli->sent,
-                     MSG_NOSIGNAL);
+                     COMPAT_MSG_NOSIGNAL);
 
     if (n >= 0) {
         cli->sent += (size_t)n;
@@ -200,7 +201,7 @@ static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
     for (;;) {
         int rc;
 
-        if (send(cli->fd, buf, len, MSG_NOSIGNAL) >= 0)
+        if (send(cli->fd, buf, len, COMPAT_MSG_NOSIGNAL) >= 0)
             return 0;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
@@ -210,18 +211,16 @@ static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
     }
 }
 
-/* Wait for one datagram; its whole length in *len (MSG_TRUNC), at most cap
- * bytes of it in buf. */
+/* Wait for one datagram; at most cap bytes of it in buf, its length in *len
+ * (cap + 1 if it was longer: compat.h). */
 static int udp_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *len)
 {
     for (;;) {
-        ssize_t n = recv(cli->fd, buf, cap, MSG_TRUNC | MSG_DONTWAIT);
+        ssize_t n = compat_recv_dgram(cli->fd, buf, cap, MSG_DONTWAIT, len);
         int rc;
 
-        if (n >= 0) {
-            *len = (size_t)n;
+        if (n >= 0)
             return 0;
-        }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -errno; /* ECONNREFUSED: nothing listens there */
         rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);

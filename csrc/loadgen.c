@@ -15,7 +15,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,35 +51,9 @@ LG_API size_t echo_loadgen_abi_sizeof(const char *name)
 
 int lg_socket(int family, int type)
 {
-    int fd;
+    int fd = compat_socket(family, type, 0);
 
-#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
-    fd = socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-#else
-    int fl;
-
-    fd = socket(family, type, 0);
-    if (fd < 0)
-        return -errno;
-    fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0 ||
-        fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-        int rc = -errno;
-
-        close(fd);
-        return rc;
-    }
-#endif
-#ifdef SO_NOSIGPIPE
-    {
-        int one = 1;
-
-        setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
-    }
-#endif
-    return fd;
+    return fd < 0 ? -errno : fd;
 }
 
 uint64_t lg_now_ns(void)
@@ -307,7 +280,7 @@ int lg_set_interest(echo_loadgen *lg, lg_conn *c, uint32_t want)
 
     if (want == c->events)
         return 0;
-    rc = poller_mod(lg->poller, c->fd, want, c);
+    rc = poller_mod(lg->poller, c->fd, c->events, want, c);
     if (rc != 0)
         return rc;
     c->events = want;
@@ -329,7 +302,7 @@ static int conn_send(echo_loadgen *lg, lg_conn *c, uint64_t now,
 
         if (len > 2 * lg->copy_len - pos)
             len = 2 * lg->copy_len - pos;
-        n = send(c->fd, lg->pattern + pos, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        n = send(c->fd, lg->pattern + pos, (size_t)len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 want |= EV_WRITE;

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "compat.h"
 #include "net.h"
 #include "poller.h"
 #include "pyecho_loadgen.h"
@@ -22,23 +23,6 @@
 #define LG_API __attribute__((visibility("default")))
 #else
 #define LG_API
-#endif
-
-/* Batched datagram calls where the system has them (define LG_NO_MMSG to
- * build the fallback, one sendmsg()/recvmsg() per datagram, anywhere). */
-#if (defined(__linux__) || defined(__FreeBSD__)) && !defined(LG_NO_MMSG)
-#define LG_MMSG 1
-typedef struct mmsghdr lg_mmsg;
-#else
-#define LG_MMSG 0
-typedef struct lg_mmsg {
-    struct msghdr msg_hdr;
-    unsigned int msg_len;
-} lg_mmsg;
-#endif
-
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0 /* the socket has SO_NOSIGPIPE instead (lg_socket) */
 #endif
 
 #define LG_MAX_EVENTS 256
@@ -98,7 +82,7 @@ struct echo_loadgen {
     uint8_t *dgrams;     /* LG_BATCH x msg: one recvmmsg() */
     uint64_t lost, late;
     uint64_t loss_ns, next_scan_ns;
-    lg_mmsg in[LG_BATCH], out[LG_BATCH];
+    struct mmsghdr in[LG_BATCH], out[LG_BATCH];
     struct iovec in_iov[LG_BATCH], out_iov[LG_BATCH][2];
     uint64_t out_tag[LG_BATCH];
 };

@@ -23,45 +23,25 @@
 #define MAX_SOCKETS (1u << (64 - SEQ_BITS))
 #define UNKNOWN UINT64_MAX
 
-/* sendmmsg() and recvmmsg(), or one sendmsg() or recvmsg() per datagram
- * where the system has no batched calls: as many as were done, or -1 with
- * errno set when not even the first was. */
-static int send_batch(int fd, lg_mmsg *v, unsigned n, int flags)
+/* compat_sendmmsg() and compat_recvmmsg(): batched where the system can,
+ * else one sendmsg() or recvmsg() per datagram. A datagram longer than its
+ * buffer (MSG_TRUNC in msg_flags, the same everywhere) counts as one byte
+ * longer than the buffer: take() sees a wrong size. */
+static int send_batch(int fd, struct mmsghdr *v, unsigned n, int flags)
 {
-#if LG_MMSG
-    return sendmmsg(fd, v, n, flags);
-#else
-    for (unsigned i = 0; i < n; i++) {
-        ssize_t r = sendmsg(fd, &v[i].msg_hdr, flags);
-
-        if (r < 0)
-            return i > 0 ? (int)i : -1;
-        v[i].msg_len = (unsigned)r;
-    }
-    return (int)n;
-#endif
+    return compat_sendmmsg(fd, v, n, flags);
 }
 
-/* msg_len: the datagram's real size (MSG_TRUNC); where the system only
- * flags a truncated datagram, one more than the room for it. */
-static int recv_batch(int fd, lg_mmsg *v, unsigned n, int flags)
+static int recv_batch(int fd, struct mmsghdr *v, unsigned n, int flags)
 {
-#if LG_MMSG
-    return recvmmsg(fd, v, n, flags, NULL);
-#else
-    for (unsigned i = 0; i < n; i++) {
-        ssize_t r;
-
+    for (unsigned i = 0; i < n; i++)
         v[i].msg_hdr.msg_flags = 0;
-        r = recvmsg(fd, &v[i].msg_hdr, flags);
-        if (r < 0)
-            return i > 0 ? (int)i : -1;
-        v[i].msg_len = (unsigned)r;
-        if ((v[i].msg_hdr.msg_flags & MSG_TRUNC) && (size_t)r <= v[i].msg_hdr.msg_iov[0].iov_len)
+    int got = compat_recvmmsg(fd, v, n, flags, NULL);
+    for (int i = 0; i < got; i++) {
+        if (v[i].msg_hdr.msg_flags & MSG_TRUNC)
             v[i].msg_len = (unsigned)v[i].msg_hdr.msg_iov[0].iov_len + 1;
     }
-    return (int)n;
-#endif
+    return got;
 }
 
 static uint64_t make_tag(uint32_t idx, uint64_t seq)
@@ -176,7 +156,7 @@ int lgu_send(echo_loadgen *lg, lg_conn *c, uint32_t max, uint64_t now,
             lg->out_tag[m] = make_tag(c->idx, seq);
             lg->out_iov[m][1].iov_base = (void *)payload(lg, c, seq);
         }
-        n = send_batch(c->fd, lg->out, k, MSG_DONTWAIT | MSG_NOSIGNAL);
+        n = send_batch(c->fd, lg->out, k, MSG_DONTWAIT | COMPAT_MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -290,7 +270,7 @@ static int udp_recv(echo_loadgen *lg, lg_conn *c, uint64_t now, echo_loadgen_res
     for (;;) {
         int n;
 
-        n = recv_batch(c->fd, lg->in, LG_BATCH, MSG_DONTWAIT | MSG_TRUNC);
+        n = recv_batch(c->fd, lg->in, LG_BATCH, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -299,7 +279,6 @@ static int udp_recv(echo_loadgen *lg, lg_conn *c, uint64_t now, echo_loadgen_res
             return udp_fail(res, errno, c);
         }
         for (int k = 0; k < n; k++) {
-            /* MSG_TRUNC: msg_len is the datagram's real size */
             int rc = take(lg, c, lg->in_iov[k].iov_base, lg->in[k].msg_len, now, res);
 
             if (rc != 0)

@@ -9,9 +9,9 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "net.h"
 
 int net_resolve(const char *host, int port, net_addr *addr, socklen_t *len)
@@ -50,22 +50,22 @@ int net_listen(const char *host, int port, int type, int backlog, int *fd_out)
 {
     net_addr addr;
     socklen_t len;
-    int fd, one = 1, zero = 0;
+    int fd, one = 1;
     int rc = net_resolve(host, port, &addr, &len);
 
     if (rc != 0)
         return rc;
-    fd = socket(addr.sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = compat_socket(addr.sa.sa_family, type, 0);
     if (fd < 0)
         return -errno;
     /* Restarting right after a stop must not fail on TIME_WAIT sockets. */
     if (type == SOCK_STREAM &&
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
         return close_with(fd, -errno);
-    /* Dual stack whatever the system default: "::" serves IPv4 as well. */
-    if (addr.sa.sa_family == AF_INET6 &&
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0)
-        return close_with(fd, -errno);
+    /* Dual stack whatever the system default: "::" serves IPv4 as well
+     * (where the system allows it: compat.h). */
+    if (addr.sa.sa_family == AF_INET6)
+        compat_v6only_off(fd);
     if (bind(fd, &addr.sa, len) != 0)
         return close_with(fd, -errno);
     if (type == SOCK_STREAM && listen(fd, backlog) != 0)
@@ -83,22 +83,22 @@ int net_connect(const char *host, int port, int type, int timeout_ms, int *fd_ou
 {
     net_addr addr;
     socklen_t len;
-    int fd, err = 0, one = 1, zero = 0;
+    int fd, err = 0, one = 1;
     socklen_t errlen = sizeof err;
     int rc = net_resolve(host, port, &addr, &len);
 
     if (rc != 0)
         return rc;
-    fd = socket(addr.sa.sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = compat_socket(addr.sa.sa_family, type, 0);
     if (fd < 0)
         return -errno;
     /* Echo traffic is request/response: do not wait to coalesce. */
     if (type == SOCK_STREAM)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    /* An IPv4-mapped address (::ffff:127.0.0.1) works whatever the default. */
-    if (addr.sa.sa_family == AF_INET6 &&
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0)
-        return close_with(fd, -errno);
+    /* An IPv4-mapped address (::ffff:127.0.0.1) works whatever the default
+     * (where the system allows it: compat.h). */
+    if (addr.sa.sa_family == AF_INET6)
+        compat_v6only_off(fd);
     if (connect(fd, &addr.sa, len) != 0) {
         if (errno != EINPROGRESS)
             return close_with(fd, -errno);
@@ -148,8 +148,5 @@ int net_wait(int fd, short events, int timeout_ms)
 
 uint64_t net_now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return compat_now_ms();
 }

@@ -27,7 +27,8 @@ int net_resolve(const char *host, int port, net_addr *addr, socklen_t *len);
 /*
  * A non-blocking bound socket of type SOCK_STREAM (listening, with
  * SO_REUSEADDR as the original had) or SOCK_DGRAM. An IPv6 socket also
- * serves IPv4 (IPV6_V6ONLY off), so "::" is every address of both families.
+ * serves IPv4 (IPV6_V6ONLY off where the system allows it), so "::" is every
+ * address of both families.
  */
 int net_listen(const char *host, int port, int type, int backlog, int *fd);
 /* Connect with a timeout (< 0: none); the socket is left non-blocking. */

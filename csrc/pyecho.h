@@ -8,12 +8,21 @@
  * Conventions: every function that can fail returns an int, 0 (or a positive
  * status) on success and a negative errno value on failure (-EINVAL for a bad
  * argument). Nothing here prints, exits or raises SIGPIPE.
+ *
+ * The library is built with hidden visibility (CMakeLists.txt): what this
+ * header declares, between the two visibility pragmas, is all it exports,
+ * on ELF and Mach-O alike. (The pragmas are preprocessor lines, which cffi
+ * never sees.)
  */
 #ifndef PYECHO_H
 #define PYECHO_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility push(default)
+#endif
 
 /* ---- the library itself ------------------------------------------------ */
 
@@ -252,5 +261,9 @@ size_t echo_client_reply_room(const echo_client *cli, size_t len);
 int echo_client_shutdown_write(echo_client *cli);
 int echo_client_fileno(const echo_client *cli);
 void echo_client_free(echo_client *cli);
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility pop
+#endif
 
 #endif

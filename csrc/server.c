@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "server.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
@@ -233,7 +234,7 @@ static int flush_out(echo_server *srv, conn *c)
         return fx_flush(srv, c);
     while (c->out.len > 0) {
         ssize_t n = send(c->io.fd, outbuf_begin(&c->out), c->out.len,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+                         COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
         count(&srv->stats.bytes_out, (uint64_t)n);
@@ -254,7 +255,7 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
         return fx_flush(srv, c);
     }
     if (c->out.len == 0 && len > 0) {
-        ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
             if (is_reset(errno))
@@ -489,7 +490,7 @@ static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
     for (int i = 0; i < ACCEPT_BURST; i++) {
         net_addr peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(io->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = compat_accept(io->fd, &peer.sa, &len);
 
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)

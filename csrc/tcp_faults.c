@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 
+#include "compat.h"
 #include "server.h"
 
 #define RATE_BURST_MS 10 /* a rate-limited send waits for this much */
@@ -99,7 +100,7 @@ int fx_flush(echo_server *srv, conn *c)
             if (n > avail)
                 n = (size_t)avail;
         }
-        sent = send(c->io.fd, outbuf_begin(&c->out), n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        sent = send(c->io.fd, outbuf_begin(&c->out), n, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0)
             return is_reset(errno) ? -1 : 0;
         count(&srv->stats.bytes_out, (uint64_t)sent);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "compat.h"
 #include "faults.h"
 #include "udp.h"
 
@@ -199,7 +200,8 @@ static void send_batch(udp_echo *u, int fd, int m, uint64_t now_ms)
     int i = 0;
 
     while (i < m) {
-        int n = sendmmsg(fd, u->out + i, (unsigned)(m - i), MSG_DONTWAIT | MSG_NOSIGNAL);
+        int n = compat_sendmmsg(fd, u->out + i, (unsigned)(m - i),
+                                MSG_DONTWAIT | COMPAT_MSG_NOSIGNAL);
 
         if (n > 0) {
             for (int k = i; k < i + n; k++)
@@ -265,7 +267,7 @@ void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms)
             u->in[i].msg_hdr.msg_namelen = sizeof u->from[i];
             u->in[i].msg_hdr.msg_flags = 0;
         }
-        n = recvmmsg(fd, u->in, BATCH, MSG_DONTWAIT, NULL);
+        n = compat_recvmmsg(fd, u->in, BATCH, MSG_DONTWAIT, NULL);
         if (n <= 0)
             return; /* EAGAIN: all done; errors of earlier sends: nothing to do */
         for (int i = 0; i < n; i++) {

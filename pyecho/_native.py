@@ -31,7 +31,14 @@ from ._config import (
 )
 from ._faults import FaultsInts
 
-LIBRARY_NAME = "libpyecho_core.so"
+
+def library_name(platform: str = sys.platform, stem: str = "libpyecho_core") -> str:
+    """A library's file name where CMake builds it (the C core's by default):
+    a Mach-O dylib on macOS, a shared object elsewhere."""
+    return stem + (".dylib" if platform == "darwin" else ".so")
+
+
+LIBRARY_NAME = library_name()
 HEADER_NAME = "pyecho.h"
 
 

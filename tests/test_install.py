@@ -55,7 +55,7 @@ def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:
 
 def _copy_package(to: Path) -> Path:
     """The package's Python sources, without any built library."""
-    shutil.copytree(PACKAGE, to / "pyecho", ignore=shutil.ignore_patterns("*.so", "*.h"))
+    shutil.copytree(PACKAGE, to / "pyecho", ignore=shutil.ignore_patterns("*.so", "*.dylib", "*.h"))
     return to / "pyecho"
 
 
@@ -79,6 +79,7 @@ def test_a_package_without_its_library_is_not_called_a_checkout(tmp_path: Path) 
     package = _copy_package(tmp_path)
     out = _try_native_from(tmp_path)
     assert out.returncode == 0, out.stderr
-    assert f"ERR pyecho's native engine is not built: {package / 'libpyecho_core.so'}" in out.stdout
+    library = package / pyecho._native.LIBRARY_NAME
+    assert f"ERR pyecho's native engine is not built: {library}" in out.stdout
     assert "Install the package with `pip install .`" in out.stdout
     assert "source checkout" not in out.stdout

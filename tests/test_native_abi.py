@@ -17,6 +17,7 @@ import pytest
 import pyecho
 
 CC = shutil.which("cc") or shutil.which("gcc")
+ROOT = Path(__file__).resolve().parents[1]
 
 LOAD = (
     "import pyecho\n"
@@ -52,6 +53,33 @@ def test_the_installed_library_matches_its_header() -> None:
     for name in pyecho._native.ABI_STRUCTS:
         assert lib.echo_abi_sizeof(name.encode()) == ffi.sizeof(name)
     assert lib.echo_abi_sizeof(b"no_such_struct") == 0
+
+
+@pytest.mark.skipif(
+    shutil.which("llvm-nm") is None and shutil.which("nm") is None, reason="no nm to read symbols"
+)
+def test_the_library_exports_the_api_and_nothing_else() -> None:
+    """Hidden visibility: the functions pyecho.h declares leave the library,
+    none of its internals (poller_*, compat_*, net_*...) do."""
+    library = os.environ.get("PYECHO_LIBRARY") or pyecho._native._installed(
+        pyecho._native.LIBRARY_NAME
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "exports.py"), str(library)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "API functions and nothing else" in out.stdout
+
+
+def test_the_library_file_is_named_for_the_platform() -> None:
+    name = pyecho._native.library_name
+    assert name("linux") == "libpyecho_core.so"
+    assert name("freebsd14") == "libpyecho_core.so"
+    assert name("darwin") == "libpyecho_core.dylib"
+    assert pyecho._native.LIBRARY_NAME == name(sys.platform)
 
 
 def test_a_library_of_another_abi_version_is_refused(tmp_path: Path) -> None:

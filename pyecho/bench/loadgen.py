@@ -23,9 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .._native import NativeUnavailableError
+from .._native import NativeUnavailableError, library_name
 
-LIBRARY_NAME = "libpyecho_loadgen.so"
+LIBRARY_NAME = library_name(stem="libpyecho_loadgen")
 HEADER_NAME = "pyecho_loadgen.h"
 LIBRARY_ENV = "PYECHO_LOADGEN_LIBRARY"
 # The structs the library reports the size of (echo_loadgen_abi_sizeof).
