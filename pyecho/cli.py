@@ -255,8 +255,34 @@ def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     return f"cannot {action} {on} {where}: {reason[0].lower() + reason[1:]}"
 
 
+def _host(side: Side) -> Callable[[str], str]:
+    """--host: refuses an empty one, which the API reads as every IPv4
+    interface (a server) or this machine (a client): said plainly, never
+    an accident of quoting such as --host "$UNSET"."""
+
+    def convert(text: str) -> str:
+        if text:
+            return text
+        if side == "server":
+            raise argparse.ArgumentTypeError(
+                "--host must not be empty: to listen on every interface, say so with "
+                "--host 0.0.0.0 (IPv4) or --host :: (IPv6 and IPv4); the default, "
+                f"{DEFAULT_HOST}, keeps the server on this machine"
+            )
+        raise argparse.ArgumentTypeError(
+            f"--host must not be empty: give the server's address (default: {DEFAULT_HOST})"
+        )
+
+    return convert
+
+
 def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> None:
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"{host_help} (default: {DEFAULT_HOST})")
+    p.add_argument(
+        "--host",
+        type=_host(side),
+        default=DEFAULT_HOST,
+        help=f"{host_help} (default: {DEFAULT_HOST})",
+    )
     p.add_argument(
         "--port",
         type=_port(side),

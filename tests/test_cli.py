@@ -315,7 +315,7 @@ def test_the_tail_of_a_long_line_is_not_the_quit_word(cwd: Path, engine: str) ->
 
 BIG = "1" + "0" * 309  # 1e309: more than a float holds
 
-USAGE_ERRORS = [
+USAGE_ERRORS: list[tuple[str | list[str], str]] = [
     ("serve --port 70000", "--port must be between 0 and 65535, got 70000"),
     ("client --port 0", "--port must be between 1 and 65535, got 0"),
     ("client --port -1", "--port must be between 1 and 65535, got -1"),
@@ -477,18 +477,39 @@ USAGE_ERRORS = [
         f"serve --port {'9' * 5000}",
         "--port must be between 0 and 65535, got about 1e+4999",
     ),
+    # an empty host would listen on every interface without a word (issue 15)
+    (
+        ["serve", "--host", ""],
+        "--host must not be empty: to listen on every interface, say so with --host 0.0.0.0 "
+        "(IPv4) or --host :: (IPv6 and IPv4); the default, 127.0.0.1, keeps the server on "
+        "this machine",
+    ),
+    (
+        ["serve", "--host="],
+        "--host must not be empty: to listen on every interface, say so with --host 0.0.0.0 "
+        "(IPv4) or --host :: (IPv6 and IPv4); the default, 127.0.0.1, keeps the server on "
+        "this machine",
+    ),
+    (
+        ["client", "--host", ""],
+        "--host must not be empty: give the server's address (default: 127.0.0.1)",
+    ),
     ("serve --bogus", "unrecognized arguments: --bogus"),
     ("serve --port", "argument --port: expected one argument"),
     ("", "the following arguments are required: COMMAND"),
 ]
 
 
-@pytest.mark.parametrize("argv, message", USAGE_ERRORS, ids=[a[0][:50] for a in USAGE_ERRORS])
+@pytest.mark.parametrize(
+    "argv, message",
+    USAGE_ERRORS,
+    ids=[(a if isinstance(a, str) else " ".join(map(repr, a)))[:50] for a, _ in USAGE_ERRORS],
+)
 def test_usage_errors_are_one_line_naming_the_flag(
-    argv: str, message: str, capsys: pytest.CaptureFixture[str]
+    argv: str | list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.main(argv.split())
+        cli.main(argv.split() if isinstance(argv, str) else argv)
     assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"pyecho: error: {message}\n")
