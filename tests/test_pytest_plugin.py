@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import os
+import re
 import select
 import site
 import socket
@@ -682,6 +683,43 @@ def test_mypy_strict_on_a_user_test_file(pytester: pytest.Pytester) -> None:
     # And the file is a passing test file.
     path.write_text(textwrap.dedent(TYPED_USER_TESTS))
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_blocks() -> list[str]:
+    """Every Python block of the README, in order."""
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+
+
+@pytest.mark.slow
+def test_the_readmes_python_passes_mypy_strict(pytester: pytest.Pytester) -> None:
+    """What a user copies from the README type-checks as it is."""
+    pytest.importorskip("mypy", reason="mypy is not installed")
+    blocks = readme_blocks()
+    assert len(blocks) >= 4  # the API's two, the plugin's two
+    for i, block in enumerate(blocks):
+        path = pytester.makepyfile(**{f"readme_block_{i}": block})
+        result = mypy(path, pytester.path)
+        assert result.returncode == 0, f"README block {i}:\n{block}\n{result.stdout}"
+
+
+@pytest.mark.slow
+def test_the_readmes_plugin_example_gives_its_transcript(pytester: pytest.Pytester) -> None:
+    """The README's first plugin example, run as its transcript says (both
+    engines): the outcomes and the failures it shows."""
+    example = readme_example("Use it in your tests")
+    section = README.read_text().split("\n## Use it in your tests\n")[1].split("\n## ")[0]
+    transcript = section.split("```\n", 2)[2].split("```")[0]  # the block after the example
+    pytester.makepyfile(test_my_client=example)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v", "--echo-engine=both")
+    result.assert_outcomes(passed=4, failed=2)
+    shown = [line for line in transcript.splitlines() if line.startswith("test_my_client.py::")]
+    assert len(shown) == 6
+    result.stdout.fnmatch_lines([line.split("  ")[0].replace("[", "[[]") + "*" for line in shown])
+    assert "========================= 2 failed, 4 passed in" in transcript
+    assert "check_leaks: connections still open: #1 from 127.0.0.1:" in transcript
 
 
 # ---- the recording relay, on both engines (no inner session) ----
