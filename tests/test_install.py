@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import cffi
+import pytest
 
 import pyecho
 
@@ -83,3 +85,27 @@ def test_a_package_without_its_library_is_not_called_a_checkout(tmp_path: Path) 
     assert f"ERR pyecho's native engine is not built: {library}" in out.stdout
     assert "Install the package with `pip install .`" in out.stdout
     assert "source checkout" not in out.stdout
+
+
+def test_the_metadata_says_what_the_package_is() -> None:
+    """pyproject's [project]: the index page's one line names both transports
+    and the plugin; the extras do not repeat each other."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for word in ("TCP", "UDP", "IPv6", "fault injection", "pytest plugin"):
+        assert word in project["description"]
+    assert "epoll" not in project["keywords"]  # one of the C core's pollers, not what it is
+    assert {"udp", "pytest", "rfc862"} <= set(project["keywords"])
+    extras = project["optional-dependencies"]
+    assert extras["dev"] == ["pyecho[test]", "ruff"]
+
+
+def test_the_readme_links_nothing_the_index_page_loses() -> None:
+    """The README is the package index's page, where a relative link
+    (docs/..., LICENSE) is dead: it names those files instead, and links
+    only to its own sections and to absolute URLs."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert targets  # its own sections, at least
+    relative = [t for t in targets if not t.startswith(("#", "https://", "http://"))]
+    assert relative == []

@@ -122,6 +122,11 @@ THROUGHPUT_HEAD = [
 ]
 IDLE_HEAD = ["server", "idle connections", "RSS per connection (B)", "peak RSS MiB"]
 UDP_HEAD = ["UDP scenario", "server", "datagrams/s per socket", "lost (all runs)", "late"]
+QUICK_NOTE = (
+    "A --quick run (one run, half a second per measurement) is a smoke test: too short "
+    "and too noisy to judge the targets, so none is met or missed; run without --quick "
+    "to judge them."
+)
 TARGET_HEAD = ["target", "bound", "measured (median)", "per run", "status"]
 
 
@@ -224,6 +229,8 @@ def render_table(result: dict[str, Any]) -> str:
         "Targets (ratios taken inside each run, then the median):",
         _text_table(TARGET_HEAD, _target_rows(result)),
     ]
+    if result["options"].get("quick"):
+        parts += [textwrap.fill(QUICK_NOTE, 100, break_on_hyphens=False)]
     return "\n".join(parts)
 
 
@@ -282,6 +289,8 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     if _idle_rows(result):
         out += ["", "## Idle connections held", "", _md_table(IDLE_HEAD, _idle_rows(result), 1)]
     out += ["", "## Targets", "", _md_table(TARGET_HEAD, _target_rows(result), 1)]
+    if o.get("quick"):
+        out += ["", QUICK_NOTE]
     if result["ratios"]:
         out += [
             "",

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import json
+import math
 import os
 import platform
 import shlex
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__, _native
 from .loadgen import LoadGen, LoadGenError
@@ -436,9 +438,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
     return out
 
 
+# What a --quick run says of every target it measured: one run of half a
+# second is a smoke test, too short and too noisy to meet or miss anything.
+QUICK_STATUS = "not judged (--quick)"
+
+
 def evaluate(
-    records: list[dict[str, Any]], runs: int
+    records: list[dict[str, Any]], runs: int, judged: bool = True
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The targets and the informative ratios. A target measured has
+    ``met`` (whether the median meets its bound) and a ``status``: "met" or
+    "missed" when ``judged``, QUICK_STATUS otherwise."""
     targets = []
     for t in TARGETS:
         value, per_run = _median_ratio(records, runs, t.num, t.den)
@@ -459,7 +469,8 @@ def evaluate(
         ):
             entry["status"] = f"not evaluated (fewer than {IDLE_TARGET_CONNECTIONS:,} held)"
         else:
-            entry["status"] = "met" if t.met(value) else "missed"
+            entry["met"] = t.met(value)
+            entry["status"] = ("met" if entry["met"] else "missed") if judged else QUICK_STATUS
         targets.append(entry)
     info = []
     for name, num, den in (*INFO_RATIOS, *_variant_ratios(records)):
@@ -570,8 +581,15 @@ def _label_path(text: str) -> tuple[str, Path]:
     return label.strip(), Path(path).resolve()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit status 2; --help shows the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Benchmark pyecho's native and Python engines against a C floor\n"
         "server, asyncio and uvloop, over TCP and UDP, with a C load generator that\n"
@@ -620,7 +638,8 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke mode: 1 run, 0.5 s per measurement, 1000 idle connections",
+        help="smoke mode: 1 run, 0.5 s per measurement, 1000 idle connections; "
+        "too short to judge the targets, which it shows as not judged",
     )
     p.add_argument(
         "--host",
@@ -657,6 +676,13 @@ def build_parser(prog: str = "native_vs_python.py") -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    """An error for the progress lines: its last line (a server's traceback
+    ends with what went wrong)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -686,47 +712,91 @@ def _describe(rec: dict[str, Any]) -> str:
     return text
 
 
-def _valid_host(host: str) -> bool:
-    for family in (socket.AF_INET, socket.AF_INET6):
+def loopback_problem(host: str) -> str | None:
+    """Why the servers cannot listen on ``host`` (None: they can): it must be
+    a numeric loopback address, so that the load never leaves this machine.
+    Only parsed, never resolved nor sent anything."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return f"--host must be a numeric loopback address (127.0.0.1, ::1), not {host[:60]!r}"
+    mapped = getattr(addr, "ipv4_mapped", None)
+    if mapped is not None:
+        return f"--host {host} is an IPv4-mapped address: give it as IPv4 ({mapped})"
+    if not addr.is_loopback:
+        return (
+            f"--host {host} is not a loopback address: the benchmark loads its servers "
+            "as hard as it can and must not leave this machine; use 127.0.0.1 (or any "
+            "127.x.x.x) or ::1"
+        )
+    return None
+
+
+def _listen_problem(host: str) -> str | None:
+    """Why nothing can listen on ``host`` here (::1 without IPv6, say), found
+    by binding a TCP and a UDP socket to a free port: nothing is sent."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         try:
-            socket.inet_pton(family, host.split("%", 1)[0])
-            return True
-        except OSError:
-            pass
-    return False
+            with socket.socket(family, kind) as sock:
+                sock.bind(socket.getaddrinfo(host, 0, family, kind, 0, socket.AI_NUMERICHOST)[0][4])
+        except OSError as e:
+            return f"cannot listen on {show_host(host)}: {e.strerror or e}"
+    return None
+
+
+class _Usage(Exception):
+    """Bad usage, found before anything started: one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> int:
-    """Run the benchmark; returns the exit status (0: every measurement ran)."""
+    """Run the benchmark; returns the exit status (0: every measurement ran,
+    1: some failed, 2: bad usage, nothing run). Errors are one line."""
+    try:
+        return _main(argv, prog)
+    except _Usage as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
     args = build_parser(prog).parse_args(argv)
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 0.5, 0.1
         if args.idle_connections == IDLE_TARGET_CONNECTIONS:
             args.idle_connections = 1000
-    if args.runs < 1 or args.duration <= 0 or args.warmup < 0 or args.idle_connections < 1:
-        print("error: --runs, --duration and --idle-connections must be positive", file=sys.stderr)
-        return 2
-    if not _valid_host(args.host):
-        print(f"error: --host must be a numeric IP address, not {args.host!r}", file=sys.stderr)
-        return 2
+    if (
+        args.runs < 1
+        or not (math.isfinite(args.duration) and args.duration > 0)
+        or not (math.isfinite(args.warmup) and args.warmup >= 0)
+        or args.idle_connections < 1
+    ):
+        raise _Usage("--runs, --duration and --idle-connections must be positive")
+    problem = loopback_problem(args.host) or _listen_problem(args.host)
+    if problem:
+        raise _Usage(problem)
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios]
     try:
         load_loadgen()  # the C load generator, the benchmark's own library
         _native.load()  # the C core: the native rows
     except _native.NativeUnavailableError as e:  # says what to do, from a checkout too
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Usage(str(e)) from None
 
     limit = raise_nofile_limit()
     if "idle" in args.scenarios and limit < args.idle_connections + 256:
-        print(
-            f"error: holding {args.idle_connections:,} idle connections needs about "
+        raise _Usage(
+            f"holding {args.idle_connections:,} idle connections needs about "
             f"{args.idle_connections + 256:,} open files here and as many in the server, "
             f"but the limit is {limit:,} (ulimit -Hn). Raise it, or pass a smaller "
-            "--idle-connections.",
-            file=sys.stderr,
+            "--idle-connections."
         )
-        return 2
+    out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _Usage(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise _Usage(f"cannot write in the output folder {out_dir}: permission denied")
 
     transports = [t for t in TRANSPORTS if any(sc.transport == t for sc in scenarios)]
     serves: set[tuple[str, str]] = set()  # (server, transport) that can run here
@@ -768,16 +838,13 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
     order += [s for s in libraries if s not in order]
     servers = [s for s in order if any((s, t) in serves for t in transports)]
     if not servers:
-        print("error: no server can run here", file=sys.stderr)
-        return 2
+        raise _Usage("no server can run here")
 
     def runs_here(server: str, sc: Scenario) -> bool:
         return (server, sc.transport) in serves and (
             sc.transport == "udp" or sc.mode in SERVER_MODES[base_server(server)]
         )
 
-    out_dir: Path = args.out or Path("bench-results") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
     given = list(argv if argv is not None else sys.argv[1:])
     launcher = f"python benchmarks/{prog}" if prog.endswith(".py") else prog
     command = " ".join([launcher, *([shlex.join(given)] if given else [])])
@@ -819,14 +886,14 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
                     errors.append(
                         {"run": run, "scenario": sc.name, "server": server, "error": str(e)}
                     )
-                    _progress(f"{head} ERROR: {e}")
+                    _progress(f"{head} ERROR: {_one_line(str(e))}")
                     continue
                 rec.update(run=run, scenario=sc.name, server=server)
                 records.append(rec)
                 _progress(f"{head} {_describe(rec)}")
 
     summary = summarize(records)
-    targets, info = evaluate(records, args.runs)
+    targets, info = evaluate(records, args.runs, judged=not args.quick)
     result = {
         "command": command,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -855,17 +922,24 @@ def main(argv: list[str] | None = None, prog: str = "native_vs_python.py") -> in
         "errors": errors,
     }
     json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
     md_path = out_dir / "results.md"
     png_path = out_dir / "native_vs_python.png"
     png_note = None
-    if not args.no_plot:
-        png_note = plot(result, png_path)
-        if png_note:
-            _progress(f"no plot: {png_note}")
-    md_path.write_text(
-        render_markdown(result, png_path.name if png_note is None and not args.no_plot else None)
-    )
+    try:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        if not args.no_plot:
+            png_note = plot(result, png_path)
+            if png_note:
+                _progress(f"no plot: {png_note}")
+        md_path.write_text(
+            render_markdown(
+                result, png_path.name if png_note is None and not args.no_plot else None
+            )
+        )
+    except OSError as e:  # the disk filled up meanwhile, say
+        print(render_table(result))
+        print(f"{prog}: error: cannot write the results in {out_dir}: {e}", file=sys.stderr)
+        return 1
     print(render_table(result))
     print(
         f"\nwrote {json_path}, {md_path}"

@@ -173,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     raise_nofile_limit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if args.server in ("native", "python"):
-        serve_pyecho(args.server, args.mode, args.udp, args.host)
-    else:
-        if args.mode == "seed":
-            parser.error(f"{args.server} serves raw and line mode only")
-        serve_asyncio(args.server == "uvloop", args.mode, args.udp, args.host)
+    if args.server not in ("native", "python") and args.mode == "seed":
+        parser.error(f"{args.server} serves raw and line mode only")
+    try:
+        if args.server in ("native", "python"):
+            serve_pyecho(args.server, args.mode, args.udp, args.host)
+        else:
+            serve_asyncio(args.server == "uvloop", args.mode, args.udp, args.host)
+    except OSError as e:  # cannot listen there: one line for the benchmark to show
+        print(f"{parser.prog}: cannot serve on {args.host}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
