@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from ._config import (
     CLOSE_REASONS,
@@ -67,7 +68,7 @@ class _Conn:
         "fx",
     )
 
-    def __init__(self, sock: socket.socket, conn_id: int, peer: tuple, now: int):
+    def __init__(self, sock: socket.socket, conn_id: int, peer: tuple[Any, ...], now: int):
         self.sock = sock
         self.events = READ  # what the loop watches now
         self.closing: str | None = None  # the close reason once the peer is done
@@ -82,9 +83,15 @@ class _Conn:
         self.fx: _ConnFx | None = None  # fault state; None until faults apply to it
 
 
-def peer_of(addr: tuple) -> tuple[str, int]:
+def peer_of(addr: tuple[Any, ...]) -> tuple[str, int]:
     """(host, port) as the C core formats it (a scope kept)."""
     return numeric_host(addr), addr[1]
+
+
+def _reason(c: _Conn) -> str:
+    """Why a connection that is ending (closing or lingering) ends."""
+    assert c.closing is not None
+    return c.closing
 
 
 class _ConnFx:
@@ -156,29 +163,32 @@ class PyServer:
         self._faults_lock = threading.Lock()
         self._udp: UdpEcho | None = None
         self._udp_release = Timer(self._on_udp_release)  # the next held datagram is due
-        self._listener: socket.socket | None = None
-        self._loop: Loop | None = Loop()
+        self._freed = False  # free() was called: the loop and listener are closed
+        self._loop = loop = Loop()
+        listener: socket.socket | None = None
         try:
             udp = cfg.transport == "udp"
             if udp:
                 self._udp = UdpEcho(cfg, self._counts, self._dropped, self._on_drop)
-            self._listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
             if not udp:
                 # Restarting right after a stop must not fail on TIME_WAIT sockets.
-                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 # Dual stack whatever the system default: "::" serves IPv4 as well.
-                self._listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self._listener.bind(sockaddr(family, host, port))
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind(sockaddr(family, host, port))
             if not udp:
-                self._listener.listen(cfg.backlog)
-            self._listener.setblocking(False)
-            self._loop.io_start(
-                self._listener, READ, self._on_datagrams if udp else self._on_acceptable
-            )
+                listener.listen(cfg.backlog)
+            listener.setblocking(False)
+            loop.io_start(listener, READ, self._on_datagrams if udp else self._on_acceptable)
         except BaseException:
-            self.free()
+            self._freed = True
+            if listener is not None:
+                listener.close()
+            loop.close()
             raise
+        self._listener = listener
 
     # ---- connection lists (oldest first, for timeouts) ----
 
@@ -285,7 +295,7 @@ class PyServer:
         """Lingering: read and drop; the peer's EOF (or failure) ends it, for
         the reason it was ending (quit, limit)."""
         if not self._drop_input(c, 1):
-            self._conn_close(c, c.closing)
+            self._conn_close(c, _reason(c))
 
     def _conn_settle(self, c: _Conn) -> bool:
         """The queues changed: end the connection if it was ending and all
@@ -297,7 +307,7 @@ class PyServer:
             and not self._queued(c)
             and (c.fx is None or not c.fx.waiting)
         ):
-            self._conn_done(c, c.closing)
+            self._conn_done(c, _reason(c))
             return True
         self._update_interest(c)
         return False
@@ -425,7 +435,7 @@ class PyServer:
         assert fx is not None
         was, fx.waiting = fx.waiting, 0
         if was == CLOSE_WAIT:
-            self._conn_done(c, c.closing)  # type: ignore[arg-type]
+            self._conn_done(c, _reason(c))
         else:
             self._fx_progress(c)
 
@@ -566,7 +576,7 @@ class PyServer:
         self._loop.io_set(self._listener, READ)
         self._accept_paused = False
 
-    def _add_conn(self, sock: socket.socket, peer: tuple) -> None:
+    def _add_conn(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         sock.setblocking(False)
         # Echoes go out as they are made: do not hold them back to coalesce.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -600,7 +610,7 @@ class PyServer:
             return False
         oldest = next(iter(self._lingering.values()))
         self._drop_input(oldest, MAKE_ROOM_READS)
-        self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
+        self._conn_close(oldest, _reason(oldest))
         return True
 
     def _on_acceptable(self, _ready: int) -> None:
@@ -645,7 +655,7 @@ class PyServer:
                 self._loop.timer_start(self._linger_timer, oldest.last_active_ms + LINGER_MS)
                 return
             # Their echo is out and they were ending (quit, limit): that is how they end.
-            self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
+            self._conn_close(oldest, _reason(oldest))
 
     def _arm_timers(self) -> None:
         """Arm the idle and linger timers if a list has entries and its timer
@@ -668,28 +678,31 @@ class PyServer:
         # Their echo is out and they were ending: that is how they end.
         while self._lingering:
             c = next(iter(self._lingering.values()))
-            self._conn_close(c, c.closing)  # type: ignore[arg-type]
+            self._conn_close(c, _reason(c))
 
     # ---- UDP ----
 
     def _on_udp_release(self) -> None:
-        due = self._udp.release(self._listener, self._loop.now)  # type: ignore[union-attr]
+        assert self._udp is not None
+        due = self._udp.release(self._listener, self._loop.now)
         if due is not None:
             self._loop.timer_start(self._udp_release, due)
 
     def _arm_udp_release(self) -> None:
         """Keep the release timer at the first held datagram's time."""
-        due = self._udp.due()  # type: ignore[union-attr]
+        assert self._udp is not None
+        due = self._udp.due()
         if due is None:
             self._loop.timer_stop(self._udp_release)
         elif self._udp_release.when != due:
             self._loop.timer_start(self._udp_release, due)
 
     def _on_datagrams(self, _ready: int) -> None:
-        self._udp.readable(self._listener, self._loop.now)  # type: ignore[union-attr]
+        assert self._udp is not None
+        self._udp.readable(self._listener, self._loop.now)
         self._arm_udp_release()
 
-    def _on_drop(self, reason: int, src: tuple, n: int) -> None:
+    def _on_drop(self, reason: int, src: tuple[Any, ...], n: int) -> None:
         if self._on_event is not None:
             self._on_event(Event("drop", 0, peer_of(src), DROP_REASONS[reason], n))
 
@@ -707,7 +720,7 @@ class PyServer:
             f = None
         self._faults = f
         if self._udp is not None:
-            self._udp.set_faults(f, self._listener, self._loop.now)  # type: ignore[arg-type]
+            self._udp.set_faults(f, self._listener, self._loop.now)
             self._arm_udp_release()
         for c in [*self._active.values(), *self._lingering.values()]:
             if c.sock.fileno() >= 0:  # not closed meanwhile
@@ -759,16 +772,15 @@ class PyServer:
             faults_check(faults, self.cfg.transport)
         with self._faults_lock:
             self._pending_faults = (faults,)  # a newer one wins
-        if self._loop is not None:
+        if not self._freed:
             self._loop.wake()
 
     def free(self) -> None:
-        if self._loop is None:
+        if self._freed:
             return
+        self._freed = True
         try:
             self._close_all(SHUTDOWN)
         finally:
-            if self._listener is not None:
-                self._listener.close()
+            self._listener.close()
             self._loop.close()
-            self._loop = None

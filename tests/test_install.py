@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import cffi
+import pytest
 
 import pyecho
 
@@ -27,6 +28,21 @@ def test_version_is_the_installed_metadata() -> None:
 
 def test_the_package_is_marked_typed() -> None:
     assert (PACKAGE / "py.typed").is_file()
+
+
+def test_the_whole_package_is_mypy_strict_clean(tmp_path: Path) -> None:
+    """py.typed promises types to every user: `mypy --strict` on the package
+    (the one imported, installed or editable) reports nothing."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), str(PACKAGE)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Success: no issues found" in out.stdout
 
 
 def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:

@@ -394,7 +394,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
     return out
 
 
-def evaluate(records: list[dict[str, Any]], runs: int) -> tuple[list[dict], list[dict]]:
+def evaluate(
+    records: list[dict[str, Any]], runs: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     targets = []
     for t in TARGETS:
         value, per_run = _median_ratio(records, runs, t.num, t.den)
@@ -448,7 +450,7 @@ def machine_info() -> dict[str, Any]:
     try:
         import uvloop
 
-        info["uvloop"] = uvloop.__version__
+        info["uvloop"] = str(getattr(uvloop, "__version__", "?"))
     except ImportError:
         info["uvloop"] = None
     try:
