@@ -123,12 +123,13 @@ void conn_reset(echo_server *srv, conn *c, int reason)
 /* Echo not yet handed to the kernel: queued, and held by faults. */
 size_t queued(const conn *c)
 {
-    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost : 0);
+    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost + c->fx->stalled.len : 0);
 }
 
-/* Watch for input while the peer may still send and the queue has room (or,
- * lingering, for its EOF); for output while anything is queued and no fault
- * holds sending back. Nothing while a fault makes it wait. */
+/* Watch for input while the peer may still send, the queue has room and no
+ * stall holds the echo (or, lingering, for its EOF); for output while
+ * anything is queued and no fault holds sending back. Nothing while a fault
+ * makes it wait. */
 int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
@@ -136,7 +137,8 @@ int update_interest(echo_server *srv, conn *c)
 
     if (fx != NULL && fx->waiting != 0)
         return ev_io_set(srv->loop, &c->io, 0);
-    if (c->lingering || (!c->closing && queued(c) < srv->cfg.max_pending))
+    if (c->lingering ||
+        (!c->closing && queued(c) < srv->cfg.max_pending && (fx == NULL || !fx_stalled(srv, c))))
         want |= EV_READ;
     if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
         want |= EV_WRITE;
@@ -213,10 +215,11 @@ int conn_settle(echo_server *srv, conn *c)
     return 0;
 }
 
-/* The peer is done (EOF or quit) or the limit is reached: end now or once
- * the queue drains. */
-static void finish(echo_server *srv, conn *c, int reason)
+static void drop_held(conn *c);
+
+void conn_finish(echo_server *srv, conn *c, int reason)
 {
+    drop_held(c);
     c->closing = 1 + reason;
     if (queued(c) == 0)
         conn_done(srv, c, reason);
@@ -315,7 +318,7 @@ static void on_readable(echo_server *srv, conn *c)
         if (rc < 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
-            finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
+            conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
         return;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
@@ -327,8 +330,7 @@ static void on_readable(echo_server *srv, conn *c)
         return;
     }
     if (rc == 1 || quit) {
-        drop_held(c);
-        finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
+        conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
         return;
     }
     if (srv->cfg.mode == ECHO_MODE_LINE &&

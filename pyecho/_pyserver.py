@@ -109,6 +109,7 @@ class _ConnFx:
         "tokens",
         "tokens_ms",
         "echoed",
+        "stalled",
         "waiting",
         "close_waited",
     )
@@ -124,6 +125,9 @@ class _ConnFx:
         self.tokens = 0  # rate: thousandths of a byte
         self.tokens_ms = 0  # 0: the first refill finds a second gone (full)
         self.echoed = 0  # bytes let into the echo: limit, stall_after
+        # Echo past stall_after, kept in order until the stall lifts; the
+        # connection is not read meanwhile.
+        self.stalled = bytearray()
         self.waiting = 0  # 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs
         self.close_waited = False  # close_delay already spent
 
@@ -222,12 +226,14 @@ class PyServer:
 
     def _queued(self, c: _Conn) -> int:
         """Echo not yet handed to the kernel: queued, and held by faults."""
-        return len(c.out) + (c.fx.delayed.cost if c.fx is not None else 0)
+        fx = c.fx
+        return len(c.out) + (fx.delayed.cost + len(fx.stalled) if fx is not None else 0)
 
     def _update_interest(self, c: _Conn) -> None:
-        """Watch for input while the peer may still send and the queue has
-        room (or, lingering, for its EOF); for output while anything is queued
-        and no fault holds sending back. Nothing while a fault makes it wait."""
+        """Watch for input while the peer may still send, the queue has room
+        and no stall holds the echo (or, lingering, for its EOF); for output
+        while anything is queued and no fault holds sending back. Nothing
+        while a fault makes it wait."""
         fx = c.fx
         want = 0
         if fx is None:
@@ -237,7 +243,9 @@ class PyServer:
                 want |= WRITE
         elif not fx.waiting:
             if c.lingering or (
-                c.closing is None and len(c.out) + fx.delayed.cost < self.cfg.max_pending
+                c.closing is None
+                and len(c.out) + fx.delayed.cost + len(fx.stalled) < self.cfg.max_pending
+                and not self._fx_stalled(fx)
             ):
                 want |= READ
             if c.out and not fx.gate.pending:
@@ -315,6 +323,7 @@ class PyServer:
     def _finish(self, c: _Conn, reason: str) -> None:
         """The peer is done (EOF or quit) or the limit is reached: end now or
         once the queue drains."""
+        c.held = b""
         c.closing = reason
         if not self._queued(c):
             self._conn_done(c, reason)
@@ -402,20 +411,36 @@ class PyServer:
             return True
         return self._conn_settle(c)
 
-    def _fx_echo(self, c: _Conn, data: bytes) -> int:
+    def _fx_stalled(self, fx: _ConnFx) -> bool:
+        """stall_after holds the echo back: the connection must not be read."""
+        f = self._faults
+        return bool(fx.stalled) or (
+            f is not None and f.stall_after >= 0 and fx.echoed >= f.stall_after
+        )
+
+    def _fx_echo(self, c: _Conn, data: bytes | bytearray) -> int:
         """Echo data through the faults: stall_after and limit cut it, latency
-        and jitter hold it, rate and slice pace it (_fx_flush). 0, 1 when the
-        limit is reached (the caller ends the connection), or -1 on failure."""
+        and jitter hold it, rate and slice pace it (_fx_flush). What the stall
+        cuts off is kept, in order, until the stall lifts (_fx_update); the
+        connection is not read meanwhile, so the peer's sends wait in the
+        kernel as with a stalled peer. 0, 1 when the limit is reached (the
+        caller ends the connection), or -1 on failure."""
         f, fx = self._faults, c.fx
         assert f is not None and fx is not None
+        if fx.stalled:  # behind what is stalled already: it waits too
+            fx.stalled += data
+            return 0
         n = len(data)
         limit_reached = 0
         if f.stall_after >= 0 and fx.echoed + n > f.stall_after:
             n = max(0, f.stall_after - fx.echoed)
         if f.limit >= 0 and fx.echoed + n >= f.limit:
-            # set_faults() may have lowered it below what was echoed already.
+            # set_faults() may have lowered it below what was echoed already;
+            # what follows the limit is never echoed, stalled or not.
             n = max(0, f.limit - fx.echoed)
             limit_reached = 1
+        elif n < len(data):
+            fx.stalled += data[n:]
         fx.echoed += n
         if n < len(data):
             data = data[:n]
@@ -443,8 +468,9 @@ class PyServer:
         """Bring a connection in line with the server's faults, new or
         changed: reseed nothing (its generator is its own), re-arm
         reset_after from when it opened, release held echo no later than the
-        new latency allows (at once with none), and reopen the send gate.
-        True if it was closed."""
+        new latency allows (at once with none), reopen the send gate, and echo
+        what a stall kept (after the held echo: order is kept). True if it
+        was closed."""
         f, fx, loop = self._faults, c.fx, self._loop
         now = loop.now
         if f is None and fx is None:
@@ -463,7 +489,31 @@ class PyServer:
         if fx.waiting == ACCEPT_WAIT and (f is None or f.accept_delay_ms == 0):
             loop.timer_stop(fx.wait)
             fx.waiting = 0
-        return self._fx_progress(c)
+        if self._fx_progress(c):
+            return True
+        return self._fx_unstall(c)
+
+    def _fx_unstall(self, c: _Conn) -> bool:
+        """The faults changed: echo what a stall kept, after everything before
+        it, through the new faults (a stall still in effect keeps what is past
+        it again). True if the connection was closed or ended."""
+        fx = c.fx
+        assert fx is not None
+        if not fx.stalled:
+            return False
+        kept, fx.stalled = fx.stalled, bytearray()
+        if self._faults is not None:
+            rc = self._fx_echo(c, kept)
+        else:
+            c.out += kept
+            rc = 0 if self._fx_flush(c) else -1
+        if rc < 0:
+            self._conn_close(c, RESET)
+            return True
+        if rc:
+            self._finish(c, LIMIT)
+            return True
+        return self._conn_settle(c)
 
     # ---- the echo path ----
 
@@ -537,7 +587,6 @@ class PyServer:
             self._conn_close(c, RESET)
             return
         if rc or quit_:
-            c.held = b""
             self._finish(c, LIMIT if rc else QUIT)
             return
         if self._line:
