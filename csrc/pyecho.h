@@ -208,8 +208,11 @@ typedef struct echo_client echo_client;
 /*
  * Connect to a numeric host and port; timeout_ms < 0 waits forever. Over UDP
  * (cfg->transport) the socket is connected to the server, and echo() sends
- * one datagram and returns the one that comes back (-EPROTO if it differs,
- * -ETIMEDOUT if none came); datagrams already waiting are dropped first.
+ * one datagram and returns the one that comes back within the timeout
+ * (-ETIMEDOUT if none came); datagrams already waiting are dropped first,
+ * and one equal to any of the last 16 sent (a late or duplicated echo) is
+ * skipped. Any other datagram is -EPROTO, with as much of it as fits in
+ * reply (*got bytes).
  */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
@@ -233,7 +236,8 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
  * bytes, each sent once the echo of the one before arrived (each piece is one
  * read of the server); nothing after a piece that is the quit word is sent.
  * Once the whole echo is in, bytes already waiting are more than the server
- * may send: -EPROTO. Returns an echo_reply, or a negative errno.
+ * may send: -EPROTO, with the *got bytes of echo in reply and the surplus
+ * left unread in the socket. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */
