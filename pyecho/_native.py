@@ -31,6 +31,7 @@ from ._config import (
 )
 from ._errors import UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
 from ._faults import FaultsInts
+from ._signals import SignalsDeferred
 
 LIBRARY_NAME = "libpyecho_core.so"
 HEADER_NAME = "pyecho.h"
@@ -283,7 +284,11 @@ class NativeServer:
 
     def run(self, timeout: float | None) -> int:
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
-        rc = self._lib.echo_server_run(self._srv, ms)
+        # A signal that interrupts the loop's wait makes it return at once;
+        # one that lands while it is busy waits for the end of this run (at
+        # most timeout: serve_forever's poll_interval).
+        with SignalsDeferred():
+            rc = self._lib.echo_server_run(self._srv, ms)
         if self._callback_error is not None:
             error, self._callback_error = self._callback_error, None
             raise error

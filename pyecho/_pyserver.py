@@ -35,6 +35,7 @@ from ._framing import scanner
 from ._pyfaults import FxQueue, Rng, chance, delay, faults_check, faults_off
 from ._pyloop import READ, WRITE, Loop, Timer
 from ._pyudp import UdpEcho
+from ._signals import SignalsDeferred
 
 READ_CHUNK = 64 * 1024  # bytes read at once in raw and line mode
 ACCEPT_BURST = 64  # connections accepted per readiness event
@@ -152,6 +153,7 @@ class PyServer:
         self._next_id = 0
         self._stop = False  # set by stop(), from any thread
         self._accept_paused = False  # out of descriptors: waiting for the accept timer
+        self._cut_short = False  # an exception ended the last run(): timers may be lost
         self._active: OrderedDict[int, _Conn] = OrderedDict()  # least recently active first
         self._lingering: OrderedDict[int, _Conn] = OrderedDict()  # in the order they began
         self._counts = dict.fromkeys(("accepted", "open", "rejected", "bytes_in", "bytes_out"), 0)
@@ -720,6 +722,25 @@ class PyServer:
             self._loop.timer_start(self._accept_timer, self._loop.now)
         if self._udp is not None:
             self._arm_udp_release()
+        if self._cut_short:
+            for c in [*self._active.values(), *self._lingering.values()]:
+                if c.fx is not None and c.sock.fileno() >= 0:  # not closed meanwhile
+                    self._arm_fx_timers(c)
+
+    def _arm_fx_timers(self, c: _Conn) -> None:
+        """The same for a connection's fault timers, after a run() that an
+        exception ended: it may have cut a timer's callback short after the
+        timer fired (so it is no longer pending) and before its work was
+        done. Re-arm what the connection's state still waits for (an accept
+        or close delay, reset_after), then let it make the progress due now
+        (held echo released and its timer re-armed, the send gate's work)."""
+        fx, f, loop = c.fx, self._faults, self._loop
+        assert fx is not None
+        if fx.waiting and not fx.wait.pending:
+            loop.timer_start(fx.wait, loop.now)
+        if f is not None and f.reset_after_ms >= 0 and not fx.reset.pending:
+            loop.timer_start(fx.reset, max(c.opened_ms + f.reset_after_ms, loop.now))
+        self._fx_progress(c)
 
     def _close_all(self, reason: str) -> None:
         while self._active:
@@ -784,20 +805,30 @@ class PyServer:
         loop = self._loop
         loop.update_now()
         self._arm_timers()
+        self._cut_short = True  # until this run returns
+        rc = self._run(timeout)
+        self._cut_short = False
+        return rc
+
+    def _run(self, timeout: float | None) -> int:
+        loop = self._loop
         deadline = None if timeout is None else loop.now + round(timeout * 1000)
-        while True:
-            # Once per turn; the wake-up that came with it is drained by the
-            # loop whenever it is readable, even after this session ended.
-            if self._stop:
-                self._close_all(SHUTDOWN)
-                # Only now: a stop asked for by a close event belongs to this stop.
-                self._stop = False
-                return 0
-            if self._pending_faults is not None:
-                self._take_faults()
-            loop.run_once(-1 if deadline is None else max(0, deadline - loop.now))
-            if deadline is not None and loop.now >= deadline:
-                return 1
+        # Ctrl+C's handler runs when this returns, never inside a callback:
+        # it wakes the loop, which returns at once (_signals.py).
+        with SignalsDeferred(loop.wake) as signals:
+            while True:
+                # Once per turn; the wake-up that came with it is drained by the
+                # loop whenever it is readable, even after this session ended.
+                if self._stop:
+                    self._close_all(SHUTDOWN)
+                    # Only now: a stop asked for by a close event belongs to this stop.
+                    self._stop = False
+                    return 0
+                if self._pending_faults is not None:
+                    self._take_faults()
+                loop.run_once(-1 if deadline is None else max(0, deadline - loop.now))
+                if signals.caught or (deadline is not None and loop.now >= deadline):
+                    return 1
 
     # ---- life cycle ----
 
