@@ -41,18 +41,32 @@ static void list_unlink(conn_list *l, conn *c)
 static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
 
+/*
+ * Start one of the server's own timers (the idle and linger deadlines, the
+ * accept pause, the UDP release). It can fail (out of memory: the heap is
+ * shared with the connections' fault timers); a server that silently lost
+ * one would lose that feature, so the failure ends echo_server_run() with
+ * the error, and the next run re-arms them all (rearm_all).
+ */
+static void server_timer(echo_server *srv, ev_timer *t, uint64_t when, ev_timer_fn fn)
+{
+    int rc = ev_timer_start(srv->loop, t, when, fn);
+
+    if (rc != 0 && srv->failed == 0)
+        srv->failed = rc;
+}
+
 /* Arm the list's timer at its oldest connection's deadline, unless it is
  * armed already: when it fires early (the oldest was touched since), it
- * re-arms itself here. The server's few timers fit the loop's preallocated
- * heap, so starting one cannot fail. */
+ * re-arms itself here. */
 static void arm_deadline(echo_server *srv, conn_list *l)
 {
     int idle = l == &srv->active;
     uint64_t timeout = idle ? srv->cfg.idle_timeout_ms : LINGER_MS;
 
     if (timeout != 0 && l->oldest != NULL && !ev_timer_pending(&l->timer))
-        (void)ev_timer_start(srv->loop, &l->timer, l->oldest->last_active_ms + timeout,
-                             idle ? on_idle : on_linger);
+        server_timer(srv, &l->timer, l->oldest->last_active_ms + timeout,
+                     idle ? on_idle : on_linger);
 }
 
 static void list_append(echo_server *srv, conn_list *l, conn *c)
@@ -407,7 +421,7 @@ static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
     echo_server *srv = CONTAINER_OF(t, echo_server, accept_pause);
 
     if (ev_io_set(loop, &srv->listener, EV_READ) != 0)
-        (void)ev_timer_start(loop, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+        server_timer(srv, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
 }
 
 /* Out of descriptors or memory: leave new connections in the backlog for a
@@ -415,8 +429,8 @@ static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
 static void pause_accepting(echo_server *srv)
 {
     if (ev_io_set(srv->loop, &srv->listener, 0) == 0)
-        (void)ev_timer_start(srv->loop, &srv->accept_pause,
-                             ev_now(srv->loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+        server_timer(srv, &srv->accept_pause, ev_now(srv->loop) + ACCEPT_PAUSE_MS,
+                     on_accept_pause_end);
 }
 
 static void add_conn(echo_server *srv, int fd, const net_addr *peer)
@@ -518,7 +532,7 @@ static void on_udp_release(ev_loop *loop, ev_timer *t)
     uint64_t due = udp_echo_release(srv->udp, srv->listener.fd, ev_now(loop));
 
     if (due != UINT64_MAX)
-        (void)ev_timer_start(loop, t, due, on_udp_release);
+        server_timer(srv, t, due, on_udp_release);
 }
 
 /* UDP: keep the release timer at the first held datagram's time. */
@@ -529,7 +543,7 @@ static void arm_udp_release(echo_server *srv)
     if (due == UINT64_MAX)
         ev_timer_stop(srv->loop, &srv->udp_release);
     else if (!ev_timer_pending(&srv->udp_release) || srv->udp_release.when != due)
-        (void)ev_timer_start(srv->loop, &srv->udp_release, due, on_udp_release);
+        server_timer(srv, &srv->udp_release, due, on_udp_release);
 }
 
 static void on_datagrams(ev_loop *loop, ev_io *io, uint32_t ready)
@@ -621,6 +635,18 @@ static int stopped(echo_server *srv)
     return 1;
 }
 
+/* At the start of a run: every server timer its state needs, in case one
+ * could not start before (the run that failed returned the error). */
+static void rearm_all(echo_server *srv)
+{
+    arm_deadline(srv, &srv->active);
+    arm_deadline(srv, &srv->lingering);
+    if (srv->udp != NULL)
+        arm_udp_release(srv);
+    else if (srv->listener.mask == 0 && !ev_timer_pending(&srv->accept_pause))
+        server_timer(srv, &srv->accept_pause, ev_now(srv->loop), on_accept_pause_end);
+}
+
 #define FOREVER UINT64_MAX
 
 int echo_server_run(echo_server *srv, int timeout_ms)
@@ -631,6 +657,7 @@ int echo_server_run(echo_server *srv, int timeout_ms)
         return -EINVAL;
     ev_update_now(srv->loop);
     deadline = timeout_ms >= 0 ? ev_now(srv->loop) + (uint64_t)timeout_ms : FOREVER;
+    rearm_all(srv);
     for (;;) {
         uint64_t now;
         int rc;
@@ -638,6 +665,11 @@ int echo_server_run(echo_server *srv, int timeout_ms)
         if (stopped(srv))
             return 0;
         take_faults(srv);
+        if (srv->failed != 0) { /* a server timer could not start */
+            rc = srv->failed;
+            srv->failed = 0;
+            return rc;
+        }
         now = ev_now(srv->loop);
         if (now >= deadline)
             return 1;

@@ -88,6 +88,8 @@ struct echo_server {
     echo_faults *faults;    /* in effect (loop thread); NULL: none */
     _Atomic(echo_faults *) pending_faults; /* from echo_server_set_faults() */
     ev_timer udp_release;   /* UDP: the next delayed datagram is due */
+    int failed;             /* 0, or why one of the timers above could not
+                             * start: echo_server_run() returns it */
     counters stats;
 };
 
