@@ -185,7 +185,8 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
  * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
  * out while still serving, 0 once echo_server_stop() was called (every client
  * connection is then closed), -EINTR when a signal arrived (call it again once
- * the signal is handled), or another negative errno on failure.
+ * the signal is handled), or another negative errno on failure (-ENOMEM: one
+ * of the server's timers could not start; running again re-arms it).
  */
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
