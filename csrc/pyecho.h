@@ -194,7 +194,8 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
  * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
  * out while still serving, 0 once echo_server_stop() was called (every client
  * connection is then closed), -EINTR when a signal arrived (call it again once
- * the signal is handled), or another negative errno on failure.
+ * the signal is handled), or another negative errno on failure (-ENOMEM: one
+ * of the server's timers could not start; running again re-arms it).
  */
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
@@ -217,8 +218,11 @@ typedef struct echo_client echo_client;
 /*
  * Connect to a numeric host and port; timeout_ms < 0 waits forever. Over UDP
  * (cfg->transport) the socket is connected to the server, and echo() sends
- * one datagram and returns the one that comes back (-EPROTO if it differs,
- * -ETIMEDOUT if none came); datagrams already waiting are dropped first.
+ * one datagram and returns the one that comes back within the timeout
+ * (-ETIMEDOUT if none came); datagrams already waiting are dropped first,
+ * and one equal to any of the last 16 sent (a late or duplicated echo) is
+ * skipped. Any other datagram is -EPROTO, with as much of it as fits in
+ * reply (*got bytes).
  */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
@@ -242,7 +246,8 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
  * bytes, each sent once the echo of the one before arrived (each piece is one
  * read of the server); nothing after a piece that is the quit word is sent.
  * Once the whole echo is in, bytes already waiting are more than the server
- * may send: -EPROTO. Returns an echo_reply, or a negative errno.
+ * may send: -EPROTO, with the *got bytes of echo in reply and the surplus
+ * left unread in the socket. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */

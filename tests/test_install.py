@@ -31,6 +31,21 @@ def test_the_package_is_marked_typed() -> None:
     assert (PACKAGE / "py.typed").is_file()
 
 
+def test_the_whole_package_is_mypy_strict_clean(tmp_path: Path) -> None:
+    """py.typed promises types to every user: `mypy --strict` on the package
+    (the one imported, installed or editable) reports nothing."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), str(PACKAGE)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Success: no issues found" in out.stdout
+
+
 def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:
     """Import pyecho with ``cwd`` first on the path, as `python -m pyecho` from
     a repository root does. -S keeps site-packages' .pth files (an editable

@@ -530,7 +530,7 @@ def machine_info() -> dict[str, Any]:
     try:
         import uvloop
 
-        info["uvloop"] = getattr(uvloop, "__version__", None)
+        info["uvloop"] = str(getattr(uvloop, "__version__", "?"))
     except ImportError:
         info["uvloop"] = None
     try:
