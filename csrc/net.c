@@ -303,3 +303,19 @@ size_t net_pktinfo_write(const net_pktinfo *p, int family, void *buf, size_t cap
     return 0;
 #endif
 }
+
+int net_is_broadcast(const uint8_t addr[4])
+{
+    struct sockaddr_in sin;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), rc;
+
+    if (fd < 0)
+        return 0;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(9);
+    memcpy(&sin.sin_addr, addr, 4);
+    rc = connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0 && errno == EACCES;
+    close(fd);
+    return rc;
+}

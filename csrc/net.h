@@ -79,5 +79,8 @@ void net_pktinfo_read(const struct msghdr *m, net_pktinfo *out);
  * from p's address: its length (msg_controllen) in buf (cap bytes, at least
  * NET_PKTINFO_SPACE), 0 if none can be written. */
 size_t net_pktinfo_write(const net_pktinfo *p, int family, void *buf, size_t cap);
+/* Is this IPv4 address (4 bytes, network order) a broadcast address here?
+ * Connecting a UDP socket to one without SO_BROADCAST fails with EACCES. */
+int net_is_broadcast(const uint8_t addr[4]);
 
 #endif

@@ -73,6 +73,7 @@ struct udp_echo {
     int family;         /* of the socket */
     int port;           /* the socket's own port */
     int wildcard;       /* bound to 0.0.0.0 or ::: answers name their source */
+    net_pktinfo fixed;  /* not wildcard: every datagram's destination */
     uint64_t next_report_ms[ECHO_DROP_REASONS];
     uint64_t unreported[ECHO_DROP_REASONS];
     const echo_faults *faults; /* NULL: none */
@@ -525,8 +526,8 @@ void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms)
 
         for (int i = 0; i < BATCH; i++) {
             u->in[i].msg_hdr.msg_namelen = sizeof u->from[i];
-            u->in[i].msg_hdr.msg_control = &u->in_ctl[i];
-            u->in[i].msg_hdr.msg_controllen = sizeof u->in_ctl[i];
+            u->in[i].msg_hdr.msg_control = u->wildcard ? &u->in_ctl[i] : NULL;
+            u->in[i].msg_hdr.msg_controllen = u->wildcard ? sizeof u->in_ctl[i] : 0;
             u->in[i].msg_hdr.msg_flags = 0;
         }
         n = recvmmsg(fd, u->in, BATCH, MSG_DONTWAIT, NULL);
@@ -541,7 +542,10 @@ void udp_echo_readable(udp_echo *u, int fd, uint64_t now_ms)
 
             count(&u->stats->datagrams_in, 1);
             count(&u->stats->bytes_in, len);
-            net_pktinfo_read(&u->in[i].msg_hdr, &u->dst[i]);
+            if (u->wildcard)
+                net_pktinfo_read(&u->in[i].msg_hdr, &u->dst[i]);
+            else
+                u->dst[i] = u->fixed;
             if (!admit(u, src, &u->dst[i], data, len, now_ms, &s))
                 continue;
             copies = fault(u, s, data, len, src, &u->dst[i], now_ms);
@@ -651,9 +655,28 @@ int udp_echo_bind(udp_echo *u, int fd)
     u->port = port_of(&a);
     u->wildcard = a.sa.sa_family == AF_INET ? a.in4.sin_addr.s_addr == htonl(INADDR_ANY)
                                             : IN6_IS_ADDR_UNSPECIFIED(&a.in6.sin6_addr);
+    if (!u->wildcard) {
+        /* One address: every datagram was sent to it. A broadcast address
+         * of an interface can be bound too: the system refuses to connect
+         * to one without SO_BROADCAST. */
+        net_pktinfo *f = &u->fixed;
+
+        f->known = 1;
+        if (a.sa.sa_family == AF_INET) {
+            f->v4 = 1;
+            memcpy(f->addr, &a.in4.sin_addr, 4);
+        } else if (IN6_IS_ADDR_V4MAPPED(&a.in6.sin6_addr)) {
+            f->v4 = 1;
+            memcpy(f->addr, a.in6.sin6_addr.s6_addr + 12, 4);
+        } else {
+            memcpy(f->addr, a.in6.sin6_addr.s6_addr, 16);
+        }
+        f->group = f->v4 && net_is_broadcast(f->addr);
+        return 0;
+    }
     /* Without it (a system that cannot say) answers leave from the address
-     * the system picks, and a datagram to a broadcast address is only known
-     * by that address. */
+     * the system picks, and a datagram to a subnet's broadcast address is
+     * not recognised. */
     (void)net_want_pktinfo(fd, u->family);
     return 0;
 }

@@ -127,6 +127,19 @@ def want_dst(sock: socket.socket) -> bool:
     return ok
 
 
+def is_broadcast(addr: bytes) -> bool:
+    """Is this IPv4 address a broadcast address here? Connecting a UDP
+    socket to one without SO_BROADCAST fails with EACCES."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((socket.inet_ntop(socket.AF_INET, addr), 9))
+        except PermissionError:
+            return True
+        except OSError:
+            pass
+    return False
+
+
 # ---- the guard ----
 
 
@@ -247,6 +260,7 @@ class UdpEcho:
         self.port = -1  # the socket's own port
         self.wildcard = False  # bound to 0.0.0.0 or ::: answers name their source
         self.pktinfo = False  # the system tells each datagram's destination
+        self.fixed: Dst | None = None  # not wildcard: every datagram's destination
         self.next_report_ms = [0] * len(DROP_REASONS)
         self.unreported = [0] * len(DROP_REASONS)
         self.faults: FaultsInts | None = None
@@ -264,7 +278,16 @@ class UdpEcho:
         self.family = sock.family
         self.port = addr[1]
         self.wildcard = addr[0] in ("0.0.0.0", "::")
-        self.pktinfo = want_dst(sock)
+        if self.wildcard:
+            self.pktinfo = want_dst(sock)
+            return
+        # One address: every datagram was sent to it. A broadcast address of
+        # an interface can be bound too: the system refuses to connect to
+        # one without SO_BROADCAST.
+        raw = socket.inet_pton(sock.family, addr[0].partition("%")[0])
+        if raw.startswith(_V4_MAPPED):
+            raw = raw[12:]
+        self.fixed = Dst(raw, 0, len(raw) == 4 and is_broadcast(raw))
 
     def _source(self, src: Any) -> tuple[bytes, bool, int]:
         known = self._known.get(src)
@@ -435,12 +458,12 @@ class UdpEcho:
     def readable(self, sock: socket.socket, now_ms: int) -> None:
         """Echo what is waiting on sock, a few batches at most."""
         counts, views = self.counts, self.views
-        pktinfo = self.pktinfo
+        pktinfo, fixed = self.pktinfo, self.fixed
         for _ in range(BATCHES):
             out: list[Echo] = []
             n = 0
             for view in views:
-                dst = None
+                dst = fixed
                 try:
                     if pktinfo:
                         size, anc, _, src = sock.recvmsg_into(

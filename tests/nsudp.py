@@ -70,6 +70,16 @@ def groups(engine: str) -> dict[str, Any]:
                 "out": stats.datagrams_out,
                 "guard": stats.dropped["guard"],
             }
+    # A server bound to the subnet's broadcast address itself.
+    with pyecho.EchoServer(("10.9.0.255", 0), engine=engine, transport="udp") as server:
+        server.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.bind(("10.9.0.1", 0))
+            s.sendto(b"bound", server.server_address)
+            answers = {"10.9.0.255": waiting(s)}
+        server.shutdown()
+        out["10.9.0.255"] = {"answers": answers, "guard": server.stats.dropped["guard"]}
     return out
 
 

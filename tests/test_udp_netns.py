@@ -64,6 +64,8 @@ def test_datagrams_to_a_group_are_not_answered(ns: Netns, server: str) -> None:
         # both ends of the veth pair) and was refused by the guard.
         assert got["in"] > len(targets)
         assert (got["out"], got["guard"]) == (1, got["in"] - 1)
+    bound = result["10.9.0.255"]  # a server bound to the broadcast address
+    assert bound["answers"] == {"10.9.0.255": []} and bound["guard"] >= 1
 
 
 @pytest.mark.parametrize("server, client", [(s, c) for s in ENGINES for c in ENGINES])
