@@ -156,7 +156,7 @@ def test_a_loop_between_two_servers_stops_within_the_budget(a: str, b: str) -> N
     with udp_servers((a, LOOPBACK), (b, LOOPBACK)) as servers, forger() as f:
         t0 = time.monotonic()
         f.send(servers[1].server_address, servers[0].server_address, b"loop" * 16)
-        took = still(servers)
+        took = still(servers, quiet=1.0)  # a loaded machine may pause a loop
         total = sum(s.stats.datagrams_in for s in servers)
         loops = sum(s.stats.dropped["loop"] for s in servers)
         print(f"{a} x {b}: {total} datagrams, stopped after {took:.3f} s")
