@@ -10,6 +10,10 @@
 #include <sys/eventfd.h>
 #endif
 
+#ifdef PYECHO_HAVE_GETENTROPY
+#include <sys/random.h>
+#endif
+
 #include "compat.h"
 
 /* ---- sockets ----------------------------------------------------------------- */
@@ -138,6 +142,24 @@ ssize_t compat_recv_dgram(int fd, void *buf, size_t cap, int flags, size_t *len)
     if ((msg.msg_flags & MSG_TRUNC) && *len <= cap)
         *len = cap + 1;
     return n;
+}
+
+/* ---- randomness --------------------------------------------------------------------- */
+
+int compat_random(void *buf, size_t len)
+{
+#ifdef PYECHO_HAVE_GETENTROPY
+    if (getentropy(buf, len) == 0)
+        return 0;
+#endif
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got;
+
+    if (fd < 0)
+        return -errno;
+    got = read(fd, buf, len);
+    close(fd);
+    return got == (ssize_t)len ? 0 : -EIO;
 }
 
 /* ---- time --------------------------------------------------------------------------- */

@@ -16,6 +16,7 @@
  *   PYECHO_HAVE_MMSGHDR      struct mmsghdr in <sys/socket.h>
  *   PYECHO_HAVE_EVENTFD      eventfd()
  *   PYECHO_HAVE_PIPE2        pipe2()
+ *   PYECHO_HAVE_GETENTROPY   getentropy()
  *
  * The socket functions return what the call they replace returns (-1 and
  * errno), so the callers keep their error handling.
@@ -84,6 +85,12 @@ int compat_sendmmsg(int fd, struct mmsghdr *msgs, unsigned int n, int flags);
  * exactly as long as the buffer).
  */
 ssize_t compat_recv_dgram(int fd, void *buf, size_t cap, int flags, size_t *len);
+
+/* ---- randomness --------------------------------------------------------------------- */
+
+/* len (at most 256) random bytes for keys: getentropy() where the system has
+ * it, else /dev/urandom. 0 or a negative errno. */
+int compat_random(void *buf, size_t len);
 
 /* ---- time --------------------------------------------------------------------------- */
 

@@ -32,7 +32,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 5 };
+enum { ECHO_ABI_VERSION = 6 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -66,13 +66,17 @@ enum echo_close_reason {
 /* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
 enum echo_drop_reason {
     ECHO_DROP_GUARD = 0,       /* from port 0, a self-answering service's port,
-                                  or a multicast or broadcast address */
+                                  or a multicast or broadcast address; or sent
+                                  to a broadcast or multicast address */
     ECHO_DROP_RATE_SOURCE = 1, /* over udp_rate_per_source */
     ECHO_DROP_RATE_GLOBAL = 2, /* over udp_rate */
     ECHO_DROP_FULL = 3,        /* the socket's send buffer was full */
     ECHO_DROP_ERROR = 4,       /* sending it failed (too big, no route...) */
     ECHO_DROP_FAULT = 5,       /* fault: `drop` chose it */
-    ECHO_DROP_REASONS = 6
+    ECHO_DROP_LOOP = 6,        /* an echo loop: from the server's own port, or
+                                  more than udp_loop_limit echoes in a row */
+    ECHO_DROP_SHUTDOWN = 7,    /* held by `latency` when the server stopped */
+    ECHO_DROP_REASONS = 8
 };
 
 typedef struct echo_config {
@@ -90,6 +94,9 @@ typedef struct echo_config {
                                   that could answer (echo loops, reflection) */
     uint32_t udp_rate;         /* datagrams echoed per second in all; 0: no limit */
     uint32_t udp_rate_per_source; /* ... to one address and port; 0: no limit */
+    uint32_t udp_loop_limit;   /* echoes of the same datagram in a row to one
+                                  source before it is taken for a loop; 0: no
+                                  limit */
 } echo_config;
 
 /* Fill cfg with the documented defaults (TCP, seed mode, quit word "exit"). */

@@ -631,6 +631,10 @@ static int stopped(echo_server *srv)
     if (!atomic_load(&srv->stop))
         return 0;
     close_all(srv);
+    if (srv->udp != NULL) {
+        udp_echo_discard(srv->udp, ev_now(srv->loop));
+        arm_udp_release(srv);
+    }
     /* Only now: a stop asked for by a close event belongs to this stop. */
     atomic_store(&srv->stop, 0);
     return 1;
@@ -718,6 +722,10 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
     rc = net_listen(host, port, srv->udp ? SOCK_DGRAM : SOCK_STREAM, cfg->backlog, &fd);
     if (rc != 0)
         goto fail;
+    if (srv->udp != NULL && (rc = udp_echo_bind(srv->udp, fd)) != 0) {
+        close(fd);
+        goto fail;
+    }
     rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ,
                      srv->udp ? on_datagrams : on_acceptable);
     if (rc != 0) {

@@ -25,7 +25,16 @@ CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle", "limit", "reset_af
 # index = enum echo_event_kind
 EVENT_KINDS = ("open", "close", "drop")
 # Why a UDP datagram was not echoed: index = enum echo_drop_reason.
-DROP_REASONS = ("guard", "rate_source", "rate_global", "full", "error", "fault")
+DROP_REASONS = (
+    "guard",
+    "rate_source",
+    "rate_global",
+    "full",
+    "error",
+    "fault",
+    "loop",
+    "shutdown",
+)
 
 # What echo() found: enum echo_reply in csrc/pyecho.h.
 REPLY_OPEN, REPLY_CLOSED, REPLY_SHORT = 0, 1, 2
@@ -244,8 +253,9 @@ class Config:
         "flag",
         True,
         "server",
-        "never answer port 0, the ports of services that answer by themselves (echo, "
-        "chargen, DNS, NTP...) or multicast and broadcast sources",
+        "never answer source ports below 512 or of services that answer by themselves "
+        "(SSDP, mDNS, memcached...), multicast and broadcast sources, nor datagrams sent "
+        "to a broadcast or multicast address",
         transports=("udp",),
     )
     udp_rate: int = _setting(
@@ -264,6 +274,18 @@ class Config:
         250_000,
         "server",
         "datagrams echoed per second to one address and port",
+        lower=0,
+        upper=1_000_000_000,
+        off="no limit",
+        off_value=0,
+        transports=("udp",),
+    )
+    udp_loop_limit: int = _setting(
+        "count",
+        4000,
+        "server",
+        "echoes of the same datagram in a row to one source before it is taken for an "
+        "echo loop and not answered (datagrams from the server's own port never are)",
         lower=0,
         upper=1_000_000_000,
         off="no limit",

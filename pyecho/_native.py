@@ -199,6 +199,7 @@ C_FIELDS: dict[str, CField] = {
     "udp_guard": CField("udp_guard", int, bool),
     "udp_rate": CField("udp_rate", int, int),
     "udp_rate_per_source": CField("udp_rate_per_source", int, int),
+    "udp_loop_limit": CField("udp_loop_limit", int, int),
 }
 
 

@@ -184,6 +184,8 @@ class PyServer:
                 # Dual stack whatever the system default: "::" serves IPv4 as well.
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             listener.bind(sockaddr(family, host, port))
+            if self._udp is not None:
+                self._udp.bind(listener)
             if not udp:
                 listener.listen(cfg.backlog)
             listener.setblocking(False)
@@ -821,6 +823,9 @@ class PyServer:
                 # loop whenever it is readable, even after this session ended.
                 if self._stop:
                     self._close_all(SHUTDOWN)
+                    if self._udp is not None:
+                        self._udp.discard(loop.now)
+                        self._arm_udp_release()
                     # Only now: a stop asked for by a close event belongs to this stop.
                     self._stop = False
                     return 0

@@ -104,6 +104,7 @@ class EchoServer:
         udp_guard: bool = DEFAULTS.udp_guard,
         udp_rate: int | None = DEFAULTS.udp_rate,
         udp_rate_per_source: int | None = DEFAULTS.udp_rate_per_source,
+        udp_loop_limit: int | None = DEFAULTS.udp_loop_limit,
         faults: Faults | None = None,
         on_event: EventHandler | None = None,
     ) -> None:
@@ -122,6 +123,7 @@ class EchoServer:
             udp_guard=udp_guard,
             udp_rate=udp_rate,
             udp_rate_per_source=udp_rate_per_source,
+            udp_loop_limit=udp_loop_limit,
         )
         faults = self._check_faults(faults)
         server_cls, _ = _engine_classes(engine)

@@ -445,6 +445,8 @@ DROP_WHY = {
     "full": "no room to send or hold them",
     "error": "send error",
     "fault": "the --drop fault",
+    "loop": "an echo loop, see --udp-loop-limit",
+    "shutdown": "held by --latency at shutdown",
 }
 
 
