@@ -246,4 +246,8 @@ def test_the_per_source_limit_holds_among_thousands_of_sources(engine: str) -> N
             except BlockingIOError:
                 break
             got += 1
-    assert limit <= got <= limit + int(took * limit) + 1, (got, took)
+    # The bound is an upper one. The victim usually gets its whole limit, but
+    # not always: when one of the others' datagrams reached the victim's slot
+    # first (its key is random per server), the victim shares the overflow
+    # bucket with every homeless source (docs/SECURITY.md), and gets less.
+    assert got <= limit + int(took * limit) + 1, (got, took)
