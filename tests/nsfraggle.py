@@ -49,7 +49,7 @@ def victim(port: int) -> None:
     say({"ready": port})
     while True:
         for key, _ in sel.select():
-            if key.fileobj is sys.stdin:
+            if key.fileobj is not sock:  # stdin: a line, or closed
                 if not sys.stdin.readline():
                     return
                 continue

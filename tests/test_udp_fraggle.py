@@ -92,7 +92,7 @@ class Segment:
             ):
                 self._check(host.run(argv))
 
-    def _check(self, done: subprocess.CompletedProcess) -> None:
+    def _check(self, done: subprocess.CompletedProcess[bytes]) -> None:
         if done.returncode != 0 and not self.why_not:
             self.why_not = f"cannot build the segment: {done.stderr.decode(errors='replace')}"
 
@@ -137,7 +137,7 @@ class Host:
     read from the pipe unbuffered, so a line already read is never waited
     for."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pending = b""
 
@@ -171,7 +171,7 @@ class Host:
 def received(victim: Host, until: float) -> list[tuple[str, str]]:
     """What the victim reports receiving (payload, from) until ``until``
     (monotonic) has passed and then nothing for QUIET seconds."""
-    got = []
+    got: list[tuple[str, str]] = []
     while True:
         line = victim.line(max(QUIET, until - time.monotonic()))
         if line is None:
