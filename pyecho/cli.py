@@ -24,11 +24,12 @@ from typing import Any, NoReturn
 
 import pyecho
 
-from . import _units
+from . import _auto, _units
 from ._config import (
+    DEFAULT_ENGINE,
     DEFAULT_HOST,
     DEFAULT_PORT,
-    ENGINES,
+    ENGINE_CHOICES,
     NOT_APPLICABLE,
     RESOLUTION,
     TIMEOUT,
@@ -249,10 +250,12 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
     )
     p.add_argument(
         "--engine",
-        type=_choice("--engine", ENGINES),
-        default="native",
-        metavar="{" + ",".join(ENGINES) + "}",
-        help="native: the C core; python: the pure-Python one (default: native)",
+        type=_choice("--engine", ENGINE_CHOICES),
+        default=DEFAULT_ENGINE,
+        metavar="{" + ",".join(ENGINE_CHOICES) + "}",
+        help="native: the C core; python: the pure-Python one; auto: native where its "
+        "library loads, else python; PYECHO_ENGINE=python forces python "
+        f"(default: {DEFAULT_ENGINE})",
     )
     for setting in settings_for(side):
         _add_option(p, setting)
@@ -345,12 +348,24 @@ def _can_print(text: str) -> bool:
 _PLUS_MINUS = "\u00b1" if _can_print("\u00b1") else "+/-"
 
 
+class _Version(argparse.Action):
+    """--version: the version and, on a second line, the engine that runs by
+    default and, for the Python engine by fallback, why."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"pyecho {pyecho.__version__}\n{_auto.describe()}", flush=True)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyecho",
         description="A TCP and UDP echo server and client (C engine or pure Python).",
     )
-    parser.add_argument("--version", action="version", version=f"pyecho {pyecho.__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and engine, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -478,12 +493,15 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
     shown = hostport(*server.server_address)
     if server.transport == "udp":
-        what = f"UDP on {shown} ({args.engine} engine)"
+        what = f"UDP on {shown} ({server.engine} engine)"
     else:
-        what = f"on {shown} ({args.mode} mode, {args.engine} engine)"
+        what = f"on {shown} ({args.mode} mode, {server.engine} engine)"
+    _, why = _auto.choose(args.engine)  # why "auto" runs the Python engine, if it does
     with _sigterm_stops():  # from the banner on: a signal may follow it at once
         try:
             say(f"pyecho: serving {what}; press Ctrl+C to stop")
+            if why:
+                say(f"pyecho: the Python engine runs because {why}")
             if server.faults is not None:
                 say(f"pyecho: faults: {_describe(server.faults)}")
             server.serve_forever()

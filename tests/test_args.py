@@ -49,7 +49,7 @@ BAD_SERVER_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"server_address": ("a" * 254, 0)}, ValueError, "too long: 254 characters, at most 253"),
     ({"server_address": ("a" * 100_000, 0)}, ValueError, "(100000 characters) is too long"),
     ({"server_address": ("a" * 64 + ".test", 0)}, ValueError, "is not a valid host name"),
-    ({"engine": "c"}, ValueError, "engine must be one of native, python"),
+    ({"engine": "c"}, ValueError, "engine must be one of auto, native, python"),
     ({"engine": None}, ValueError, "engine must be one of"),
     ({"engine": ["native"]}, ValueError, "engine must be one of"),
     ({"mode": "echo"}, ValueError, "mode must be one of raw, line, seed"),

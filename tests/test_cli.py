@@ -448,7 +448,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out == f"pyecho {pyecho.__version__}\n"
+    version, engine = capsys.readouterr().out.splitlines()
+    assert version == f"pyecho {pyecho.__version__}"
+    if pyecho.native_available():
+        assert engine == "engine: native (the C core)"
+    else:  # says why
+        assert engine.startswith("engine: python (the pure-Python engine, because ")
 
 
 @pytest.mark.parametrize(

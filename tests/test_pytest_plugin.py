@@ -99,7 +99,11 @@ def test_marker_and_option_are_documented(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize(
     "args, engines",
-    [((), ["native"]), (("--echo-engine=python",), ["python"]), (("--echo-engine=both",), None)],
+    [
+        ((), ["native" if pyecho.native_available() else "python"]),
+        (("--echo-engine=python",), ["python"]),
+        (("--echo-engine=both",), None),
+    ],
     ids=["default", "python", "both"],
 )
 def test_echo_server_on_each_engine(
@@ -135,6 +139,20 @@ def test_ini_setting_and_the_option_overriding_it(pytester: pytest.Pytester) -> 
     assert engines_used(pytester) == ["native"]
 
 
+def test_auto_follows_pyecho_engine(pytester: pytest.Pytester, monkeypatch) -> None:
+    """--echo-engine=auto (the default) is the engine that runs: forced to
+    python by PYECHO_ENGINE, as the API's engine="auto" is."""
+    monkeypatch.setenv("PYECHO_ENGINE", "python")
+    result = run(pytester, ROUNDTRIP, "--echo-engine=auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pyecho fixtures: echo engine python"])
+    assert engines_used(pytester) == ["python"]
+    monkeypatch.setenv("PYECHO_ENGINE", "turbo")
+    result = run(pytester, ROUNDTRIP)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*PYECHO_ENGINE must be one of auto, native, python*"])
+
+
 def test_bad_engine_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     result = run(pytester, ROUNDTRIP, "--echo-engine=turbo")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -142,7 +160,9 @@ def test_bad_engine_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\necho_engine = turbo\n")
     result = run(pytester, ROUNDTRIP)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*echo_engine must be one of native, python, both; got 'turbo'*"])
+    result.stderr.fnmatch_lines(
+        ["*echo_engine must be one of auto, native, python, both; got 'turbo'*"]
+    )
 
 
 def test_both_leaves_other_tests_and_explicit_choices_alone(pytester: pytest.Pytester) -> None:
