@@ -319,7 +319,7 @@ USAGE_ERRORS = [
     ("client --port -1", "--port must be between 1 and 65535, got -1"),
     ("serve --port abc", "--port must be a whole number, got 'abc'"),
     ("serve --mode foo", "--mode must be one of raw, line, seed; got 'foo'"),
-    ("client --engine rust", "--engine must be one of native, python; got 'rust'"),
+    ("client --engine rust", "--engine must be one of auto, native, python; got 'rust'"),
     ("serve --max-pending -1", "--max-pending must be between 1 and 1073741824, got -1"),
     ("serve --max-clients -1", "--max-clients must be between 0 and 2147483648, got -1"),
     ("serve --backlog 1e3", "--backlog must be a whole number, got '1e3'"),
