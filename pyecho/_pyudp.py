@@ -15,6 +15,7 @@ from typing import Any
 
 from ._config import DROP_REASONS, Config
 from ._faults import FaultsInts
+from ._pycompat import MSG_DONTWAIT, MSG_NOSIGNAL
 from ._pyfaults import CHUNK_COST, FxQueue, Rng, chance, delay
 
 BATCH = 32  # datagrams per batch (the C core's recvmmsg()/sendmmsg())
@@ -188,7 +189,7 @@ class UdpEcho:
             counts["bytes_out"] += len(data)
             counts["datagrams_out"] += 1
             try:
-                sock.sendto(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, to)
+                sock.sendto(data, MSG_DONTWAIT | MSG_NOSIGNAL, to)
                 continue
             except OSError as e:
                 full = isinstance(e, _FULL) or e.errno == errno.ENOBUFS
@@ -229,7 +230,7 @@ class UdpEcho:
             n = 0
             for view in views:
                 try:
-                    size, src = sock.recvfrom_into(view, DGRAM_MAX, socket.MSG_DONTWAIT)
+                    size, src = sock.recvfrom_into(view, DGRAM_MAX, MSG_DONTWAIT)
                 except OSError:
                     break  # EAGAIN: all done; errors of earlier sends: nothing to do
                 n += 1

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._pycompat import MSG_NOSIGNAL, make_selector
+
 # Per direction: past this, the tap stops reading that side (backpressure).
 BUFFER = 64 * 1024
 ACCEPT_PAUSE = 0.1  # seconds, when out of descriptors
@@ -109,7 +111,7 @@ class Tap:
         self._lock = threading.Lock()  # guards _by_local and the transcripts
         self._by_local: dict[tuple[str, int], _Pipe] = {}
         self._pipes: list[_Pipe] = []
-        self._sel = selectors.DefaultSelector()
+        self._sel = make_selector()
         self._listener = socket.socket(self._family, socket.SOCK_STREAM)
         self._wake_r, self._wake_w = socket.socketpair()
         try:
@@ -300,7 +302,7 @@ class Tap:
         EOF, pass the EOF on as a half-close."""
         try:
             if buf:
-                del buf[: sock.send(buf, socket.MSG_NOSIGNAL)]
+                del buf[: sock.send(buf, MSG_NOSIGNAL)]
             if eof and not buf:
                 sock.shutdown(socket.SHUT_WR)
         except _RETRY:
@@ -332,7 +334,7 @@ class Tap:
             other, owed = pipe.client, pipe.to_client
         if owed:
             try:
-                other.send(owed, socket.MSG_NOSIGNAL)
+                other.send(owed, MSG_NOSIGNAL)
             except OSError:
                 pass
         owed.clear()

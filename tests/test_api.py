@@ -13,7 +13,7 @@ import time
 import pytest
 
 import pyecho
-from conftest import LOOPBACK, Recorder, open_fds, wait_for
+from conftest import LOOPBACK, RUNNABLE, Recorder, needs_fork, open_fds, wait_for
 
 
 @pytest.mark.native
@@ -243,7 +243,7 @@ def test_a_falsy_event_handler_is_called(engine: str) -> None:
 
 
 def test_port_already_in_use(engine: str) -> None:
-    for other in ("native", "python"):
+    for other in RUNNABLE:
         with pyecho.EchoServer((LOOPBACK, 0), engine=other) as first:
             with pytest.raises(OSError) as exc:
                 pyecho.EchoServer(first.server_address, engine=engine)
@@ -513,6 +513,7 @@ def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: 
     with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="line").start() as server:
         c = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
         assert c.echo(b"before fork\n") == b"before fork\n"
+        needs_fork()
         pid = os.fork()
         if pid == 0:  # the child keeps copies of every descriptor for a while
             time.sleep(1.0)

@@ -16,6 +16,8 @@ import pyecho
 from conftest import LOOPBACK
 from pyecho.bench.loadgen import LoadGen, LoadGenError
 
+pytestmark = pytest.mark.native  # needs the C core
+
 Handler = Callable[[socket.socket], None]
 
 

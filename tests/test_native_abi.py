@@ -14,6 +14,8 @@ import pytest
 
 import pyecho
 
+pytestmark = pytest.mark.native  # needs the C core
+
 CC = shutil.which("cc") or shutil.which("gcc")
 
 LOAD = (
