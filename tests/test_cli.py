@@ -444,7 +444,8 @@ def test_usage_errors_are_one_line_naming_the_flag(
     assert (out, err) == ("", f"pyecho: error: {message}\n")
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYECHO_ENGINE", raising=False)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0

@@ -27,6 +27,14 @@ from pyecho.pytest_plugin import EchoServerFixture
 
 pytest_plugins = ["pytester"]
 
+# What --echo-engine=auto (the default) runs here: the native engine where it
+# loads, unless PYECHO_ENGINE=python says otherwise.
+DEFAULT_RUNS = (
+    "native"
+    if pyecho.native_available() and os.environ.get("PYECHO_ENGINE", "") != "python"
+    else "python"
+)
+
 
 def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     """Run one inner test file in this process (the plugin comes from its
@@ -100,7 +108,7 @@ def test_marker_and_option_are_documented(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     "args, engines",
     [
-        ((), ["native" if pyecho.native_available() else "python"]),
+        ((), [DEFAULT_RUNS]),
         (("--echo-engine=python",), ["python"]),
         (("--echo-engine=both",), None),
     ],
@@ -496,7 +504,7 @@ def test_on_event_error_fails_the_test_clearly(pytester: pytest.Pytester) -> Non
         [
             "*_ test_broken _*",
             "on_event raised ValueError: on_event exploded; stopped serving "
-            "(<EchoServerFixture native raw on *>)",
+            f"(<EchoServerFixture {DEFAULT_RUNS} raw on *>)",
             "Traceback (most recent call last):",
             "*ValueError: on_event exploded",
         ],
@@ -790,7 +798,7 @@ def test_a_failing_relay_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> Non
             server.check()
     assert str(failure.value).startswith(
         "the recording relay failed with RuntimeError: relay bug; stopped relaying "
-        "(<EchoServerFixture native raw on"
+        f"(<EchoServerFixture {DEFAULT_RUNS} raw on"
     )
     assert 'raise RuntimeError("relay bug")' in str(failure.value)
     server.check()  # told once

@@ -34,3 +34,23 @@ if os.environ.get("PYECHO_SIMULATE", "") == "windows":
         if hasattr(selectors, name):
             delattr(selectors, name)
     selectors.DefaultSelector = selectors.SelectSelector  # type: ignore[misc]
+
+    def _tcp_socketpair(
+        family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
+    ) -> tuple[socket.socket, socket.socket]:
+        """socket.socketpair() as Windows' CPython does it, over loopback TCP
+        (Linux's socketpair() takes only AF_UNIX, which Windows lacks)."""
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        with socket.socket(family, type, proto) as listener:
+            listener.bind((host, 0))
+            listener.listen(1)
+            a = socket.socket(family, type, proto)
+            try:
+                a.connect(listener.getsockname())
+                b, _ = listener.accept()
+            except BaseException:
+                a.close()
+                raise
+        return a, b
+
+    socket.socketpair = _tcp_socketpair
