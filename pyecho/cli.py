@@ -12,6 +12,7 @@ import contextlib
 import errno
 import itertools
 import os
+import queue
 import re
 import select
 import signal
@@ -472,6 +473,10 @@ def _sigterm_stops() -> Iterator[None]:
         yield
         return
 
+    if not hasattr(signal, "SIGTERM"):  # pragma: no cover - every CPython has it today
+        yield
+        return
+
     def on_sigterm(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the goodbye
         raise _Terminated()
@@ -570,11 +575,48 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
         yield line + b"\n", True
 
 
+# Windows' select() takes sockets only, not stdin: a thread reads stdin
+# there (and wherever select.poll is missing, as tests/simulate makes it, so
+# that this path is tested on Linux too).
+STDIN_THREAD = sys.platform == "win32" or not hasattr(select, "poll")
+_STDIN_WAIT = 0.05  # seconds between looks at the socket while stdin is quiet
+
+
+def _stdin_reader(stdin: int, chunks: queue.Queue[bytes]) -> None:
+    """The reader thread: stdin's chunks into a small queue, b"" at its end.
+    A daemon: still blocked in read() when the client ends, it dies with it."""
+    while True:
+        try:
+            chunk = os.read(stdin, PIECE)
+        except OSError:
+            chunk = b""
+        chunks.put(chunk)  # blocks while the queue is full: bounded memory
+        if not chunk:
+            return
+
+
 def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[bytes]:
     """Read stdin as it comes, while watching the connection: if the server
     closes it while we wait for input, say so at once."""
     stdin = sys.stdin.fileno()
     sock = client.fileno()
+    if STDIN_THREAD:
+        chunks: queue.Queue[bytes] = queue.Queue(maxsize=4)
+        threading.Thread(
+            target=_stdin_reader, args=(stdin, chunks), name="pyecho-stdin", daemon=True
+        ).start()
+    while STDIN_THREAD:
+        if chunks.empty():
+            if select.select([sock], [], [], _STDIN_WAIT)[0]:
+                data = client.recv(PIECE)
+                if not data:
+                    raise ConnectionClosedError(b"")
+                out(data)  # an echo nobody waited for: show it, lose nothing
+            continue
+        chunk = chunks.get()  # only this thread takes: not empty, so no wait
+        if not chunk:
+            return
+        yield chunk
     while True:
         ready, _, _ = select.select([stdin, sock], [], [])
         if sock in ready:
