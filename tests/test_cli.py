@@ -926,3 +926,17 @@ def test_a_scoped_ipv6_host_passes_through(cwd: Path, command: str) -> None:
     )
     assert result.returncode == 1
     assert "[fe80::1%lo]:9" in one_line_error(result)
+
+
+def test_serve_says_which_engine_auto_runs_and_why(cwd: Path) -> None:
+    """The default engine is "auto": the banner names the engine running and,
+    for the Python engine by fallback, why, in one more line."""
+    env = {**os.environ, "PYECHO_ENGINE": "python"}
+    server, port = serve(cwd, "--mode", "raw", env=env)
+    try:
+        assert server.seen[-1].endswith(f":{port} (raw mode, python engine); press Ctrl+C to stop")
+        server.expect(r"^pyecho: the Python engine runs because PYECHO_ENGINE=python$")
+        out = run_client(cwd, port, b"auto\n", "--mode", "raw")
+        assert (out.returncode, out.stdout) == (0, b"auto\n"), out.stderr
+    finally:
+        server.kill()
