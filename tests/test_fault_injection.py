@@ -23,6 +23,7 @@ from spec_rng import SplitMix64
 import pyecho
 from conftest import (
     LOOPBACK,
+    RUNNABLE,
     SANITIZED,
     Recorder,
     open_fds,
@@ -271,7 +272,7 @@ def test_refuse_follows_the_seed() -> None:
     n = 40
     expected = [i for i in range(1, n + 1) if SplitMix64(11, i).chance(0.5)]
     assert 5 < len(expected) < 35
-    for engine in pyecho.ENGINES:
+    for engine in RUNNABLE:
         with tcp_server(engine, pyecho.Faults(refuse=0.5, seed=11)) as (server, rec):
             for i in range(1, n + 1):
                 try:  # the reset may come before connect() has returned

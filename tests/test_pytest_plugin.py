@@ -110,7 +110,7 @@ def test_marker_and_option_are_documented(pytester: pytest.Pytester) -> None:
     [
         ((), [DEFAULT_RUNS]),
         (("--echo-engine=python",), ["python"]),
-        (("--echo-engine=both",), None),
+        pytest.param(("--echo-engine=both",), None, marks=pytest.mark.native),
     ],
     ids=["default", "python", "both"],
 )
@@ -137,6 +137,7 @@ def engines_used(pytester: pytest.Pytester) -> list[str]:
     return found
 
 
+@pytest.mark.native  # both engines
 def test_ini_setting_and_the_option_overriding_it(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\necho_engine = python\n")
     run(pytester, ROUNDTRIP).assert_outcomes(passed=1)
@@ -173,6 +174,7 @@ def test_bad_engine_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.native  # both engines
 def test_both_leaves_other_tests_and_explicit_choices_alone(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -356,6 +358,7 @@ def test_udp_echo_server(pytester: pytest.Pytester, engine: str) -> None:
     wait_for(lambda: not pyecho_threads(), what="the servers' threads to end")
 
 
+@pytest.mark.native  # both engines
 def test_udp_echo_server_runs_on_both_engines(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
