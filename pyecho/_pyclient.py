@@ -173,8 +173,10 @@ class PyClient:
         view = memoryview(data)
         sent = 0
         while sent < len(view):
-            self._wait(OUT)
-            sent += self._send_some(view[sent:])
+            n = self._send_some(view[sent:])
+            if not n:  # full: wait until it is not
+                self._wait(OUT)
+            sent += n
 
     def recv(self, bufsize: int) -> bytes:
         if self._udp:
@@ -239,16 +241,19 @@ class PyClient:
                     return bytes(reply), REPLY_CLOSED
                 self._check_surplus()
                 return bytes(reply), REPLY_OPEN
-            events = (OUT if sending else 0) | (IN if receiving else 0)
-            ready = self._wait(events)  # errors and hang-ups: both, seen by send/recv
-            if sending and ready & OUT:
+            if sending:  # first try: waiting only when the socket is full
                 try:
-                    sent += self._send_some(view[sent:])
+                    n = self._send_some(view[sent:])
                 except (BrokenPipeError, ConnectionResetError):
                     # The server may close on the quit word before taking the rest.
                     if not self._quit_sent:
                         raise
-                    sent = len(view)
+                    n = len(view) - sent
+                if n:
+                    sent += n
+                    continue
+            events = (OUT if sending else 0) | (IN if receiving else 0)
+            ready = self._wait(events)  # errors and hang-ups: both, seen by send/recv
             if receiving and ready & IN:
                 self._recv_some(reply, expect)
 

@@ -111,7 +111,7 @@ if [ "$run_tests" = 1 ]; then
     # usual PATH (the tests' own tools: unshare, setpriv, a compiler for the
     # original C programs); the install is pure whatever is on it now.
     # PYECHO_REQUIRE_NATIVE (CI's) unset: the native tests skip here.
-    (cd "$work" && PYECHO_REQUIRE_NATIVE= "$work/venv/bin/python" -m pytest -c "$root/pyproject.toml" \
+    (cd "$work" && PYECHO_REQUIRE_NATIVE='' "$work/venv/bin/python" -m pytest -c "$root/pyproject.toml" \
         --rootdir "$root" -p no:cacheprovider -q -m "not slow" "$root/tests")
 fi
 echo "pure_install.sh: ok"
