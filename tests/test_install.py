@@ -35,8 +35,19 @@ def test_the_whole_package_is_mypy_strict_clean(tmp_path: Path) -> None:
     """py.typed promises types to every user: `mypy --strict` on the package
     (the one imported, installed or editable) reports nothing."""
     pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
+    # A copy of its sources: mypy given site-packages/pyecho takes
+    # site-packages for a source root, where other modules shadow its own.
+    package = _copy_package(tmp_path / "src")
     out = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), str(PACKAGE)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(package),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

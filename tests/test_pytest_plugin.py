@@ -1066,6 +1066,9 @@ def test_on_event_raising_again_is_told_once(pytester: pytest.Pytester, engine: 
             assert len(echo_server.errors) == 1
         """,
         f"--echo-engine={engine}",
+        # No short summary: without a terminal to fit it to (CI), it repeats
+        # the whole failure message, traceback included.
+        "-rN",
     )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
