@@ -40,6 +40,7 @@ static void list_unlink(conn_list *l, conn *c)
 
 static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
+static int flush_out(echo_server *srv, conn *c);
 
 /* Arm the list's timer at its oldest connection's deadline, unless it is
  * armed already: when it fires early (the oldest was touched since), it
@@ -71,7 +72,8 @@ static conn_list *list_of(echo_server *srv, const conn *c)
 
 static void touch(echo_server *srv, conn *c)
 {
-    if (srv->cfg.idle_timeout_ms == 0 || c->lingering)
+    /* A TLS handshake is not activity: it must end within idle_timeout. */
+    if (srv->cfg.idle_timeout_ms == 0 || c->lingering || (c->tls != NULL && !c->tls->ready))
         return;
     c->last_active_ms = ev_now(srv->loop);
     if (srv->active.newest != c) {
@@ -106,6 +108,7 @@ void conn_close(echo_server *srv, conn *c, int reason)
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
     fx_free(srv, c->fx);
+    tls_conn_free(c->tls);
     free(c->held);
     outbuf_free(&c->out);
     free(c);
@@ -170,6 +173,20 @@ void conn_done(echo_server *srv, conn *c, int reason)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
+    /* TLS: a close the server decides sends close_notify first (it ends
+     * once that is out too). */
+    if (c->tls != NULL && c->tls->ready && !c->tls->notified &&
+        (reason == ECHO_CLOSE_PEER || reason == ECHO_CLOSE_QUIT || reason == ECHO_CLOSE_LIMIT)) {
+        if (tls_close_notify(c->tls, &c->out) != 0 || flush_out(srv, c) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+        if (c->out.len > 0) {
+            if (update_interest(srv, c) != 0)
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+    }
     if ((reason != ECHO_CLOSE_QUIT && reason != ECHO_CLOSE_LIMIT) ||
         shutdown(c->io.fd, SHUT_WR) != 0) {
         conn_close(srv, c, reason);
@@ -226,6 +243,14 @@ static void finish(echo_server *srv, conn *c, int reason)
 
 /* ---- the echo path ------------------------------------------------------------ */
 
+int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len)
+{
+    if (c->tls == NULL)
+        return outbuf_append(&c->out, data, len);
+    count(&srv->stats.bytes_out, (uint64_t)len); /* TLS: the echo, not its records */
+    return tls_seal(c->tls, data, len, &c->out);
+}
+
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
@@ -236,7 +261,8 @@ static int flush_out(echo_server *srv, conn *c)
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
-        count(&srv->stats.bytes_out, (uint64_t)n);
+        if (c->tls == NULL)
+            count(&srv->stats.bytes_out, (uint64_t)n);
         outbuf_consume(&c->out, (size_t)n);
     }
     return 0;
@@ -249,10 +275,12 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     if (c->fx != NULL) {
         if (srv->faults != NULL)
             return fx_echo(srv, c, data, len);
-        if (outbuf_append(&c->out, data, len) != 0)
+        if (out_add(srv, c, data, len) != 0)
             return -1;
         return fx_flush(srv, c);
     }
+    if (c->tls != NULL)
+        return out_add(srv, c, data, len) != 0 ? -1 : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -291,23 +319,16 @@ static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
     return 0;
 }
 
-static void on_readable(echo_server *srv, conn *c)
+/* n bytes came (0: the peer's EOF), after the held ones in srv->scratch:
+ * echo what the framing releases. 1 if the connection was closed or is
+ * ending (no more input for it). */
+static int on_input(echo_server *srv, conn *c, size_t n)
 {
     size_t held = c->held_len;
-    size_t want = srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
     uint8_t *buf = srv->scratch;
     size_t emit;
     int quit, rc;
-    ssize_t n;
 
-    if (held > 0)
-        memcpy(buf, c->held, held);
-    n = recv(c->io.fd, buf + held, want, 0);
-    if (n < 0) {
-        if (is_reset(errno))
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
-    }
     if (n == 0) {
         /* Half-close: a partial line is still echoed, nothing is lost. */
         drop_held(c);
@@ -316,28 +337,158 @@ static void on_readable(echo_server *srv, conn *c)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
             finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
-        return;
+        return 1;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
     touch(srv, c);
-    emit = echo_scan(&srv->cfg, &c->cont, buf, held + (size_t)n, &quit);
+    emit = echo_scan(&srv->cfg, &c->cont, buf, held + n, &quit);
     rc = echo_out(srv, c, buf, emit);
     if (rc < 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
+        return 1;
     }
     if (rc == 1 || quit) {
         drop_held(c);
         finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
+        return 1;
+    }
+    if (srv->cfg.mode == ECHO_MODE_LINE && keep_held(srv, c, buf + emit, held + n - emit) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+static size_t read_want(const echo_server *srv)
+{
+    return srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
+}
+
+static void on_readable(echo_server *srv, conn *c)
+{
+    ssize_t n;
+
+    if (c->held_len > 0)
+        memcpy(srv->scratch, c->held, c->held_len);
+    n = recv(c->io.fd, srv->scratch + c->held_len, read_want(srv), 0);
+    if (n < 0) {
+        if (is_reset(errno))
+            conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
-    if (srv->cfg.mode == ECHO_MODE_LINE &&
-        keep_held(srv, c, buf + emit, held + (size_t)n - emit) != 0) {
+    (void)on_input(srv, c, (size_t)n);
+}
+
+/* ---- TLS (tls.c): between the socket's bytes and the echo ----------------- */
+
+/* The handshake faults, decided when the first bytes of the handshake (the
+ * ClientHello) come: 1 if the connection was reset, stalls or waits. */
+static int handshake_faults(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+
+    if (f == NULL)
+        return 0;
+    if (c->fx == NULL && fx_attach(srv, c) == NULL) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (fx_chance(&c->fx->rng, f->handshake_reset_ppm)) {
+        conn_reset(srv, c, ECHO_CLOSE_HANDSHAKE);
+        return 1;
+    }
+    if (f->handshake_stall) {
+        c->tls->stalled = 1;
+        return 1;
+    }
+    if (f->handshake_delay_ms > 0) {
+        c->fx->waiting = HANDSHAKE_WAIT;
+        if (ev_timer_start(srv->loop, &c->fx->wait, ev_now(srv->loop) + f->handshake_delay_ms,
+                           on_fx_wait) != 0 ||
+            update_interest(srv, c) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+int tls_progress(echo_server *srv, conn *c)
+{
+    tls_conn *t = c->tls;
+
+    if (!t->ready) {
+        int rc = tls_handshake(t);
+
+        if (rc < 0) {
+            if (tls_take(t, &c->out) == 0)
+                (void)flush_out(srv, c); /* its alert, if it can go at once */
+            conn_close(srv, c, ECHO_CLOSE_HANDSHAKE);
+            return 1;
+        }
+        if (tls_take(t, &c->out) != 0 || flush_out(srv, c) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+        if (rc == 0)
+            return conn_settle(srv, c);
+        touch(srv, c);
+    }
+    for (;;) {
+        ssize_t n;
+
+        if (c->held_len > 0)
+            memcpy(srv->scratch, c->held, c->held_len);
+        n = tls_read(t, srv->scratch + c->held_len, read_want(srv));
+        if (n == 0)
+            break;
+        if (n == -2) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+        if (on_input(srv, c, n < 0 ? 0 : (size_t)n))
+            return 1;
+    }
+    /* Tickets, key updates: whatever reading made OpenSSL write. */
+    if (tls_take(t, &c->out) != 0 || flush_out(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return conn_settle(srv, c);
+}
+
+static void on_tls_readable(echo_server *srv, conn *c)
+{
+    tls_conn *t = c->tls;
+    ssize_t n = recv(c->io.fd, srv->scratch, READ_CHUNK, 0);
+
+    if (n < 0) {
+        if (is_reset(errno))
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
+    if (n == 0) {
+        if (t->ready)
+            (void)on_input(srv, c, 0);
+        else
+            conn_close(srv, c, ECHO_CLOSE_HANDSHAKE); /* given up before its end */
+        return;
+    }
+    if (t->stalled)
+        return; /* handshake_stall: dropped */
+    if (tls_feed(t, srv->scratch, (size_t)n) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
-    if (update_interest(srv, c) != 0)
-        conn_close(srv, c, ECHO_CLOSE_RESET);
+    if (!t->started) {
+        t->started = 1;
+        if (handshake_faults(srv, c))
+            return;
+    }
+    (void)tls_progress(srv, c);
 }
 
 /* Returns 1 if the connection was closed. */
@@ -363,7 +514,9 @@ static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
     if ((ready & EV_WRITE) && on_writable(srv, c))
         return;
     if ((ready & EV_READ) && (c->io.mask & EV_READ)) {
-        if (!c->lingering)
+        if (c->lingering == 0 && c->tls != NULL)
+            on_tls_readable(srv, c);
+        else if (!c->lingering)
             on_readable(srv, c);
         else if (drop_input(srv, c, 1))
             conn_close(srv, c, c->closing - 1);
@@ -433,6 +586,13 @@ static void add_conn(echo_server *srv, int fd, const net_addr *peer)
     }
     c->srv = srv;
     c->peer = *peer;
+    if (srv->tls != NULL && (c->tls = tls_conn_new(srv->tls)) == NULL) {
+        ev_io_stop(srv->loop, &c->io);
+        close(fd);
+        free(c);
+        pause_accepting(srv);
+        return;
+    }
     c->id = ++srv->next_id;
     c->opened_ms = c->last_active_ms = ev_now(srv->loop);
     list_append(srv, &srv->active, c);
@@ -732,6 +892,26 @@ int echo_server_set_faults(echo_server *srv, const echo_faults *f)
     return ev_wake(srv->loop);
 }
 
+int echo_server_set_tls(echo_server *srv, const echo_tls_config *tls)
+{
+    tls_ctx *ctx = NULL;
+    int rc;
+
+    if (srv == NULL || tls == NULL || srv->cfg.transport != ECHO_TCP)
+        return -EINVAL;
+    rc = tls_ctx_new(tls, &ctx, srv->tls_error, sizeof srv->tls_error);
+    if (rc != 0)
+        return rc;
+    tls_ctx_free(srv->tls);
+    srv->tls = ctx;
+    return 0;
+}
+
+const char *echo_server_tls_error(const echo_server *srv)
+{
+    return srv != NULL ? srv->tls_error : "";
+}
+
 int echo_server_stop(echo_server *srv)
 {
     if (srv == NULL)
@@ -771,6 +951,7 @@ void echo_server_free(echo_server *srv)
         ev_loop_free(srv->loop);
     }
     udp_echo_free(srv->udp);
+    tls_ctx_free(srv->tls);
     free(srv->faults);
     free(atomic_load(&srv->pending_faults));
     free(srv->scratch);

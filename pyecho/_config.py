@@ -21,7 +21,17 @@ TRANSPORTS = ("tcp", "udp")  # index = enum echo_transport in csrc/pyecho.h
 MODES = ("raw", "line", "seed")  # index = enum echo_mode in csrc/pyecho.h
 ENGINES = ("native", "python")
 # index = enum echo_close_reason in csrc/pyecho.h
-CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle", "limit", "reset_after", "refused")
+CLOSE_REASONS = (
+    "peer",
+    "quit",
+    "reset",
+    "shutdown",
+    "idle",
+    "limit",
+    "reset_after",
+    "refused",
+    "handshake",
+)
 # index = enum echo_event_kind
 EVENT_KINDS = ("open", "close", "drop")
 # Why a UDP datagram was not echoed: index = enum echo_drop_reason.
