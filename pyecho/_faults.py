@@ -127,8 +127,9 @@ class Faults:
         "count",
         None,
         "server",
-        "seed of the random choices (jitter, refuse, drop, duplicate, handshake_reset); by default a random "
-        "one, shown by server.faults (and the command line) so a run can be repeated",
+        "seed of the random choices (jitter, refuse, drop, duplicate, handshake_reset); by "
+        "default a random one, shown by server.faults (and the command line) so a run can be "
+        "repeated",
         lower=0,
         upper=(1 << 64) - 1,
         off="random",
