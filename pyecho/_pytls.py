@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import socket
 import ssl
 
 from ._config import Config
@@ -168,11 +169,10 @@ class PyTlsClient(PyClient):
             raise OSError(errno.EPROTO, os.strerror(errno.EPROTO))
 
     def shutdown_write(self) -> None:
-        """TLS half-close: our close_notify (the TCP connection stays open
-        for the rest of the echo)."""
-        try:
-            self.tls_socket.unwrap()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass  # sent; the server's comes after its echo
+        """Half-close: the TCP FIN alone. OpenSSL reads nothing more once it
+        sent its close_notify, and the rest of the echo is still to come; a
+        pyecho server takes the FIN as the end of input (docs/PROTOCOL.md,
+        "TLS")."""
+        socket.socket.shutdown(self.tls_socket, socket.SHUT_WR)
         self._owed += len(self._held)
         self._held = b""

@@ -237,7 +237,7 @@ class ServerTLS:
             cafile = s.cafile
             if s.client_cert is not None and cafile is None:
                 assert ca is not None
-                leaf = ca.issue_cert("pyecho client", common_name="pyecho client")
+                leaf = ca.issue_cert("client.pyecho.invalid", common_name="pyecho client")
                 self.client_certfile = self._write(
                     "client.pem", leaf.private_key_and_cert_chain_pem.bytes()
                 )
