@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import pyecho
 
-from . import _units
+from . import _tlscli, _units
 from ._config import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in FAULTS:
         _add_option(faults, setting, negatable=False)
+    _tlscli.add_serve_options(serve)
 
     client = sub.add_parser(
         "client",
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(client, "client", "server address")
     _add_option(client, TIMEOUT)
+    _tlscli.add_client_options(client)
 
     # Listed for --help; main() hands `pyecho bench ...` to pyecho.bench whole.
     sub.add_parser("bench", help="benchmark the engines against C, asyncio and uvloop")
@@ -472,7 +474,11 @@ def serve(args: argparse.Namespace) -> int:
     log = _ServeLog()
     try:
         server = EchoServer(
-            (args.host, args.port), **_settings(args, "server"), faults=args.faults, on_event=log
+            (args.host, args.port),
+            **_settings(args, "server"),
+            faults=args.faults,
+            on_event=log,
+            tls=args.tls_settings,
         )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
@@ -486,6 +492,9 @@ def serve(args: argparse.Namespace) -> int:
             say(f"pyecho: serving {what}; press Ctrl+C to stop")
             if server.faults is not None:
                 say(f"pyecho: faults: {_describe(server.faults)}")
+            if server.tls is not None:
+                for line in _tlscli.banner(server.tls, args.host):
+                    say(line)
             server.serve_forever()
         except OSError as e:  # from printing a log line: stdout went away, say
             if e.errno == errno.EPIPE:
@@ -638,7 +647,12 @@ def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[byte
 
 def client(args: argparse.Namespace) -> int:
     try:
-        conn = EchoClient((args.host, args.port), **_settings(args, "client"), timeout=args.timeout)
+        conn = EchoClient(
+            (args.host, args.port),
+            **_settings(args, "client"),
+            timeout=args.timeout,
+            **_tlscli.context_kw(args.tls_context, args),
+        )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "connect")) from None
     where = hostport(args.host, args.port)
@@ -718,7 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # what argparse cannot check alone: the transport, rules between faults
         _check_transport(args, "server" if args.command == "serve" else "client")
         args.faults = _faults(args) if args.command == "serve" else None
-    except ValueError as e:
+        args.tls_settings = _tlscli.server_tls(args) if args.command == "serve" else None
+        args.tls_context = _tlscli.client_context(args) if args.command == "client" else None
+    except (ValueError, OSError) as e:
         parser.error(str(e))
     try:
         if args.command == "serve":

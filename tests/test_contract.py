@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import pyecho
-from pyecho import _engine, _native, cli
+from pyecho import _engine, _native, _tlscli, cli
 from pyecho._config import (
     DEFAULTS,
     RESOLUTION,
@@ -232,7 +232,8 @@ def test_the_command_line_offers_every_setting_with_its_default(command: str, si
         assert (action.dest, action.default) == (s.name, s.default)
         shown = ("on" if s.default else "off") if s.kind == "flag" else s.show(s.default)
         assert f"(default: {shown})" in (action.help or "")
-    assert set(actions) == {"-h", "--host", "--port", "--engine"}
+    tls = set(_tlscli.SERVE_FLAGS if side == "server" else _tlscli.CLIENT_FLAGS)
+    assert set(actions) == {"-h", "--host", "--port", "--engine"} | tls
     args = parser.parse_args([command])
     assert cli._settings(args, side) == {  # type: ignore[arg-type]
         "engine": "native",

@@ -486,3 +486,44 @@ def test_stats_and_events_of_a_tls_session(engine: str) -> None:
         wait_for(lambda: server.stats.closed["quit"] == 1, 10, "the quit")
         assert rec.summary() == [("open", 1, LOOPBACK, None), ("close", 1, LOOPBACK, "quit")]
         assert asdict(server.stats)["bytes_out"] == len(b"a line\n")
+
+
+# ---- the command line -------------------------------------------------------------
+
+
+def test_cli_serve_tls_and_client_tls(engine: str) -> None:
+    """pyecho serve --tls prints where its throwaway CA is; pyecho client
+    --tls --tls-ca FILE trusts it; at exit the CA is gone."""
+    import re
+    import signal
+
+    serve = [sys.executable, "-m", "pyecho", "serve", "--engine", engine, "--port", "0"]
+    with subprocess.Popen(
+        [*serve, "--mode", "line", "--tls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            banner = read_line(proc.stdout, 20)
+            banner += read_line(proc.stdout, 20)
+            port = re.search(rb"serving on 127\.0\.0\.1:(\d+)", banner)
+            ca = re.search(rb"openssl s_client -CAfile FILE\): (\S+)", banner)
+            assert port and ca, banner
+            assert b"throwaway" in banner and b"warning" not in banner  # loopback: no warning
+            client = [sys.executable, "-m", "pyecho", "client", "--port", port[1].decode()]
+            run = subprocess.run(
+                [*client, "--mode", "line", "--tls", "--tls-ca", ca[1].decode()],
+                input=b"over tls\n",
+                capture_output=True,
+                timeout=30,
+            )
+            assert run.returncode == 0, run.stderr
+            assert b"over tls" in run.stdout
+            # Without the CA, the system's CAs do not know the throwaway one.
+            run = subprocess.run(
+                [*client, "--mode", "line", "--tls"], input=b"x\n", capture_output=True, timeout=30
+            )
+            assert run.returncode != 0 and b"certificate verify failed" in run.stderr
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(20)
+    assert not os.path.exists(ca[1].decode())
