@@ -891,3 +891,44 @@ def test_fixture_class_checks_its_own_settings() -> None:
             server.wait_for_events("opened")
         with pytest.raises(ValueError, match="reason must be"):
             server.wait_for_events("close", reason="bored")
+
+
+# ---- TLS ----
+
+
+def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytester) -> None:
+    """@pytest.mark.echo_server(tls=True) with --echo-engine=both, the
+    factory with TLS(cert="expired"), and record=True refused with the reason."""
+    pytest.importorskip("trustme")
+    result = run(
+        pytester,
+        """
+        import socket, ssl
+        import pytest
+        import pyecho
+
+        @pytest.mark.echo_server(tls=True)
+        def test_tls_roundtrip(echo_server, echo_engine):
+            assert echo_server.engine == echo_engine
+            ctx = echo_server.tls.client_context()
+            assert echo_server.tls.ca_file.endswith(".pem")
+            with socket.create_connection(echo_server.server_address) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"over tls")
+                    assert s.recv(100) == b"over tls"
+            echo_server.wait_for_events("close", reason="peer")
+
+        def test_factory_with_an_expired_certificate(echo_server_factory):
+            server = echo_server_factory(tls=pyecho.TLS(cert="expired"))
+            with socket.create_connection(server.server_address) as raw:
+                with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+                    server.tls.client_context().wrap_socket(raw, server_hostname="localhost")
+
+        @pytest.mark.echo_server(tls=True, record=True)
+        def test_record_is_refused(echo_server):
+            pass
+        """,
+        "--echo-engine=both",
+    )
+    result.assert_outcomes(passed=4, errors=2)
+    result.stdout.fnmatch_lines(["*record=True with tls: the recording relay would see only*"])
