@@ -137,6 +137,14 @@ class PyTlsClient(PyClient):
             self._wait(select.POLLOUT)
             return None
 
+    def recv_nowait(self, bufsize: int) -> bytes | None:
+        """Up to bufsize bytes if there are any now; None when what made the
+        socket readable carried no data (TLS 1.3 session tickets, say)."""
+        data = self._recv_tls(bufsize)
+        if data:
+            self._owed = max(0, self._owed - len(data))
+        return data
+
     def recv(self, bufsize: int) -> bytes:
         while True:
             self._wait(select.POLLIN)

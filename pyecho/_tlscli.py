@@ -146,6 +146,19 @@ def banner(tls: ServerTLS, host: str) -> list[str]:
     return lines
 
 
+def recv_nowait(client: Any, bufsize: int) -> bytes | None:
+    """client.recv() of a readable socket; over TLS, None when the records
+    that made it readable carried no data (tickets), instead of waiting."""
+    core = getattr(client, "_core", None)
+    nowait = getattr(core, "recv_nowait", None)
+    if nowait is None:
+        return bytes(client.recv(bufsize))
+    data = nowait(bufsize)
+    if data is not None and not data:
+        client.server_closed = True
+    return None if data is None else bytes(data)
+
+
 def context_kw(ctx: Any, args: argparse.Namespace) -> dict[str, Any]:
     """EchoClient's keywords for TLS."""
     if ctx is None:

@@ -433,6 +433,8 @@ class _ServeLog:
             say(f"INFO :: Connection reset by client... BYE ({peer})")
         elif event.reason == "idle":
             say(f"INFO :: Client idle too long, closing... BYE ({peer})")
+        elif event.reason == "handshake":
+            say(f"INFO :: TLS handshake failed or given up... BYE ({peer})")
         elif event.reason == "shutdown":  # summed up once, at Ctrl+C
             self.closed_at_shutdown += 1
         else:  # the faults' closes: limit, reset_after, refused
@@ -569,7 +571,9 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
     while True:
         ready, _, _ = select.select([stdin, sock], [], [])
         if sock in ready:
-            data = client.recv(PIECE)
+            data = _tlscli.recv_nowait(client, PIECE)
+            if data is None:  # TLS records that carried no data (session tickets)
+                continue
             if not data:
                 raise ConnectionClosedError(b"")
             out(data)  # an echo nobody waited for: show it, lose nothing

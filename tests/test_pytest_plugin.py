@@ -932,3 +932,12 @@ def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytest
     )
     result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(["*record=True with tls: the recording relay would see only*"])
+
+
+def test_the_readmes_tls_example(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("trustme")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Use it in your tests\n")[1].split("\n### TLS\n")[1]
+    pytester.makepyfile(test_my_tls=section.split("```python\n")[1].split("```")[0])
+    result = pytester.runpytest("-p", "no:cacheprovider", "--echo-engine=both")
+    result.assert_outcomes(passed=4)
