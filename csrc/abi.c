@@ -22,8 +22,6 @@ size_t echo_abi_sizeof(const char *name)
         {"echo_event", sizeof(echo_event)},
         {"echo_faults", sizeof(echo_faults)},
         {"echo_tls_config", sizeof(echo_tls_config)},
-        {"echo_loadgen_config", sizeof(echo_loadgen_config)},
-        {"echo_loadgen_result", sizeof(echo_loadgen_result)},
     };
 
     if (name == NULL)

@@ -15,10 +15,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "net.h"
 #include "pyecho.h"
 
 #define TRACK_CHUNK (64 * 1024)
+#define UDP_MAX (64 * 1024) /* more than any datagram's payload */
+#define UDP_RECENT 16       /* datagrams sent whose late echo is recognised */
 
 enum op { OP_NONE, OP_SEND, OP_ECHO };
 
@@ -40,7 +43,43 @@ struct echo_client {
     size_t tracked;     /* bytes of op_buf fed through the framing: sendable */
     size_t sent, got, expect;
     int eof;
+    uint64_t deadline_ms; /* UDP echo: the answer is due by then (timeout >= 0) */
+    /* UDP: the datagrams sent last (a hash of each), to tell a late or
+     * duplicated echo of one of them from a wrong answer */
+    uint64_t recent[UDP_RECENT];
+    unsigned recent_n;   /* how many were sent, all told */
+    uint8_t *dgram;      /* UDP: room for any datagram that comes */
 };
+
+/* FNV-1a over the length and the bytes: a datagram's fingerprint. */
+static uint64_t dgram_hash(const uint8_t *buf, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325u ^ (uint64_t)len;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= buf[i];
+        h *= 0x100000001b3u;
+    }
+    return h;
+}
+
+static void remember_sent(echo_client *cli, const uint8_t *buf, size_t len)
+{
+    cli->recent[cli->recent_n++ % UDP_RECENT] = dgram_hash(buf, len);
+}
+
+/* Is this datagram the echo of one of the last UDP_RECENT sent? */
+static int sent_recently(const echo_client *cli, const uint8_t *buf, size_t len)
+{
+    uint64_t h = dgram_hash(buf, len);
+    unsigned n = cli->recent_n < UDP_RECENT ? cli->recent_n : UDP_RECENT;
+
+    for (unsigned i = 0; i < n; i++) {
+        if (cli->recent[i] == h)
+            return 1;
+    }
+    return 0;
+}
 
 /* Feed sent bytes through the framing; returns the reply bytes they cause. */
 static size_t track(echo_client *cli, const uint8_t *buf, size_t len, int *quit)
@@ -152,6 +191,13 @@ int echo_client_new(const echo_config *cfg, const char *host, int port,
             return -ENOMEM;
         }
     }
+    if (cfg->transport == ECHO_UDP) {
+        cli->dgram = malloc(UDP_MAX);
+        if (cli->dgram == NULL) {
+            free(cli);
+            return -ENOMEM;
+        }
+    }
     rc = net_connect(host, port, cfg->transport == ECHO_UDP ? SOCK_DGRAM : SOCK_STREAM,
                      timeout_ms, &cli->fd);
     if (rc != 0) {
@@ -184,7 +230,7 @@ int echo_client_fileno(const echo_client *cli)
 static int send_some(echo_client *cli)
 {
     ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->tracked - cli->sent,
-                     MSG_NOSIGNAL);
+                     COMPAT_MSG_NOSIGNAL);
 
     if (n >= 0) {
         cli->sent += (size_t)n;
@@ -200,8 +246,10 @@ static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
     for (;;) {
         int rc;
 
-        if (send(cli->fd, buf, len, MSG_NOSIGNAL) >= 0)
+        if (send(cli->fd, buf, len, COMPAT_MSG_NOSIGNAL) >= 0) {
+            remember_sent(cli, buf, len);
             return 0;
+        }
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
         rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
@@ -210,29 +258,39 @@ static int udp_send(echo_client *cli, const uint8_t *buf, size_t len)
     }
 }
 
-/* Wait for one datagram; its whole length in *len (MSG_TRUNC), at most cap
- * bytes of it in buf. */
-static int udp_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *len)
+/* Wait for one datagram (until deadline_ms, if not 0; else timeout_ms); at
+ * most cap bytes of it in buf, its length in *len (cap + 1 if it was longer:
+ * compat.h). */
+static int udp_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *len,
+                    uint64_t deadline_ms)
 {
     for (;;) {
-        ssize_t n = recv(cli->fd, buf, cap, MSG_TRUNC | MSG_DONTWAIT);
-        int rc;
+        ssize_t n = compat_recv_dgram(cli->fd, buf, cap, MSG_DONTWAIT, len);
+        int rc, wait_ms = cli->timeout_ms;
 
-        if (n >= 0) {
-            *len = (size_t)n;
+        if (n >= 0)
             return 0;
-        }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             return -errno; /* ECONNREFUSED: nothing listens there */
-        rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
+        if (deadline_ms != 0) {
+            uint64_t now = net_now_ms();
+
+            wait_ms = now >= deadline_ms ? 0 : (int)(deadline_ms - now);
+        }
+        rc = net_wait(cli->fd, POLLIN, wait_ms);
         if (rc < 0)
             return rc;
     }
 }
 
-/* Echo over UDP: drop datagrams already waiting (late or duplicated answers
- * to earlier ones), send buf, and return the datagram that comes back. A
- * signal while waiting returns -EINTR; the same call then resumes waiting. */
+/*
+ * Echo over UDP: drop datagrams already waiting (late or duplicated answers
+ * to earlier ones), send buf, and return the datagram that comes back,
+ * within the timeout. A datagram equal to one of the last UDP_RECENT sent
+ * (a late duplicate or a late answer still in flight when this began) is
+ * skipped; any other one is -EPROTO, with as much of it as fits in reply.
+ * A signal while waiting returns -EINTR; the same call then resumes waiting.
+ */
 static int udp_echo(echo_client *cli, const uint8_t *buf, size_t len, uint8_t *reply,
                     size_t cap, size_t *got)
 {
@@ -242,7 +300,7 @@ static int udp_echo(echo_client *cli, const uint8_t *buf, size_t len, uint8_t *r
     *got = 0;
     if (!op_resumes(cli, OP_ECHO, buf, len)) {
         op_reset(cli);
-        while (recv(cli->fd, reply, cap, MSG_DONTWAIT) >= 0 || errno == EINTR)
+        while (recv(cli->fd, cli->dgram, UDP_MAX, MSG_DONTWAIT) >= 0 || errno == EINTR)
             ;
         rc = udp_send(cli, buf, len);
         if (rc != 0)
@@ -250,13 +308,25 @@ static int udp_echo(echo_client *cli, const uint8_t *buf, size_t len, uint8_t *r
         cli->op = OP_ECHO;
         cli->op_buf = buf;
         cli->op_len = len;
+        /* The clock counts from boot: a deadline is never 0 ("none"). */
+        cli->deadline_ms = cli->timeout_ms < 0 ? 0 : net_now_ms() + (uint64_t)cli->timeout_ms;
     }
-    rc = udp_recv(cli, reply, cap, &n);
-    if (rc != 0)
-        return op_end(cli, rc);
-    *got = n < cap ? n : cap;
-    if (n != len || memcmp(reply, buf, len) != 0)
-        return op_end(cli, -EPROTO);
+    for (;;) {
+        rc = udp_recv(cli, cli->dgram, UDP_MAX, &n, cli->deadline_ms);
+        if (rc != 0)
+            return op_end(cli, rc);
+        if (n > UDP_MAX)
+            n = UDP_MAX; /* cannot be: no payload is that long */
+        if (n == len && memcmp(cli->dgram, buf, len) == 0)
+            break;
+        if (!sent_recently(cli, cli->dgram, n)) {
+            *got = n < cap ? n : cap;
+            memcpy(reply, cli->dgram, *got);
+            return op_end(cli, -EPROTO);
+        }
+    }
+    memcpy(reply, buf, len);
+    *got = len;
     return op_end(cli, ECHO_REPLY_OPEN);
 }
 
@@ -296,7 +366,7 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
         return -EINVAL;
     *got = 0;
     if (cli->cfg.transport == ECHO_UDP) {
-        rc = udp_recv(cli, buf, cap, got);
+        rc = udp_recv(cli, buf, cap, got, 0);
         if (*got > cap)
             *got = cap; /* the rest of the datagram is gone */
         return rc;
@@ -317,20 +387,21 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
 }
 
 /* One non-blocking receive into the reply, never of more than is still
- * expected (once all is in, of one byte: any is too many); sets cli->eof at
- * end of stream. */
+ * expected (once all is in, a peek at one byte: any is too many, and stays
+ * in the socket for the caller to see); sets cli->eof at end of stream. */
 static int recv_some(echo_client *cli, uint8_t *reply)
 {
     uint8_t extra;
     int more = cli->got < cli->expect;
     ssize_t n = recv(cli->fd, more ? reply + cli->got : &extra,
-                     more ? cli->expect - cli->got : 1, 0);
+                     more ? cli->expect - cli->got : 1, more ? 0 : MSG_PEEK);
 
     if (n > 0) {
+        if (!more)
+            return -EPROTO; /* more than the framing said the server would send */
         cli->got += (size_t)n;
         cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
-        /* More than the framing said the server would send. */
-        return cli->got > cli->expect ? -EPROTO : 0;
+        return 0;
     }
     if (n == 0) {
         cli->eof = 1;
@@ -441,5 +512,6 @@ void echo_client_free(echo_client *cli)
     if (cli->fd >= 0)
         close(cli->fd);
     free(cli->scratch);
+    free(cli->dgram);
     free(cli);
 }

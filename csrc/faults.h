@@ -27,6 +27,8 @@ typedef struct fx_chunk {
     struct fx_chunk *next;
     uint64_t due_ms;
     net_addr to;       /* UDP: where it goes */
+    net_pktinfo via;   /* UDP: the address it leaves from */
+    int dup;           /* UDP: the second copy of a duplicated datagram */
     size_t len;
     uint8_t data[];
 } fx_chunk;

@@ -23,6 +23,7 @@ void echo_config_default(echo_config *cfg)
     cfg->udp_guard = 1;
     cfg->udp_rate = 1000000;
     cfg->udp_rate_per_source = 250000;
+    cfg->udp_loop_limit = 4000;
 }
 
 /* Upper bounds keep buffers sane and every size computation far from overflow;
@@ -31,6 +32,7 @@ void echo_config_default(echo_config *cfg)
 #define MAX_LINE ((size_t)1 << 24)
 #define MAX_PENDING ((size_t)1 << 30)
 #define MAX_UDP_RATE 1000000000u
+#define MAX_LOOP_LIMIT 1000000000u
 #define MAX_CLIENTS (1u << 31)
 #define MAX_IDLE_MS 4000000000u
 
@@ -58,6 +60,8 @@ int echo_config_check(const echo_config *cfg)
     if (cfg->udp_guard != 0 && cfg->udp_guard != 1)
         return -EINVAL;
     if (cfg->udp_rate > MAX_UDP_RATE || cfg->udp_rate_per_source > MAX_UDP_RATE)
+        return -EINVAL;
+    if (cfg->udp_loop_limit > MAX_LOOP_LIMIT)
         return -EINVAL;
     return 0;
 }

@@ -1,5 +1,6 @@
 /*
- * loadgen.c - the benchmark's closed-loop load generator (see pyecho.h).
+ * loadgen.c - the benchmark's closed-loop load generator (see
+ * pyecho_loadgen.h).
  *
  * Stream model: connection i sends an endless stream of messages; message k
  * is variant (i + k) mod V of a pattern of V distinct messages, stored twice
@@ -31,6 +32,29 @@
 #define DEFAULT_WINDOW 64u
 #define DEFAULT_TIMEOUT_MS 10000u
 #define DEFAULT_LOSS_MS 500u
+
+LG_API int echo_loadgen_abi_version(void)
+{
+    return ECHO_LOADGEN_ABI_VERSION;
+}
+
+LG_API size_t echo_loadgen_abi_sizeof(const char *name)
+{
+    if (name == NULL)
+        return 0;
+    if (strcmp(name, "echo_loadgen_config") == 0)
+        return sizeof(echo_loadgen_config);
+    if (strcmp(name, "echo_loadgen_result") == 0)
+        return sizeof(echo_loadgen_result);
+    return 0;
+}
+
+int lg_socket(int family, int type)
+{
+    int fd = compat_socket(family, type, 0);
+
+    return fd < 0 ? -errno : fd;
+}
 
 uint64_t lg_now_ns(void)
 {
@@ -85,7 +109,7 @@ static void reset_run(echo_loadgen *lg)
     lg->lost = lg->late = 0;
 }
 
-uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
+LG_API uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q)
 {
     uint64_t rank, seen = 0, v;
 
@@ -151,28 +175,29 @@ static void make_pattern(echo_loadgen *lg)
         b = (uint8_t)(x >> 32);
         /* Line and seed mode would treat a newline specially: keep it out,
          * then end each line-mode message with the one newline it needs. */
-        if (lg->cfg.mode != ECHO_MODE_RAW && b == '\n')
+        if (lg->cfg.mode != ECHO_LOADGEN_RAW && b == '\n')
             b = 'N';
-        if (lg->cfg.mode == ECHO_MODE_LINE && i % msg == msg - 1)
+        if (lg->cfg.mode == ECHO_LOADGEN_LINE && i % msg == msg - 1)
             b = '\n';
         lg->pattern[i] = b;
     }
     memcpy(lg->pattern + lg->copy_len, lg->pattern, lg->copy_len);
 }
 
-int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
+LG_API int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
 {
     echo_loadgen *lg;
     uint32_t variants;
+    int prc;
 
     if (cfg == NULL || out == NULL)
         return -EINVAL;
     if (cfg->connections < 1 || cfg->connections > MAX_CONNECTIONS ||
         cfg->depth < 1 || cfg->depth > MAX_DEPTH || cfg->msg_size < 1 ||
-        cfg->msg_size > MAX_MSG || cfg->mode < ECHO_MODE_RAW ||
-        cfg->mode > ECHO_MODE_SEED ||
-        (cfg->transport != ECHO_TCP && cfg->transport != ECHO_UDP) ||
-        (cfg->transport == ECHO_UDP && lgu_check(cfg) != 0))
+        cfg->msg_size > MAX_MSG || cfg->mode < ECHO_LOADGEN_RAW ||
+        cfg->mode > ECHO_LOADGEN_SEED ||
+        (cfg->transport != ECHO_LOADGEN_TCP && cfg->transport != ECHO_LOADGEN_UDP) ||
+        (cfg->transport == ECHO_LOADGEN_UDP && lgu_check(cfg) != 0))
         return -EINVAL;
     variants = cfg->depth > MIN_VARIANTS ? cfg->depth : MIN_VARIANTS;
     if ((size_t)variants * cfg->msg_size > MAX_PATTERN)
@@ -191,15 +216,15 @@ int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
     lg->msg = cfg->msg_size;
     lg->variants = variants;
     lg->copy_len = (size_t)variants * cfg->msg_size;
-    lg->epfd = epoll_create1(EPOLL_CLOEXEC);
+    prc = poller_new(&lg->poller);
     lg->pattern = malloc(2 * lg->copy_len);
     lg->conns = calloc(cfg->connections, sizeof *lg->conns);
     lg->sent_ns = calloc((size_t)cfg->connections * cfg->depth, sizeof *lg->sent_ns);
-    if (cfg->transport == ECHO_TCP)
+    if (cfg->transport == ECHO_LOADGEN_TCP)
         lg->rbuf = malloc(RECV_CHUNK);
-    if (lg->epfd < 0 || !lg->pattern || !lg->conns || !lg->sent_ns ||
-        (cfg->transport == ECHO_TCP ? !lg->rbuf : lgu_alloc(lg) != 0)) {
-        int rc = lg->epfd < 0 ? -errno : -ENOMEM;
+    if (prc != 0 || !lg->pattern || !lg->conns || !lg->sent_ns ||
+        (cfg->transport == ECHO_LOADGEN_TCP ? !lg->rbuf : lgu_alloc(lg) != 0)) {
+        int rc = prc != 0 ? prc : -ENOMEM;
 
         echo_loadgen_free(lg);
         return rc;
@@ -214,12 +239,12 @@ int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out)
     return 0;
 }
 
-uint32_t echo_loadgen_open(const echo_loadgen *lg)
+LG_API uint32_t echo_loadgen_open(const echo_loadgen *lg)
 {
     return lg == NULL ? 0 : lg->open;
 }
 
-void echo_loadgen_free(echo_loadgen *lg)
+LG_API void echo_loadgen_free(echo_loadgen *lg)
 {
     if (lg == NULL)
         return;
@@ -228,8 +253,7 @@ void echo_loadgen_free(echo_loadgen *lg)
             if (lg->conns[i].fd >= 0)
                 close(lg->conns[i].fd);
     }
-    if (lg->epfd >= 0)
-        close(lg->epfd);
+    poller_free(lg->poller); /* after the fds: nothing is left watched */
     free(lg->pattern);
     free(lg->conns);
     free(lg->sent_ns);
@@ -252,12 +276,13 @@ static size_t pattern_pos(const echo_loadgen *lg, const lg_conn *c, uint64_t s)
 
 int lg_set_interest(echo_loadgen *lg, lg_conn *c, uint32_t want)
 {
-    struct epoll_event ev = {.events = want, .data.ptr = c};
+    int rc;
 
     if (want == c->events)
         return 0;
-    if (epoll_ctl(lg->epfd, EPOLL_CTL_MOD, c->fd, &ev) != 0)
-        return -errno;
+    rc = poller_mod(lg->poller, c->fd, c->events, want, c);
+    if (rc != 0)
+        return rc;
     c->events = want;
     return 0;
 }
@@ -266,7 +291,7 @@ int lg_set_interest(echo_loadgen *lg, lg_conn *c, uint32_t want)
 static int conn_send(echo_loadgen *lg, lg_conn *c, uint64_t now,
                      echo_loadgen_result *res)
 {
-    uint32_t want = EPOLLIN;
+    uint32_t want = EV_READ;
     int rc;
 
     while (c->tx < c->limit) {
@@ -277,10 +302,10 @@ static int conn_send(echo_loadgen *lg, lg_conn *c, uint64_t now,
 
         if (len > 2 * lg->copy_len - pos)
             len = 2 * lg->copy_len - pos;
-        n = send(c->fd, lg->pattern + pos, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        n = send(c->fd, lg->pattern + pos, (size_t)len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                want |= EPOLLOUT;
+                want |= EV_WRITE;
                 break;
             }
             if (errno == EINTR)
@@ -295,7 +320,7 @@ static int conn_send(echo_loadgen *lg, lg_conn *c, uint64_t now,
         c->tx += (uint64_t)n;
         lg->in_flight += (uint64_t)n;
         if ((uint64_t)n < len) {
-            want |= EPOLLOUT; /* the socket is full */
+            want |= EV_WRITE; /* the socket is full */
             break;
         }
     }
@@ -379,11 +404,11 @@ static int conn_event(echo_loadgen *lg, lg_conn *c, uint32_t events,
     uint64_t now = lg_now_ns();
     int rc;
 
-    if (events & (EPOLLERR | EPOLLHUP))
-        events |= EPOLLIN | EPOLLOUT; /* let recv/send report it */
-    if ((events & EPOLLIN) && (rc = conn_recv(lg, c, now, res)) != 0)
+    if (events & EV_ERROR)
+        events |= EV_READ | EV_WRITE; /* let recv/send report it */
+    if ((events & EV_READ) && (rc = conn_recv(lg, c, now, res)) != 0)
         return rc;
-    if ((events & EPOLLOUT) && c->tx < c->limit)
+    if ((events & EV_WRITE) && c->tx < c->limit)
         return conn_send(lg, c, now, res);
     return 0;
 }
@@ -393,21 +418,22 @@ static int conn_event(echo_loadgen *lg, lg_conn *c, uint32_t events,
 static int start_connect(echo_loadgen *lg, lg_conn *c, const net_addr *addr,
                          socklen_t len, echo_loadgen_result *res)
 {
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     int one = 1;
-    int fd = socket(addr->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = lg_socket(addr->sa.sa_family, SOCK_STREAM);
+    int rc;
 
     if (fd < 0)
-        return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, fd, c->idx, 0);
     /* Like the servers: requests go out as they are made. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
     lg->open++;
     if (connect(fd, &addr->sa, len) != 0 && errno != EINPROGRESS)
         return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
-    if (epoll_ctl(lg->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
-        return lg_fail(res, ECHO_LOADGEN_IO, -errno, c->idx, 0);
-    c->events = EPOLLOUT;
+    rc = poller_add(lg->poller, fd, EV_WRITE, c);
+    if (rc != 0)
+        return lg_fail(res, ECHO_LOADGEN_IO, rc, c->idx, 0);
+    c->events = EV_WRITE;
     c->state = LG_CONNECTING;
     return 0;
 }
@@ -424,14 +450,14 @@ static int finish_connect(echo_loadgen *lg, lg_conn *c, echo_loadgen_result *res
         return lg_fail(res, ECHO_LOADGEN_CONNECT, -err, c->idx, 0);
     c->state = LG_OPEN;
     c->limit = lg->msg;
-    c->events = EPOLLOUT; /* what epoll watches: conn_send sets it right */
+    c->events = EV_WRITE; /* what the poller watches: conn_send sets it right */
     return conn_send(lg, c, lg_now_ns(), res);
 }
 
 static int open_conn(echo_loadgen *lg, lg_conn *c, const net_addr *addr,
                      socklen_t len, echo_loadgen_result *res)
 {
-    if (lg->cfg.transport == ECHO_UDP)
+    if (lg->cfg.transport == ECHO_LOADGEN_UDP)
         return lgu_open(lg, c, addr, len, res);
     return start_connect(lg, c, addr, len, res);
 }
@@ -439,7 +465,7 @@ static int open_conn(echo_loadgen *lg, lg_conn *c, const net_addr *addr,
 static int on_event(echo_loadgen *lg, lg_conn *c, uint32_t events,
                     echo_loadgen_result *res)
 {
-    if (lg->cfg.transport == ECHO_UDP)
+    if (lg->cfg.transport == ECHO_LOADGEN_UDP)
         return lgu_event(lg, c, events, res);
     if (c->state == LG_CONNECTING)
         return finish_connect(lg, c, res);
@@ -453,7 +479,7 @@ static int wait_ms(uint64_t ns)
     return ms > 3600000u ? 3600000 : (int)ms;
 }
 
-int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
+LG_API int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
                          echo_loadgen_result *res)
 {
     uint32_t n_conns, next = 0, pending = 0, ready = 0;
@@ -486,19 +512,19 @@ int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
                 return rc;
             pending++;
         }
-        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(timeout_ns));
+        n = poller_wait(lg->poller, lg->events, LG_MAX_EVENTS, wait_ms(timeout_ns));
         if (n < 0)
-            return lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
+            return lg_fail(res, ECHO_LOADGEN_IO, n, 0, 0);
         now = lg_now_ns();
         if (n > 0)
             last_progress = now;
         else if (now - last_progress >= timeout_ns)
             return lg_fail(res, ECHO_LOADGEN_TIMEOUT, -ETIMEDOUT, next - pending, 0);
         for (int i = 0; i < n; i++) {
-            lg_conn *c = lg->events[i].data.ptr;
+            lg_conn *c = lg->events[i].ptr;
             uint64_t was = c->rx;
 
-            rc = on_event(lg, c, lg->events[i].events, res);
+            rc = on_event(lg, c, lg->events[i].ready, res);
             if (rc != 0)
                 return rc;
             if (was < lg->msg && c->rx == lg->msg) {
@@ -513,7 +539,7 @@ int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
 
 /* ---- the closed loop --------------------------------------------------------------- */
 
-int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result *res)
+LG_API int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result *res)
 {
     uint64_t start, deadline, timeout_ns, last_progress;
     uint32_t n_conns;
@@ -538,7 +564,7 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
     for (uint32_t i = 0; i < n_conns && rc == 0; i++) {
         lg_conn *c = &lg->conns[i];
 
-        if (lg->cfg.transport == ECHO_UDP) {
+        if (lg->cfg.transport == ECHO_LOADGEN_UDP) {
             rc = lgu_send(lg, c, UINT32_MAX, lg_now_ns(), res);
             continue;
         }
@@ -553,7 +579,7 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
         if (lg->running && now >= deadline) {
             /* Stop starting messages; finish the ones started. */
             lg->running = 0;
-            for (uint32_t i = 0; i < n_conns && lg->cfg.transport == ECHO_TCP; i++) {
+            for (uint32_t i = 0; i < n_conns && lg->cfg.transport == ECHO_LOADGEN_TCP; i++) {
                 lg_conn *c = &lg->conns[i];
 
                 c->limit = (c->tx + lg->msg - 1) / lg->msg * lg->msg;
@@ -563,15 +589,15 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
             break;
         if (lg->running && deadline - now < wait)
             wait = deadline - now;
-        if (lg->cfg.transport == ECHO_UDP) {
+        if (lg->cfg.transport == ECHO_LOADGEN_UDP) {
             uint64_t scan = lg->next_scan_ns > now ? lg->next_scan_ns - now : 0;
 
             if (scan < wait)
                 wait = scan; /* time to look for lost datagrams */
         }
-        n = epoll_wait(lg->epfd, lg->events, LG_MAX_EVENTS, wait_ms(wait));
+        n = poller_wait(lg->poller, lg->events, LG_MAX_EVENTS, wait_ms(wait));
         if (n < 0) {
-            rc = lg_fail(res, ECHO_LOADGEN_IO, -errno, 0, 0);
+            rc = lg_fail(res, ECHO_LOADGEN_IO, n, 0, 0);
             break;
         }
         now = lg_now_ns();
@@ -582,8 +608,8 @@ int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms, echo_loadgen_result
             break;
         }
         for (int i = 0; i < n && rc == 0; i++)
-            rc = on_event(lg, lg->events[i].data.ptr, lg->events[i].events, res);
-        if (rc == 0 && lg->cfg.transport == ECHO_UDP)
+            rc = on_event(lg, lg->events[i].ptr, lg->events[i].ready, res);
+        if (rc == 0 && lg->cfg.transport == ECHO_LOADGEN_UDP)
             rc = lgu_expire(lg, now, res);
     }
     lg->running = lg->recording = 0;

@@ -1,18 +1,29 @@
 /*
- * loadgen.h - the load generator's insides (the API is in pyecho.h), shared
- * by loadgen.c (configuration, histogram, the connect and run loops, TCP
- * streams) and loadgen_udp.c (UDP datagrams).
+ * loadgen.h - the load generator's insides (the API is in pyecho_loadgen.h),
+ * shared by loadgen.c (configuration, histogram, the connect and run loops,
+ * TCP streams) and loadgen_udp.c (UDP datagrams). It waits through the
+ * core's poller.h, so it runs wherever the server does; it is built into its
+ * own library, libpyecho_loadgen, never into the product library.
  */
-#ifndef PYECHO_LOADGEN_H
-#define PYECHO_LOADGEN_H
+#ifndef PYECHO_LOADGEN_INTERNAL_H
+#define PYECHO_LOADGEN_INTERNAL_H
 
 #include <stdint.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include "compat.h"
 #include "net.h"
-#include "pyecho.h"
+#include "poller.h"
+#include "pyecho_loadgen.h"
+
+/* What the library exports: the API of pyecho_loadgen.h, nothing else (it
+ * is built with hidden visibility; net.c and the poller stay inside). */
+#if defined(__GNUC__)
+#define LG_API __attribute__((visibility("default")))
+#else
+#define LG_API
+#endif
 
 #define LG_MAX_EVENTS 256
 #define LG_BATCH 32 /* datagrams per recvmmsg()/sendmmsg() */
@@ -29,7 +40,7 @@ typedef struct lg_conn {
     int fd;
     int state;
     uint32_t idx;
-    uint32_t events; /* epoll interest now */
+    uint32_t events; /* poller interest now: EV_READ | EV_WRITE */
     uint64_t tx;     /* bytes sent */
     uint64_t rx;     /* bytes echoed and verified */
     uint64_t limit;  /* TCP: bytes that may be sent so far */
@@ -56,7 +67,7 @@ struct echo_loadgen {
     lg_conn *conns;
     uint64_t *sent_ns;  /* connections x depth: when each message in flight started */
     uint8_t *rbuf;      /* TCP: one read */
-    int epfd;
+    poller *poller;
     uint32_t open;
     int running;        /* closed loop on: completions send more */
     int recording;      /* latencies go into the histogram */
@@ -64,7 +75,7 @@ struct echo_loadgen {
     uint64_t round_trips, bytes, last_echo_ns;
     uint64_t lat_count, lat_sum, lat_min, lat_max;
     uint64_t hist[LG_BUCKETS];
-    struct epoll_event events[LG_MAX_EVENTS];
+    poller_event events[LG_MAX_EVENTS];
     /* UDP only */
     lg_slot *slots;      /* connections x depth */
     uint16_t *free_slot; /* connections x depth: a stack of free slots each */
@@ -78,6 +89,8 @@ struct echo_loadgen {
 
 /* Shared by both transports (loadgen.c). */
 uint64_t lg_now_ns(void);
+/* A non-blocking, close-on-exec socket that raises no SIGPIPE; fd or -errno. */
+int lg_socket(int family, int type);
 void lg_record(echo_loadgen *lg, uint64_t ns);
 /* Record the first error in res (if res has none yet); returns err. */
 int lg_fail(echo_loadgen_result *res, int kind, int err, uint32_t conn, uint64_t offset);

@@ -1,7 +1,7 @@
 /*
- * loadgen_udp.c - the load generator over UDP (see pyecho.h): connected
- * sockets, datagrams sent and received in batches, every echo verified,
- * nothing retransmitted.
+ * loadgen_udp.c - the load generator over UDP (see pyecho_loadgen.h):
+ * connected sockets, datagrams sent and received in batches, every echo
+ * verified, nothing retransmitted.
  *
  * Datagram k of socket i is an 8-byte tag (i << 40 | k, in host order: only
  * this process reads it) followed by bytes 8.. of pattern variant
@@ -23,6 +23,27 @@
 #define MAX_SOCKETS (1u << (64 - SEQ_BITS))
 #define UNKNOWN UINT64_MAX
 
+/* compat_sendmmsg() and compat_recvmmsg(): batched where the system can,
+ * else one sendmsg() or recvmsg() per datagram. A datagram longer than its
+ * buffer (MSG_TRUNC in msg_flags, the same everywhere) counts as one byte
+ * longer than the buffer: take() sees a wrong size. */
+static int send_batch(int fd, struct mmsghdr *v, unsigned n, int flags)
+{
+    return compat_sendmmsg(fd, v, n, flags);
+}
+
+static int recv_batch(int fd, struct mmsghdr *v, unsigned n, int flags)
+{
+    for (unsigned i = 0; i < n; i++)
+        v[i].msg_hdr.msg_flags = 0;
+    int got = compat_recvmmsg(fd, v, n, flags, NULL);
+    for (int i = 0; i < got; i++) {
+        if (v[i].msg_hdr.msg_flags & MSG_TRUNC)
+            v[i].msg_len = (unsigned)v[i].msg_hdr.msg_iov[0].iov_len + 1;
+    }
+    return got;
+}
+
 static uint64_t make_tag(uint32_t idx, uint64_t seq)
 {
     return (uint64_t)idx << SEQ_BITS | (seq & SEQ_MASK);
@@ -30,7 +51,7 @@ static uint64_t make_tag(uint32_t idx, uint64_t seq)
 
 int lgu_check(const echo_loadgen_config *cfg)
 {
-    if (cfg->mode != ECHO_MODE_RAW || cfg->msg_size < TAG_BYTES ||
+    if (cfg->mode != ECHO_LOADGEN_RAW || cfg->msg_size < TAG_BYTES ||
         cfg->msg_size > MAX_DATAGRAM || cfg->connections > MAX_SOCKETS ||
         cfg->depth > UINT16_MAX)
         return -EINVAL;
@@ -96,18 +117,19 @@ static int udp_fail(echo_loadgen_result *res, int err, const lg_conn *c)
 int lgu_open(echo_loadgen *lg, lg_conn *c, const net_addr *addr, socklen_t len,
              echo_loadgen_result *res)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    int fd = socket(addr->sa.sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = lg_socket(addr->sa.sa_family, SOCK_DGRAM);
+    int rc;
 
     if (fd < 0)
-        return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
+        return lg_fail(res, ECHO_LOADGEN_CONNECT, fd, c->idx, 0);
     c->fd = fd;
     lg->open++;
     if (connect(fd, &addr->sa, len) != 0)
         return lg_fail(res, ECHO_LOADGEN_CONNECT, -errno, c->idx, 0);
-    if (epoll_ctl(lg->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
-        return lg_fail(res, ECHO_LOADGEN_IO, -errno, c->idx, 0);
-    c->events = EPOLLIN;
+    rc = poller_add(lg->poller, fd, EV_READ, c);
+    if (rc != 0)
+        return lg_fail(res, ECHO_LOADGEN_IO, rc, c->idx, 0);
+    c->events = EV_READ;
     c->state = LG_OPEN;
     return lgu_send(lg, c, 1, lg_now_ns(), res);
 }
@@ -118,7 +140,7 @@ int lgu_send(echo_loadgen *lg, lg_conn *c, uint32_t max, uint64_t now,
     uint32_t depth = lg->cfg.depth;
     uint16_t *stack = lg->free_slot + (size_t)c->idx * depth;
     lg_slot *slots = lg->slots + (size_t)c->idx * depth;
-    uint32_t want = EPOLLIN;
+    uint32_t want = EV_READ;
     int rc;
 
     while (max > 0 && c->nfree > 0) {
@@ -134,12 +156,12 @@ int lgu_send(echo_loadgen *lg, lg_conn *c, uint32_t max, uint64_t now,
             lg->out_tag[m] = make_tag(c->idx, seq);
             lg->out_iov[m][1].iov_base = (void *)payload(lg, c, seq);
         }
-        n = sendmmsg(c->fd, lg->out, k, MSG_DONTWAIT | MSG_NOSIGNAL);
+        n = send_batch(c->fd, lg->out, k, MSG_DONTWAIT | COMPAT_MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-                want |= EPOLLOUT; /* the socket is full: go on when it is not */
+                want |= EV_WRITE; /* the socket is full: go on when it is not */
                 break;
             }
             return udp_fail(res, errno, c);
@@ -154,7 +176,7 @@ int lgu_send(echo_loadgen *lg, lg_conn *c, uint32_t max, uint64_t now,
         lg->in_flight += (uint64_t)n * lg->msg;
         max -= (uint32_t)n;
         if ((uint32_t)n < k) {
-            want |= EPOLLOUT;
+            want |= EV_WRITE;
             break;
         }
     }
@@ -248,7 +270,7 @@ static int udp_recv(echo_loadgen *lg, lg_conn *c, uint64_t now, echo_loadgen_res
     for (;;) {
         int n;
 
-        n = recvmmsg(c->fd, lg->in, LG_BATCH, MSG_DONTWAIT | MSG_TRUNC, NULL);
+        n = recv_batch(c->fd, lg->in, LG_BATCH, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -257,7 +279,6 @@ static int udp_recv(echo_loadgen *lg, lg_conn *c, uint64_t now, echo_loadgen_res
             return udp_fail(res, errno, c);
         }
         for (int k = 0; k < n; k++) {
-            /* MSG_TRUNC: msg_len is the datagram's real size */
             int rc = take(lg, c, lg->in_iov[k].iov_base, lg->in[k].msg_len, now, res);
 
             if (rc != 0)
@@ -274,12 +295,12 @@ int lgu_event(echo_loadgen *lg, lg_conn *c, uint32_t events, echo_loadgen_result
     uint64_t now = lg_now_ns();
     int rc;
 
-    if (events & (EPOLLERR | EPOLLIN)) { /* recvmmsg reports a pending error */
+    if (events & (EV_ERROR | EV_READ)) { /* recvmmsg reports a pending error */
         rc = udp_recv(lg, c, now, res);
         if (rc != 0)
             return rc;
     }
-    if (events & EPOLLOUT) /* room again: the window, or a first datagram */
+    if (events & EV_WRITE) /* room again: the window, or a first datagram */
         return lgu_send(lg, c, lg->running ? UINT32_MAX : c->tx == 0, now, res);
     return 0;
 }

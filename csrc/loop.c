@@ -1,13 +1,11 @@
 /*
  * loop.c - see loop.h.
  */
-#define _GNU_SOURCE
+#define _GNU_SOURCE /* struct mmsghdr in compat.h, on glibc */
 #include <errno.h>
 #include <stdlib.h>
-#include <sys/eventfd.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "compat.h"
 #include "loop.h"
 
 #define BATCH 256                /* I/O events handled per turn */
@@ -17,21 +15,12 @@
 struct ev_loop {
     poller *poller;
     uint64_t now;
-    ev_io wake;          /* eventfd written by ev_wake() */
     ev_timer **heap;     /* min-heap of pending timers */
     size_t heap_len, heap_cap;
     uint64_t next_seq;
     poller_event fired[BATCH];
     int fired_n, fired_next; /* the batch being dispatched */
 };
-
-static uint64_t clock_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 uint64_t ev_now(const ev_loop *loop)
 {
@@ -40,7 +29,7 @@ uint64_t ev_now(const ev_loop *loop)
 
 void ev_update_now(ev_loop *loop)
 {
-    loop->now = clock_ms();
+    loop->now = compat_now_ms();
 }
 
 /* ---- I/O watchers -------------------------------------------------------- */
@@ -63,7 +52,7 @@ int ev_io_set(ev_loop *loop, ev_io *io, uint32_t mask)
 
     if (mask == io->mask)
         return 0;
-    rc = poller_mod(loop->poller, io->fd, mask, io);
+    rc = poller_mod(loop->poller, io->fd, io->mask, mask, io);
     if (rc == 0)
         io->mask = mask;
     return rc;
@@ -71,7 +60,7 @@ int ev_io_set(ev_loop *loop, ev_io *io, uint32_t mask)
 
 void ev_io_stop(ev_loop *loop, ev_io *io)
 {
-    poller_del(loop->poller, io->fd);
+    poller_del(loop->poller, io->fd, io->mask);
     io->mask = 0;
     /* Its events still waiting in this batch must not run. */
     for (int i = loop->fired_next; i < loop->fired_n; i++) {
@@ -196,26 +185,9 @@ static int wait_ms(const ev_loop *loop, int timeout_ms)
 
 /* ---- wake-up -------------------------------------------------------------- */
 
-/* Drained every time it is readable: a wake-up that lands after the one it
- * was meant for costs one spurious turn, never a loop that spins. */
-static void on_wake(ev_loop *loop, ev_io *io, uint32_t ready)
-{
-    uint64_t count;
-
-    (void)loop;
-    (void)ready;
-    while (read(io->fd, &count, sizeof count) > 0)
-        ;
-}
-
 int ev_wake(ev_loop *loop)
 {
-    uint64_t one = 1;
-
-    /* write() is async-signal-safe; a full counter still wakes the loop. */
-    if (write(loop->wake.fd, &one, sizeof one) < 0 && errno != EAGAIN)
-        return -errno;
-    return 0;
+    return poller_wake(loop->poller);
 }
 
 /* ---- the loop -------------------------------------------------------------- */
@@ -226,7 +198,7 @@ int ev_run_once(ev_loop *loop, int timeout_ms)
 
     if (n < 0)
         return n;
-    loop->now = clock_ms();
+    loop->now = compat_now_ms();
     loop->fired_n = n;
     for (loop->fired_next = 0; loop->fired_next < n;) {
         poller_event *ev = &loop->fired[loop->fired_next++];
@@ -249,7 +221,7 @@ int ev_run_once(ev_loop *loop, int timeout_ms)
 int ev_loop_new(ev_loop **out)
 {
     ev_loop *loop = calloc(1, sizeof *loop);
-    int rc, fd;
+    int rc;
 
     if (loop == NULL)
         return -ENOMEM;
@@ -261,23 +233,7 @@ int ev_loop_new(ev_loop **out)
         free(loop);
         return rc;
     }
-    fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (fd < 0) {
-        rc = -errno;
-        poller_free(loop->poller);
-        free(loop->heap);
-        free(loop);
-        return rc;
-    }
-    rc = ev_io_start(loop, &loop->wake, fd, EV_READ, on_wake);
-    if (rc != 0) {
-        close(fd);
-        poller_free(loop->poller);
-        free(loop->heap);
-        free(loop);
-        return rc;
-    }
-    loop->now = clock_ms();
+    loop->now = compat_now_ms();
     *out = loop;
     return 0;
 }
@@ -286,7 +242,6 @@ void ev_loop_free(ev_loop *loop)
 {
     if (loop == NULL)
         return;
-    close(loop->wake.fd);
     poller_free(loop->poller);
     free(loop->heap);
     free(loop);

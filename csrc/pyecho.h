@@ -8,12 +8,21 @@
  * Conventions: every function that can fail returns an int, 0 (or a positive
  * status) on success and a negative errno value on failure (-EINVAL for a bad
  * argument). Nothing here prints, exits or raises SIGPIPE.
+ *
+ * The library is built with hidden visibility (CMakeLists.txt): what this
+ * header declares, between the two visibility pragmas, is all it exports,
+ * on ELF and Mach-O alike. (The pragmas are preprocessor lines, which cffi
+ * never sees.)
  */
 #ifndef PYECHO_H
 #define PYECHO_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility push(default)
+#endif
 
 /* ---- the library itself ------------------------------------------------ */
 
@@ -23,7 +32,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 5 };
+enum { ECHO_ABI_VERSION = 7 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -59,13 +68,17 @@ enum echo_close_reason {
 /* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
 enum echo_drop_reason {
     ECHO_DROP_GUARD = 0,       /* from port 0, a self-answering service's port,
-                                  or a multicast or broadcast address */
+                                  or a multicast or broadcast address; or sent
+                                  to a broadcast or multicast address */
     ECHO_DROP_RATE_SOURCE = 1, /* over udp_rate_per_source */
     ECHO_DROP_RATE_GLOBAL = 2, /* over udp_rate */
     ECHO_DROP_FULL = 3,        /* the socket's send buffer was full */
     ECHO_DROP_ERROR = 4,       /* sending it failed (too big, no route...) */
     ECHO_DROP_FAULT = 5,       /* fault: `drop` chose it */
-    ECHO_DROP_REASONS = 6
+    ECHO_DROP_LOOP = 6,        /* an echo loop: from the server's own port, or
+                                  more than udp_loop_limit echoes in a row */
+    ECHO_DROP_SHUTDOWN = 7,    /* held by `latency` when the server stopped */
+    ECHO_DROP_REASONS = 8
 };
 
 typedef struct echo_config {
@@ -83,6 +96,9 @@ typedef struct echo_config {
                                   that could answer (echo loops, reflection) */
     uint32_t udp_rate;         /* datagrams echoed per second in all; 0: no limit */
     uint32_t udp_rate_per_source; /* ... to one address and port; 0: no limit */
+    uint32_t udp_loop_limit;   /* echoes of the same datagram in a row to one
+                                  source before it is taken for a loop; 0: no
+                                  limit */
 } echo_config;
 
 /* Fill cfg with the documented defaults (TCP, seed mode, quit word "exit"). */
@@ -191,7 +207,8 @@ void echo_server_set_event_fn(echo_server *srv, echo_event_fn fn, void *ctx);
  * Serve for at most timeout_ms (-1: until stopped). Returns 1 if the time ran
  * out while still serving, 0 once echo_server_stop() was called (every client
  * connection is then closed), -EINTR when a signal arrived (call it again once
- * the signal is handled), or another negative errno on failure.
+ * the signal is handled), or another negative errno on failure (-ENOMEM: one
+ * of the server's timers could not start; running again re-arms it).
  */
 int echo_server_run(echo_server *srv, int timeout_ms);
 /* Ask a running server to stop; safe from any thread or a signal handler. */
@@ -245,8 +262,11 @@ typedef struct echo_client echo_client;
 /*
  * Connect to a numeric host and port; timeout_ms < 0 waits forever. Over UDP
  * (cfg->transport) the socket is connected to the server, and echo() sends
- * one datagram and returns the one that comes back (-EPROTO if it differs,
- * -ETIMEDOUT if none came); datagrams already waiting are dropped first.
+ * one datagram and returns the one that comes back within the timeout
+ * (-ETIMEDOUT if none came); datagrams already waiting are dropped first,
+ * and one equal to any of the last 16 sent (a late or duplicated echo) is
+ * skipped. Any other datagram is -EPROTO, with as much of it as fits in
+ * reply (*got bytes).
  */
 int echo_client_new(const echo_config *cfg, const char *host, int port,
                     int timeout_ms, echo_client **out);
@@ -270,7 +290,8 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got);
  * bytes, each sent once the echo of the one before arrived (each piece is one
  * read of the server); nothing after a piece that is the quit word is sent.
  * Once the whole echo is in, bytes already waiting are more than the server
- * may send: -EPROTO. Returns an echo_reply, or a negative errno.
+ * may send: -EPROTO, with the *got bytes of echo in reply and the surplus
+ * left unread in the socket. Returns an echo_reply, or a negative errno.
  */
 enum echo_reply {
     ECHO_REPLY_OPEN = 0,   /* the whole reply; the connection is open */
@@ -290,110 +311,8 @@ int echo_client_shutdown_write(echo_client *cli);
 int echo_client_fileno(const echo_client *cli);
 void echo_client_free(echo_client *cli);
 
-/* ---- load generator ---------------------------------------------------- */
-/*
- * A closed-loop load generator for benchmarks (pyecho.bench): `connections`
- * connections, each keeping `depth` messages of `msg_size` bytes in flight
- * and sending the next one as soon as one is echoed whole. Every echoed byte
- * is checked against what was sent (each connection sends its own
- * deterministic pattern); a wrong byte, an extra byte or an early close stops
- * the run with an error instead of producing a number. Per-message latency
- * (first byte sent to last byte echoed) goes into a fixed-size log-linear
- * histogram, exact to about 3 %. One thread, one epoll loop, bounded memory.
- *
- * Over UDP (transport ECHO_UDP) a connection is a connected UDP socket and a
- * message one datagram, sent with sendmmsg() and received with recvmmsg() in
- * batches. Each datagram starts with its socket's index and its sequence
- * number, followed by the socket's pattern: a wrong byte or size is a
- * MISMATCH, a datagram echoed twice is EXTRA. Nothing is retransmitted: a
- * datagram not echoed within loss_timeout_ms is counted in res->lost and its
- * place in the window is used again (one that comes back after that is
- * counted in res->late, not as an echo).
- *
- * Use: echo_loadgen_new(), echo_loadgen_connect() (opens every connection
- * and does one verified round trip on each, so the server has accepted them
- * all), then echo_loadgen_run() as often as wanted (each run stops sending at
- * its deadline and drains what is in flight, so runs are self-contained),
- * then echo_loadgen_free(). On failure the functions return a negative errno
- * and res->error_kind says what went wrong.
- */
-
-typedef struct echo_loadgen echo_loadgen;
-
-typedef struct echo_loadgen_config {
-    uint32_t connections;    /* 1 .. 1000000 */
-    uint32_t depth;          /* messages in flight per connection, 1 .. 1024 */
-    size_t msg_size;         /* bytes per message, 1 .. 4 MiB, and
-                                max(depth, 8) x msg_size at most 32 MiB */
-    int mode;                /* enum echo_mode of the server: messages are made
-                                so that it echoes them unchanged (line: one
-                                line each; seed: no newline) */
-    uint32_t connect_window; /* connections being opened at once; 0: 64 */
-    uint32_t timeout_ms;     /* longest wait without progress; 0: 10000 */
-    int transport;           /* enum echo_transport; UDP: raw mode, msg_size
-                                8 .. 65507 */
-    uint32_t loss_timeout_ms; /* UDP: a datagram not echoed within this is
-                                 lost; 0: 500 */
-} echo_loadgen_config;
-
-enum echo_loadgen_error {
-    ECHO_LOADGEN_OK = 0,
-    ECHO_LOADGEN_CONNECT = 1,  /* a connection could not be opened */
-    ECHO_LOADGEN_MISMATCH = 2, /* an echoed byte differs from the one sent
-                                  (UDP: or an echoed datagram's size) */
-    ECHO_LOADGEN_CLOSED = 3,   /* the server closed a connection early (UDP:
-                                  its port refused a datagram) */
-    ECHO_LOADGEN_IO = 4,       /* a socket or epoll call failed */
-    ECHO_LOADGEN_TIMEOUT = 5,  /* no progress for timeout_ms */
-    ECHO_LOADGEN_EXTRA = 6,    /* more bytes came back than were sent (UDP:
-                                  a datagram came back twice) */
-    ECHO_LOADGEN_USAGE = 7     /* bad argument or call order */
-};
-
-typedef struct echo_loadgen_result {
-    uint64_t round_trips;  /* messages (UDP: datagrams) echoed whole and verified */
-    uint64_t bytes;        /* echoed bytes verified */
-    uint64_t elapsed_ns;   /* from the start of the run to the last echo */
-    uint64_t lat_count;    /* latencies recorded (= round_trips) */
-    uint64_t lat_min_ns;
-    uint64_t lat_mean_ns;
-    uint64_t lat_p50_ns;
-    uint64_t lat_p90_ns;
-    uint64_t lat_p99_ns;
-    uint64_t lat_p999_ns;
-    uint64_t lat_max_ns;
-    int error;             /* 0, or the negative errno returned */
-    int error_kind;        /* enum echo_loadgen_error */
-    uint32_t error_conn;   /* index of the connection it happened on */
-    uint64_t error_offset; /* stream offset of the first bad byte (UDP: its
-                              offset in the datagram) */
-    uint8_t error_expected; /* MISMATCH: the byte sent ... */
-    uint8_t error_got;      /* ... and the byte echoed */
-    uint64_t lost;          /* UDP: datagrams not echoed within the loss timeout */
-    uint64_t late;          /* UDP: echoes that came after that (not counted) */
-    uint64_t error_datagram; /* UDP: sequence number of the datagram at fault
-                                (UINT64_MAX: unknown) */
-    uint64_t error_size;    /* UDP: its size */
-} echo_loadgen_result;
-
-/* Check cfg and allocate; no connection is opened yet. */
-int echo_loadgen_new(const echo_loadgen_config *cfg, echo_loadgen **out);
-/* Open every connection to a numeric host and port, one round trip each. */
-int echo_loadgen_connect(echo_loadgen *lg, const char *host, int port,
-                         echo_loadgen_result *res);
-/*
- * Run the closed loop for duration_ms, then drain: res gets the figures of
- * this run only. -EINTR when a signal arrived (the connections are then in an
- * unknown state: free them).
- */
-int echo_loadgen_run(echo_loadgen *lg, uint32_t duration_ms,
-                     echo_loadgen_result *res);
-/* The value (ns) below which a fraction q (0..1) of the last run's
- * latencies fall; 0 if there were none. */
-uint64_t echo_loadgen_percentile(const echo_loadgen *lg, double q);
-/* Connections open now. */
-uint32_t echo_loadgen_open(const echo_loadgen *lg);
-/* Close every connection and free. */
-void echo_loadgen_free(echo_loadgen *lg);
+#if defined(__GNUC__) || defined(__clang__)
+#pragma GCC visibility pop
+#endif
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "server.h"
 
 #define READ_CHUNK (64 * 1024) /* bytes read at once in raw and line mode */
@@ -42,18 +43,32 @@ static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
 static int flush_out(echo_server *srv, conn *c);
 
+/*
+ * Start one of the server's own timers (the idle and linger deadlines, the
+ * accept pause, the UDP release). It can fail (out of memory: the heap is
+ * shared with the connections' fault timers); a server that silently lost
+ * one would lose that feature, so the failure ends echo_server_run() with
+ * the error, and the next run re-arms them all (rearm_all).
+ */
+static void server_timer(echo_server *srv, ev_timer *t, uint64_t when, ev_timer_fn fn)
+{
+    int rc = ev_timer_start(srv->loop, t, when, fn);
+
+    if (rc != 0 && srv->failed == 0)
+        srv->failed = rc;
+}
+
 /* Arm the list's timer at its oldest connection's deadline, unless it is
  * armed already: when it fires early (the oldest was touched since), it
- * re-arms itself here. The server's few timers fit the loop's preallocated
- * heap, so starting one cannot fail. */
+ * re-arms itself here. */
 static void arm_deadline(echo_server *srv, conn_list *l)
 {
     int idle = l == &srv->active;
     uint64_t timeout = idle ? srv->cfg.idle_timeout_ms : LINGER_MS;
 
     if (timeout != 0 && l->oldest != NULL && !ev_timer_pending(&l->timer))
-        (void)ev_timer_start(srv->loop, &l->timer, l->oldest->last_active_ms + timeout,
-                             idle ? on_idle : on_linger);
+        server_timer(srv, &l->timer, l->oldest->last_active_ms + timeout,
+                     idle ? on_idle : on_linger);
 }
 
 static void list_append(echo_server *srv, conn_list *l, conn *c)
@@ -126,12 +141,13 @@ void conn_reset(echo_server *srv, conn *c, int reason)
 /* Echo not yet handed to the kernel: queued, and held by faults. */
 size_t queued(const conn *c)
 {
-    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost : 0);
+    return c->out.len + (c->fx != NULL ? c->fx->delayed.cost + c->fx->stalled.len : 0);
 }
 
-/* Watch for input while the peer may still send and the queue has room (or,
- * lingering, for its EOF); for output while anything is queued and no fault
- * holds sending back. Nothing while a fault makes it wait. */
+/* Watch for input while the peer may still send, the queue has room and no
+ * stall holds the echo (or, lingering, for its EOF); for output while
+ * anything is queued and no fault holds sending back. Nothing while a fault
+ * makes it wait. */
 int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
@@ -139,7 +155,8 @@ int update_interest(echo_server *srv, conn *c)
 
     if (fx != NULL && fx->waiting != 0)
         return ev_io_set(srv->loop, &c->io, 0);
-    if (c->lingering || (!c->closing && queued(c) < srv->cfg.max_pending))
+    if (c->lingering ||
+        (!c->closing && queued(c) < srv->cfg.max_pending && (fx == NULL || !fx_stalled(srv, c))))
         want |= EV_READ;
     if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
         want |= EV_WRITE;
@@ -230,10 +247,11 @@ int conn_settle(echo_server *srv, conn *c)
     return 0;
 }
 
-/* The peer is done (EOF or quit) or the limit is reached: end now or once
- * the queue drains. */
-static void finish(echo_server *srv, conn *c, int reason)
+static void drop_held(conn *c);
+
+void conn_finish(echo_server *srv, conn *c, int reason)
 {
+    drop_held(c);
     c->closing = 1 + reason;
     if (queued(c) == 0)
         conn_done(srv, c, reason);
@@ -258,7 +276,7 @@ static int flush_out(echo_server *srv, conn *c)
         return fx_flush(srv, c);
     while (c->out.len > 0) {
         ssize_t n = send(c->io.fd, outbuf_begin(&c->out), c->out.len,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+                         COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
         if (c->tls == NULL)
@@ -282,7 +300,7 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     if (c->tls != NULL)
         return out_add(srv, c, data, len) != 0 ? -1 : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
-        ssize_t n = send(c->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0) {
             if (is_reset(errno))
@@ -336,7 +354,7 @@ static int on_input(echo_server *srv, conn *c, size_t n)
         if (rc < 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
-            finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
+            conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
         return 1;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
@@ -348,8 +366,7 @@ static int on_input(echo_server *srv, conn *c, size_t n)
         return 1;
     }
     if (rc == 1 || quit) {
-        drop_held(c);
-        finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
+        conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
         return 1;
     }
     if (srv->cfg.mode == ECHO_MODE_LINE && keep_held(srv, c, buf + emit, held + n - emit) != 0) {
@@ -558,7 +575,7 @@ static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
     echo_server *srv = CONTAINER_OF(t, echo_server, accept_pause);
 
     if (ev_io_set(loop, &srv->listener, EV_READ) != 0)
-        (void)ev_timer_start(loop, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+        server_timer(srv, t, ev_now(loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
 }
 
 /* Out of descriptors or memory: leave new connections in the backlog for a
@@ -566,8 +583,8 @@ static void on_accept_pause_end(ev_loop *loop, ev_timer *t)
 static void pause_accepting(echo_server *srv)
 {
     if (ev_io_set(srv->loop, &srv->listener, 0) == 0)
-        (void)ev_timer_start(srv->loop, &srv->accept_pause,
-                             ev_now(srv->loop) + ACCEPT_PAUSE_MS, on_accept_pause_end);
+        server_timer(srv, &srv->accept_pause, ev_now(srv->loop) + ACCEPT_PAUSE_MS,
+                     on_accept_pause_end);
 }
 
 static void add_conn(echo_server *srv, int fd, const net_addr *peer)
@@ -649,7 +666,7 @@ static void on_acceptable(ev_loop *loop, ev_io *io, uint32_t ready)
     for (int i = 0; i < ACCEPT_BURST; i++) {
         net_addr peer;
         socklen_t len = sizeof peer;
-        int fd = accept4(io->fd, &peer.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = compat_accept(io->fd, &peer.sa, &len);
 
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -676,7 +693,7 @@ static void on_udp_release(ev_loop *loop, ev_timer *t)
     uint64_t due = udp_echo_release(srv->udp, srv->listener.fd, ev_now(loop));
 
     if (due != UINT64_MAX)
-        (void)ev_timer_start(loop, t, due, on_udp_release);
+        server_timer(srv, t, due, on_udp_release);
 }
 
 /* UDP: keep the release timer at the first held datagram's time. */
@@ -687,7 +704,7 @@ static void arm_udp_release(echo_server *srv)
     if (due == UINT64_MAX)
         ev_timer_stop(srv->loop, &srv->udp_release);
     else if (!ev_timer_pending(&srv->udp_release) || srv->udp_release.when != due)
-        (void)ev_timer_start(srv->loop, &srv->udp_release, due, on_udp_release);
+        server_timer(srv, &srv->udp_release, due, on_udp_release);
 }
 
 static void on_datagrams(ev_loop *loop, ev_io *io, uint32_t ready)
@@ -774,9 +791,25 @@ static int stopped(echo_server *srv)
     if (!atomic_load(&srv->stop))
         return 0;
     close_all(srv);
+    if (srv->udp != NULL) {
+        udp_echo_discard(srv->udp, ev_now(srv->loop));
+        arm_udp_release(srv);
+    }
     /* Only now: a stop asked for by a close event belongs to this stop. */
     atomic_store(&srv->stop, 0);
     return 1;
+}
+
+/* At the start of a run: every server timer its state needs, in case one
+ * could not start before (the run that failed returned the error). */
+static void rearm_all(echo_server *srv)
+{
+    arm_deadline(srv, &srv->active);
+    arm_deadline(srv, &srv->lingering);
+    if (srv->udp != NULL)
+        arm_udp_release(srv);
+    else if (srv->listener.mask == 0 && !ev_timer_pending(&srv->accept_pause))
+        server_timer(srv, &srv->accept_pause, ev_now(srv->loop), on_accept_pause_end);
 }
 
 #define FOREVER UINT64_MAX
@@ -789,6 +822,7 @@ int echo_server_run(echo_server *srv, int timeout_ms)
         return -EINVAL;
     ev_update_now(srv->loop);
     deadline = timeout_ms >= 0 ? ev_now(srv->loop) + (uint64_t)timeout_ms : FOREVER;
+    rearm_all(srv);
     for (;;) {
         uint64_t now;
         int rc;
@@ -796,6 +830,11 @@ int echo_server_run(echo_server *srv, int timeout_ms)
         if (stopped(srv))
             return 0;
         take_faults(srv);
+        if (srv->failed != 0) { /* a server timer could not start */
+            rc = srv->failed;
+            srv->failed = 0;
+            return rc;
+        }
         now = ev_now(srv->loop);
         if (now >= deadline)
             return 1;
@@ -843,6 +882,10 @@ int echo_server_new(const echo_config *cfg, const char *host, int port,
     rc = net_listen(host, port, srv->udp ? SOCK_DGRAM : SOCK_STREAM, cfg->backlog, &fd);
     if (rc != 0)
         goto fail;
+    if (srv->udp != NULL && (rc = udp_echo_bind(srv->udp, fd)) != 0) {
+        close(fd);
+        goto fail;
+    }
     rc = ev_io_start(srv->loop, &srv->listener, fd, EV_READ,
                      srv->udp ? on_datagrams : on_acceptable);
     if (rc != 0) {

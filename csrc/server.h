@@ -58,6 +58,8 @@ struct conn_fx {
     uint64_t tokens;        /* rate: thousandths of a byte */
     uint64_t tokens_ms;
     uint64_t echoed;        /* bytes let into the echo: limit, stall_after */
+    outbuf stalled;         /* echo past stall_after, kept in order until the
+                             * stall lifts; the connection is not read meanwhile */
     int waiting;            /* 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs */
     int close_waited;       /* close_delay already spent */
 };
@@ -88,6 +90,8 @@ struct echo_server {
     echo_faults *faults;    /* in effect (loop thread); NULL: none */
     _Atomic(echo_faults *) pending_faults; /* from echo_server_set_faults() */
     ev_timer udp_release;   /* UDP: the next delayed datagram is due */
+    int failed;             /* 0, or why one of the timers above could not
+                             * start: echo_server_run() returns it */
     counters stats;
     tls_ctx *tls;           /* TLS for new connections (tls.c); NULL: plain */
     char tls_error[256];    /* why echo_server_set_tls() failed */
@@ -110,6 +114,9 @@ int update_interest(echo_server *srv, conn *c);
  * is out (and no fault makes it wait), else watch what it needs. 1 if it
  * was closed or ended. */
 int conn_settle(echo_server *srv, conn *c);
+/* The peer is done (EOF or quit) or the limit is reached: end now, or once
+ * the queue drains. */
+void conn_finish(echo_server *srv, conn *c, int reason);
 /* Is this errno a failed connection (not "try again")? */
 int is_reset(int err);
 /* Echo data into the output queue (as TLS records on a TLS connection);
@@ -133,6 +140,8 @@ int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len);
 /* Bring c in line with the server's faults, new or changed; 1 if it was
  * closed. */
 int fx_update(echo_server *srv, conn *c);
+/* stall_after holds c's echo back: it must not be read (backpressure). */
+int fx_stalled(const echo_server *srv, const conn *c);
 /* accept_delay or close_delay is over. */
 void on_fx_wait(ev_loop *loop, ev_timer *t);
 

@@ -9,8 +9,10 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
+#include "compat.h"
 #include "server.h"
 
 #define RATE_BURST_MS 10 /* a rate-limited send waits for this much */
@@ -42,6 +44,7 @@ void fx_free(echo_server *srv, conn_fx *fx)
     ev_timer_stop(srv->loop, &fx->reset);
     ev_timer_stop(srv->loop, &fx->wait);
     fx_queue_free(&fx->delayed);
+    outbuf_free(&fx->stalled);
     free(fx);
 }
 
@@ -99,7 +102,7 @@ int fx_flush(echo_server *srv, conn *c)
             if (n > avail)
                 n = (size_t)avail;
         }
-        sent = send(c->io.fd, outbuf_begin(&c->out), n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        sent = send(c->io.fd, outbuf_begin(&c->out), n, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0)
             return is_reset(errno) ? -1 : 0;
         if (c->tls == NULL) /* TLS counts the echo it encrypts (out_add) */
@@ -146,23 +149,41 @@ static int fx_progress(echo_server *srv, conn *c)
     return conn_settle(srv, c);
 }
 
+int fx_stalled(const echo_server *srv, const conn *c)
+{
+    const echo_faults *f = srv->faults;
+    const conn_fx *fx = c->fx;
+
+    return fx->stalled.len > 0 ||
+           (f != NULL && f->stall_after >= 0 && fx->echoed >= (uint64_t)f->stall_after);
+}
+
 /*
  * Echo data through the faults: stall_after and limit cut it, latency and
- * jitter hold it, rate and slice pace it (fx_flush). Returns 0, 1 when the
- * limit is reached (the caller ends the connection), or -1 on failure.
+ * jitter hold it, rate and slice pace it (fx_flush). What the stall cuts off
+ * is kept, in order, until the stall lifts (fx_update); the connection is
+ * not read meanwhile, so the peer's sends wait in the kernel as with a
+ * stalled peer. Returns 0, 1 when the limit is reached (the caller ends the
+ * connection), or -1 on failure.
  */
 int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 {
     const echo_faults *f = srv->faults;
     conn_fx *fx = c->fx;
+    size_t whole = len;
     int limit_reached = 0;
 
+    if (fx->stalled.len > 0) /* behind what is stalled already: it waits too */
+        return outbuf_append(&fx->stalled, data, len) == 0 ? 0 : -1;
     if (f->stall_after >= 0 && fx->echoed + len > (uint64_t)f->stall_after)
         len = fx->echoed >= (uint64_t)f->stall_after ? 0 : (size_t)((uint64_t)f->stall_after - fx->echoed);
     if (f->limit >= 0 && fx->echoed + len >= (uint64_t)f->limit) {
-        /* set_faults() may have lowered it below what was echoed already. */
+        /* set_faults() may have lowered it below what was echoed already;
+         * what follows the limit is never echoed, stalled or not. */
         len = fx->echoed >= (uint64_t)f->limit ? 0 : (size_t)((uint64_t)f->limit - fx->echoed);
         limit_reached = 1;
+    } else if (len < whole && outbuf_append(&fx->stalled, data + len, whole - len) != 0) {
+        return -1;
     }
     fx->echoed += len;
     if (len > 0 && (f->latency_ms != 0 || f->jitter_ms != 0)) {
@@ -224,10 +245,41 @@ void on_fx_wait(ev_loop *loop, ev_timer *t)
 }
 
 /*
+ * The faults changed: echo what a stall kept, after everything before it,
+ * through the new faults (a stall still in effect keeps what is past it
+ * again). 1 if the connection was closed or ended.
+ */
+static int fx_unstall(echo_server *srv, conn *c)
+{
+    conn_fx *fx = c->fx;
+    outbuf kept = fx->stalled;
+    int rc;
+
+    if (kept.len == 0)
+        return 0;
+    memset(&fx->stalled, 0, sizeof fx->stalled);
+    if (srv->faults != NULL)
+        rc = fx_echo(srv, c, outbuf_begin(&kept), kept.len);
+    else
+        rc = out_add(srv, c, outbuf_begin(&kept), kept.len) == 0 ? fx_flush(srv, c) : -1;
+    outbuf_free(&kept);
+    if (rc < 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (rc == 1) {
+        conn_finish(srv, c, ECHO_CLOSE_LIMIT);
+        return 1;
+    }
+    return conn_settle(srv, c);
+}
+
+/*
  * Bring a connection in line with the server's faults, new or changed:
  * reseed nothing (its generator is its own), re-arm reset_after from when
  * it opened, release held echo no later than the new latency allows (at
- * once with none), and reopen the send gate. 1 if it was closed.
+ * once with none), reopen the send gate, and echo what a stall kept (after
+ * the held echo: order is kept). 1 if it was closed.
  */
 int fx_update(echo_server *srv, conn *c)
 {
@@ -260,11 +312,14 @@ int fx_update(echo_server *srv, conn *c)
         ev_timer_stop(srv->loop, &fx->wait);
         fx->waiting = 0;
     }
+    if (fx_progress(srv, c))
+        return 1;
     if (fx->waiting == HANDSHAKE_WAIT && (f == NULL || f->handshake_delay_ms == 0)) {
         ev_timer_stop(srv->loop, &fx->wait);
         fx->waiting = 0;
-        return fx_progress(srv, c) || tls_progress(srv, c);
+        if (tls_progress(srv, c))
+            return 1;
     }
-    return fx_progress(srv, c);
+    return fx_unstall(srv, c);
 }
 

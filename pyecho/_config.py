@@ -35,7 +35,16 @@ CLOSE_REASONS = (
 # index = enum echo_event_kind
 EVENT_KINDS = ("open", "close", "drop")
 # Why a UDP datagram was not echoed: index = enum echo_drop_reason.
-DROP_REASONS = ("guard", "rate_source", "rate_global", "full", "error", "fault")
+DROP_REASONS = (
+    "guard",
+    "rate_source",
+    "rate_global",
+    "full",
+    "error",
+    "fault",
+    "loop",
+    "shutdown",
+)
 
 # What echo() found: enum echo_reply in csrc/pyecho.h.
 REPLY_OPEN, REPLY_CLOSED, REPLY_SHORT = 0, 1, 2
@@ -101,7 +110,9 @@ class Setting:
             return self.off_value
         if self.kind == "choice":
             if value not in self.choices:
-                raise ValueError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+                raise ValueError(
+                    f"{name} must be one of {', '.join(self.choices)}; got {show_value(value)}"
+                )
             return value
         if self.kind == "word":
             return self._word(name, value)
@@ -114,8 +125,10 @@ class Setting:
         if self.kind == "probability":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-            if not (math.isfinite(value) and 0 <= value <= 1):
-                raise ValueError(f"{name} must be a probability from 0 to 1, got {value}")
+            if not (_finite(value) and 0 <= value <= 1):
+                raise ValueError(
+                    f"{name} must be a probability from 0 to 1, got {show_number(value)}"
+                )
             return float(value)
         return _int(name, value, int(self.lower), int(self.upper))
 
@@ -134,15 +147,16 @@ class Setting:
             or_none = " or None" if self.off else ""
             raise TypeError(f"{name} must be a number{or_none}, not {type(value).__name__}")
         zero_is_off = self.off_value == 0
-        if not (math.isfinite(value) and self.lower <= value <= self.upper) or (
+        if not (_finite(value) and self.lower <= value <= self.upper) or (
             value == 0 and not zero_is_off
         ):
             if zero_is_off:
                 raise ValueError(
-                    f"{name} must be between 0 and {self.upper:g} seconds, got {value}"
+                    f"{name} must be between 0 and {self.upper:g} seconds, got {show_number(value)}"
                 )
             raise ValueError(
-                f"{name} must be a positive number of seconds up to {self.upper:g}, got {value}"
+                f"{name} must be a positive number of seconds up to {self.upper:g}, "
+                f"got {show_number(value)}"
             )
         if 0 < value < RESOLUTION:
             raise ValueError(f"{name} must be at least {RESOLUTION} seconds, got {value}")
@@ -249,8 +263,9 @@ class Config:
         "flag",
         True,
         "server",
-        "never answer port 0, the ports of services that answer by themselves (echo, "
-        "chargen, DNS, NTP...) or multicast and broadcast sources",
+        "never answer source ports below 512 or of services that answer by themselves "
+        "(SSDP, mDNS, memcached...), multicast and broadcast sources, nor datagrams sent "
+        "to a broadcast or multicast address",
         transports=("udp",),
     )
     udp_rate: int = _setting(
@@ -269,6 +284,18 @@ class Config:
         250_000,
         "server",
         "datagrams echoed per second to one address and port",
+        lower=0,
+        upper=1_000_000_000,
+        off="no limit",
+        off_value=0,
+        transports=("udp",),
+    )
+    udp_loop_limit: int = _setting(
+        "count",
+        4000,
+        "server",
+        "echoes of the same datagram in a row to one source before it is taken for an "
+        "echo loop and not answered (datagrams from the server's own port never are)",
         lower=0,
         upper=1_000_000_000,
         off="no limit",
@@ -345,8 +372,37 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {show_number(value)}")
     return value
+
+
+def _finite(value: int | float) -> bool:
+    """Whether a number is finite, without converting an int to a float
+    (math.isfinite(10**400) raises OverflowError): any int is."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+# Ints from here on are shown rounded: their digits say nothing more in an
+# error, and str() refuses ints of more than 4300 digits.
+_EXACT_UP_TO = 10**30
+
+
+def show_number(value: int | float) -> str:
+    """A number for an error message: as Python writes it, or, for an int
+    too large to read at a glance, its order of magnitude ("about 1e+400")."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _EXACT_UP_TO:
+        sign = "-" if value < 0 else ""
+        return f"about {sign}1e+{math.floor(math.log10(abs(value)))}"
+    return f"{value}"
+
+
+def show_value(value: Any) -> str:
+    """repr(value) for an error message, with a huge int as show_number()
+    writes it (repr() of one is unreadable, or an error of its own)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return show_number(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + f"... ({len(text)} characters)"
 
 
 def check_engine(engine: Any) -> str:

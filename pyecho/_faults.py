@@ -98,7 +98,7 @@ class Faults:
         "bytes",
         None,
         "server",
-        "after this many bytes of echo, echo nothing more (input is still read)",
+        "after this many bytes of echo, stall: echo nothing more and stop reading",
         lower=0,
         upper=_MAX_BYTES,
         off="never",

@@ -29,10 +29,19 @@ from ._config import (
     Stats,
     to_ms,
 )
+from ._errors import UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
 from ._faults import FaultsInts
+from ._signals import SignalsDeferred
 from ._tls import TlsFiles, alpn_wire
 
-LIBRARY_NAME = "libpyecho_core.so"
+
+def library_name(platform: str = sys.platform, stem: str = "libpyecho_core") -> str:
+    """A library's file name where CMake builds it (the C core's by default):
+    a Mach-O dylib on macOS, a shared object elsewhere."""
+    return stem + (".dylib" if platform == "darwin" else ".so")
+
+
+LIBRARY_NAME = library_name()
 HEADER_NAME = "pyecho.h"
 
 
@@ -48,6 +57,7 @@ def _installed(name: str) -> Path:
 
 
 EINTR = errno.EINTR
+EPROTO = errno.EPROTO
 
 
 class NativeUnavailableError(ImportError):
@@ -104,8 +114,6 @@ ABI_STRUCTS = (
     "echo_event",
     "echo_faults",
     "echo_tls_config",
-    "echo_loadgen_config",
-    "echo_loadgen_result",
 )
 
 
@@ -214,6 +222,7 @@ C_FIELDS: dict[str, CField] = {
     "udp_guard": CField("udp_guard", int, bool),
     "udp_rate": CField("udp_rate", int, int),
     "udp_rate_per_source": CField("udp_rate_per_source", int, int),
+    "udp_loop_limit": CField("udp_loop_limit", int, int),
 }
 
 
@@ -304,7 +313,11 @@ class NativeServer:
 
     def run(self, timeout: float | None) -> int:
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
-        rc = self._lib.echo_server_run(self._srv, ms)
+        # A signal that interrupts the loop's wait makes it return at once;
+        # one that lands while it is busy waits for the end of this run (at
+        # most timeout: serve_forever's poll_interval).
+        with SignalsDeferred():
+            rc = self._lib.echo_server_run(self._srv, ms)
         if self._callback_error is not None:
             error, self._callback_error = self._callback_error, None
             raise error
@@ -389,6 +402,7 @@ class NativeClient:
         self._finalizer = weakref.finalize(self, lib.echo_client_free, self._cli)
         self._finalizer.atexit = False  # the process is ending: the OS closes it
         self._got = ffi.new("size_t *")
+        self._udp = cfg.transport == "udp"
 
     @staticmethod
     def _ms(timeout: float | None) -> int:
@@ -405,10 +419,14 @@ class NativeClient:
 
     def _call(self, fn: Callable[..., int], *args: Any) -> int:
         """Call fn, resuming it after each signal once Python ran its handler."""
+        return _check(self._call_rc(fn, *args))
+
+    def _call_rc(self, fn: Callable[..., int], *args: Any) -> int:
+        """fn's result, resuming it after each signal once Python ran its handler."""
         while True:
             rc = fn(self._cli, *args)
             if rc != -EINTR:
-                return _check(rc)
+                return int(rc)
 
     def send(self, data: bytes) -> None:
         self._call(self._lib.echo_client_send, self._ffi.from_buffer(data), len(data))
@@ -420,8 +438,10 @@ class NativeClient:
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
         cap = self._lib.echo_client_reply_room(self._cli, len(data))
+        if self._udp:
+            cap = UDP_MAX  # a wrong answer is seen whole, for the error to show
         reply = self._ffi.new("uint8_t[]", cap)
-        rc = self._call(
+        rc = self._call_rc(
             self._lib.echo_client_echo,
             self._ffi.from_buffer(data),
             len(data),
@@ -429,7 +449,12 @@ class NativeClient:
             cap,
             self._got,
         )
-        return self._ffi.buffer(reply, self._got[0])[:], rc
+        got = self._ffi.buffer(reply, self._got[0])[:]
+        if rc == -EPROTO:  # say what was expected and what came
+            if self._udp:
+                raise udp_mismatch(data, got)
+            raise tcp_surplus(len(got), got, peek_surplus(self.fileno()))
+        return got, _check(rc)
 
     @property
     def quit_sent(self) -> bool:

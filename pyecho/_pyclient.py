@@ -12,8 +12,11 @@ import errno
 import os
 import select
 import socket
+import time
+from collections import deque
 
 from ._config import REPLY_CLOSED, REPLY_OPEN, REPLY_SHORT, Config, sockaddr
+from ._errors import UDP_MAX, UDP_RECENT, peek_surplus, tcp_surplus, udp_mismatch
 from ._framing import scanner
 
 TRACK_CHUNK = 64 * 1024
@@ -42,6 +45,9 @@ class PyClient:
         self._quit_sent = False  # the quit word went out: the server is closing
         self._eof = False
         self._udp = cfg.transport == "udp"
+        # UDP: the last datagrams sent (length and hash), to tell a late or
+        # duplicated echo of one of them from a wrong answer.
+        self._recent: deque[tuple[int, int]] = deque(maxlen=UDP_RECENT)
         self._sock = socket.socket(family, socket.SOCK_DGRAM if self._udp else socket.SOCK_STREAM)
         try:
             if not self._udp:
@@ -61,11 +67,15 @@ class PyClient:
             self._sock.close()
             raise
 
-    def _wait(self, events: int) -> int:
-        """poll() the socket; the events that occurred, or TimeoutError."""
+    def _wait(self, events: int, deadline: float | None = None) -> int:
+        """poll() the socket (until deadline, a time.monotonic(), if given);
+        the events that occurred, or TimeoutError."""
         p = select.poll()
         p.register(self._sock, events)
-        ms = None if self.timeout is None else max(0, round(self.timeout * 1000))
+        if deadline is not None:
+            ms: int | None = max(0, round((deadline - time.monotonic()) * 1000))
+        else:
+            ms = None if self.timeout is None else max(0, round(self.timeout * 1000))
         ready = p.poll(ms)
         if not ready:
             raise _oserror(errno.ETIMEDOUT)
@@ -77,36 +87,42 @@ class PyClient:
         while True:
             try:
                 self._sock.send(data, socket.MSG_NOSIGNAL)
-                return
+                break
             except BlockingIOError:
                 self._wait(select.POLLOUT)
+        self._recent.append((len(data), hash(data)))
 
-    def _udp_recv(self, buf: bytearray) -> int:
-        """Wait for one datagram; at most len(buf) bytes of it in buf, how
-        many. ConnectionRefusedError: nothing listens there."""
+    def _udp_recv(self, buf: bytearray | memoryview, deadline: float | None = None) -> int:
+        """Wait for one datagram (until deadline, if given); at most len(buf)
+        bytes of it in buf, how many. ConnectionRefusedError: nothing listens
+        there."""
         while True:
             try:
                 return self._sock.recv_into(buf)
             except _RETRY:
-                self._wait(select.POLLIN)
+                self._wait(select.POLLIN, deadline)
 
     def _udp_echo(self, data: bytes) -> tuple[bytes, int]:
         """Drop datagrams already waiting (late or duplicated answers to
-        earlier ones), send data, and return the datagram that comes back:
-        OSError(EPROTO) if it is not data. Its buffer has room for one byte
-        more, to see a longer one (and a zero-length one: CPython would not
-        even receive into no room)."""
+        earlier ones), send data, and return the datagram that comes back
+        within the timeout. One equal to any of the last UDP_RECENT sent (a
+        late or duplicated echo still in flight when this began) is skipped;
+        any other is OSError(EPROTO), saying what came."""
         while True:
             try:
                 self._sock.recv(1)
             except OSError:  # nothing waiting (or an error, now consumed)
                 break
         self._udp_send(data)
-        reply = bytearray(len(data) + 1)
-        n = self._udp_recv(reply)
-        if n != len(data) or reply[:n] != data:
-            raise _oserror(errno.EPROTO)
-        return bytes(reply[:n]), REPLY_OPEN
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        buf = memoryview(bytearray(UDP_MAX))  # room for any datagram, seen whole
+        while True:
+            n = self._udp_recv(buf, deadline)
+            got = buf[:n]
+            if got == data:
+                return data, REPLY_OPEN
+            if (n, hash(got.tobytes())) not in self._recent:
+                raise udp_mismatch(data, got)
 
     # ---- TCP ----
 
@@ -164,10 +180,14 @@ class PyClient:
             return data
 
     def _recv_some(self, reply: bytearray, expect: int) -> None:
-        # Never more than is still expected (after the quit word: one byte,
-        # to see the close): what is surplus is decided by _check_surplus().
+        # Never more than is still expected; once all is in (after the quit
+        # word, waiting for the close), a peek at one byte: any is surplus,
+        # left in the socket for the error to show.
+        more = len(reply) < expect
         try:
-            chunk = self._sock.recv(max(1, expect - len(reply)))
+            chunk = self._sock.recv(
+                expect - len(reply) if more else 1, 0 if more else socket.MSG_PEEK
+            )
         except _RETRY:
             return
         except ConnectionResetError:
@@ -180,12 +200,12 @@ class PyClient:
         if not chunk:
             self._eof = True
             return
+        if not more:  # more than the framing said the server would send
+            raise tcp_surplus(expect, reply, peek_surplus(self._sock.fileno()))
         reply += chunk
         self._owed = max(0, self._owed - len(chunk))
-        if len(reply) > expect:  # more than the framing said the server would send
-            raise _oserror(errno.EPROTO)
 
-    def _check_surplus(self) -> None:
+    def _check_surplus(self, reply: bytearray, expect: int) -> None:
         """The whole echo is in: a byte already waiting beyond it is more than
         the framing said the server would send."""
         try:
@@ -193,7 +213,7 @@ class PyClient:
         except OSError:
             return  # nothing waiting (or a failure the next call reports)
         if extra:
-            raise _oserror(errno.EPROTO)
+            raise tcp_surplus(expect, reply, peek_surplus(self._sock.fileno()))
 
     def _echo(self, data: bytes) -> tuple[bytes, int]:
         """Send data and receive every echo still owed (for data and earlier
@@ -211,7 +231,7 @@ class PyClient:
             if not receiving and not sending:
                 if self._eof:
                     return bytes(reply), REPLY_CLOSED
-                self._check_surplus()
+                self._check_surplus(reply, expect)
                 return bytes(reply), REPLY_OPEN
             events = (select.POLLOUT if sending else 0) | (select.POLLIN if receiving else 0)
             ready = self._wait(events)

@@ -35,7 +35,7 @@ class Timer:
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
-        self._entry: list | None = None  # [when, seq, self] while pending
+        self._entry: list[Any] | None = None  # [when, seq, self] while pending
 
     @property
     def pending(self) -> bool:
@@ -70,7 +70,7 @@ class Loop:
         # Timers: a heap of [when, seq, timer] entries. A stopped or re-armed
         # timer leaves its old entry behind with the timer cleared (lazy
         # deletion); they are dropped as they surface or when they are many.
-        self._heap: list[list] = []
+        self._heap: list[list[Any]] = []
         self._dead = 0
         self._seq = itertools.count()
         self._wake_r, self._wake_w = socket.socketpair()

@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from ._config import (
     CLOSE_REASONS,
@@ -36,6 +37,7 @@ from ._pyfaults import FxQueue, Rng, chance, delay, faults_check, faults_off
 from ._pyloop import READ, WRITE, Loop, Timer
 from ._pytls import TlsConn
 from ._pyudp import UdpEcho
+from ._signals import SignalsDeferred
 from ._tls import TlsFiles, server_context
 
 READ_CHUNK = 64 * 1024  # bytes read at once in raw and line mode
@@ -72,7 +74,7 @@ class _Conn:
         "tls",
     )
 
-    def __init__(self, sock: socket.socket, conn_id: int, peer: tuple, now: int):
+    def __init__(self, sock: socket.socket, conn_id: int, peer: tuple[Any, ...], now: int):
         self.sock = sock
         self.events = READ  # what the loop watches now
         self.closing: str | None = None  # the close reason once the peer is done
@@ -88,9 +90,15 @@ class _Conn:
         self.tls: TlsConn | None = None  # TLS state (_pytls.py); None on a plain server
 
 
-def peer_of(addr: tuple) -> tuple[str, int]:
+def peer_of(addr: tuple[Any, ...]) -> tuple[str, int]:
     """(host, port) as the C core formats it (a scope kept)."""
     return numeric_host(addr), addr[1]
+
+
+def _reason(c: _Conn) -> str:
+    """Why a connection that is ending (closing or lingering) ends."""
+    assert c.closing is not None
+    return c.closing
 
 
 class _ConnFx:
@@ -108,6 +116,7 @@ class _ConnFx:
         "tokens",
         "tokens_ms",
         "echoed",
+        "stalled",
         "waiting",
         "close_waited",
     )
@@ -123,6 +132,9 @@ class _ConnFx:
         self.tokens = 0  # rate: thousandths of a byte
         self.tokens_ms = 0  # 0: the first refill finds a second gone (full)
         self.echoed = 0  # bytes let into the echo: limit, stall_after
+        # Echo past stall_after, kept in order until the stall lifts; the
+        # connection is not read meanwhile.
+        self.stalled = bytearray()
         self.waiting = 0  # 0, ACCEPT_WAIT or CLOSE_WAIT while `wait` runs
         self.close_waited = False  # close_delay already spent
 
@@ -147,6 +159,7 @@ class PyServer:
         self._next_id = 0
         self._stop = False  # set by stop(), from any thread
         self._accept_paused = False  # out of descriptors: waiting for the accept timer
+        self._cut_short = False  # an exception ended the last run(): timers may be lost
         self._active: OrderedDict[int, _Conn] = OrderedDict()  # least recently active first
         self._lingering: OrderedDict[int, _Conn] = OrderedDict()  # in the order they began
         self._counts = dict.fromkeys(("accepted", "open", "rejected", "bytes_in", "bytes_out"), 0)
@@ -163,29 +176,34 @@ class PyServer:
         self._udp: UdpEcho | None = None
         self._tls: ssl.SSLContext | None = None  # TLS for new connections
         self._udp_release = Timer(self._on_udp_release)  # the next held datagram is due
-        self._listener: socket.socket | None = None
-        self._loop: Loop | None = Loop()
+        self._freed = False  # free() was called: the loop and listener are closed
+        self._loop = loop = Loop()
+        listener: socket.socket | None = None
         try:
             udp = cfg.transport == "udp"
             if udp:
                 self._udp = UdpEcho(cfg, self._counts, self._dropped, self._on_drop)
-            self._listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
             if not udp:
                 # Restarting right after a stop must not fail on TIME_WAIT sockets.
-                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 # Dual stack whatever the system default: "::" serves IPv4 as well.
-                self._listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self._listener.bind(sockaddr(family, host, port))
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind(sockaddr(family, host, port))
+            if self._udp is not None:
+                self._udp.bind(listener)
             if not udp:
-                self._listener.listen(cfg.backlog)
-            self._listener.setblocking(False)
-            self._loop.io_start(
-                self._listener, READ, self._on_datagrams if udp else self._on_acceptable
-            )
+                listener.listen(cfg.backlog)
+            listener.setblocking(False)
+            loop.io_start(listener, READ, self._on_datagrams if udp else self._on_acceptable)
         except BaseException:
-            self.free()
+            self._freed = True
+            if listener is not None:
+                listener.close()
+            loop.close()
             raise
+        self._listener = listener
 
     # ---- connection lists (oldest first, for timeouts) ----
 
@@ -220,12 +238,14 @@ class PyServer:
 
     def _queued(self, c: _Conn) -> int:
         """Echo not yet handed to the kernel: queued, and held by faults."""
-        return len(c.out) + (c.fx.delayed.cost if c.fx is not None else 0)
+        fx = c.fx
+        return len(c.out) + (fx.delayed.cost + len(fx.stalled) if fx is not None else 0)
 
     def _update_interest(self, c: _Conn) -> None:
-        """Watch for input while the peer may still send and the queue has
-        room (or, lingering, for its EOF); for output while anything is queued
-        and no fault holds sending back. Nothing while a fault makes it wait."""
+        """Watch for input while the peer may still send, the queue has room
+        and no stall holds the echo (or, lingering, for its EOF); for output
+        while anything is queued and no fault holds sending back. Nothing
+        while a fault makes it wait."""
         fx = c.fx
         want = 0
         if fx is None:
@@ -235,7 +255,9 @@ class PyServer:
                 want |= WRITE
         elif not fx.waiting:
             if c.lingering or (
-                c.closing is None and len(c.out) + fx.delayed.cost < self.cfg.max_pending
+                c.closing is None
+                and len(c.out) + fx.delayed.cost + len(fx.stalled) < self.cfg.max_pending
+                and not self._fx_stalled(fx)
             ):
                 want |= READ
             if c.out and not fx.gate.pending:
@@ -305,7 +327,7 @@ class PyServer:
         """Lingering: read and drop; the peer's EOF (or failure) ends it, for
         the reason it was ending (quit, limit)."""
         if not self._drop_input(c, 1):
-            self._conn_close(c, c.closing)
+            self._conn_close(c, _reason(c))
 
     def _conn_settle(self, c: _Conn) -> bool:
         """The queues changed: end the connection if it was ending and all
@@ -317,7 +339,7 @@ class PyServer:
             and not self._queued(c)
             and (c.fx is None or not c.fx.waiting)
         ):
-            self._conn_done(c, c.closing)
+            self._conn_done(c, _reason(c))
             return True
         self._update_interest(c)
         return False
@@ -325,6 +347,7 @@ class PyServer:
     def _finish(self, c: _Conn, reason: str) -> None:
         """The peer is done (EOF or quit) or the limit is reached: end now or
         once the queue drains."""
+        c.held = b""
         c.closing = reason
         if not self._queued(c):
             self._conn_done(c, reason)
@@ -412,20 +435,36 @@ class PyServer:
             return True
         return self._conn_settle(c)
 
-    def _fx_echo(self, c: _Conn, data: bytes) -> int:
+    def _fx_stalled(self, fx: _ConnFx) -> bool:
+        """stall_after holds the echo back: the connection must not be read."""
+        f = self._faults
+        return bool(fx.stalled) or (
+            f is not None and f.stall_after >= 0 and fx.echoed >= f.stall_after
+        )
+
+    def _fx_echo(self, c: _Conn, data: bytes | bytearray) -> int:
         """Echo data through the faults: stall_after and limit cut it, latency
-        and jitter hold it, rate and slice pace it (_fx_flush). 0, 1 when the
-        limit is reached (the caller ends the connection), or -1 on failure."""
+        and jitter hold it, rate and slice pace it (_fx_flush). What the stall
+        cuts off is kept, in order, until the stall lifts (_fx_update); the
+        connection is not read meanwhile, so the peer's sends wait in the
+        kernel as with a stalled peer. 0, 1 when the limit is reached (the
+        caller ends the connection), or -1 on failure."""
         f, fx = self._faults, c.fx
         assert f is not None and fx is not None
+        if fx.stalled:  # behind what is stalled already: it waits too
+            fx.stalled += data
+            return 0
         n = len(data)
         limit_reached = 0
         if f.stall_after >= 0 and fx.echoed + n > f.stall_after:
             n = max(0, f.stall_after - fx.echoed)
         if f.limit >= 0 and fx.echoed + n >= f.limit:
-            # set_faults() may have lowered it below what was echoed already.
+            # set_faults() may have lowered it below what was echoed already;
+            # what follows the limit is never echoed, stalled or not.
             n = max(0, f.limit - fx.echoed)
             limit_reached = 1
+        elif n < len(data):
+            fx.stalled += data[n:]
         fx.echoed += n
         if n < len(data):
             data = data[:n]
@@ -445,7 +484,7 @@ class PyServer:
         assert fx is not None
         was, fx.waiting = fx.waiting, 0
         if was == CLOSE_WAIT:
-            self._conn_done(c, c.closing)  # type: ignore[arg-type]
+            self._conn_done(c, _reason(c))
         elif was == HANDSHAKE_WAIT:
             self._tls_progress(c)
         else:
@@ -455,8 +494,9 @@ class PyServer:
         """Bring a connection in line with the server's faults, new or
         changed: reseed nothing (its generator is its own), re-arm
         reset_after from when it opened, release held echo no later than the
-        new latency allows (at once with none), and reopen the send gate.
-        True if it was closed."""
+        new latency allows (at once with none), reopen the send gate, and echo
+        what a stall kept (after the held echo: order is kept). True if it
+        was closed."""
         f, fx, loop = self._faults, c.fx, self._loop
         now = loop.now
         if f is None and fx is None:
@@ -475,11 +515,36 @@ class PyServer:
         if fx.waiting == ACCEPT_WAIT and (f is None or f.accept_delay_ms == 0):
             loop.timer_stop(fx.wait)
             fx.waiting = 0
+        if self._fx_progress(c):
+            return True
         if fx.waiting == HANDSHAKE_WAIT and (f is None or f.handshake_delay_ms == 0):
             loop.timer_stop(fx.wait)
             fx.waiting = 0
-            return self._fx_progress(c) or self._tls_progress(c)
-        return self._fx_progress(c)
+            if self._tls_progress(c):
+                return True
+        return self._fx_unstall(c)
+
+    def _fx_unstall(self, c: _Conn) -> bool:
+        """The faults changed: echo what a stall kept, after everything before
+        it, through the new faults (a stall still in effect keeps what is past
+        it again). True if the connection was closed or ended."""
+        fx = c.fx
+        assert fx is not None
+        if not fx.stalled:
+            return False
+        kept, fx.stalled = fx.stalled, bytearray()
+        if self._faults is not None:
+            rc = self._fx_echo(c, kept)
+        else:
+            self._out_add(c, kept)
+            rc = 0 if self._fx_flush(c) else -1
+        if rc < 0:
+            self._conn_close(c, RESET)
+            return True
+        if rc:
+            self._finish(c, LIMIT)
+            return True
+        return self._conn_settle(c)
 
     # ---- the echo path ----
 
@@ -560,7 +625,6 @@ class PyServer:
             self._conn_close(c, RESET)
             return True
         if rc or quit_:
-            c.held = b""
             self._finish(c, LIMIT if rc else QUIT)
             return True
         if self._line:
@@ -698,7 +762,7 @@ class PyServer:
         self._loop.io_set(self._listener, READ)
         self._accept_paused = False
 
-    def _add_conn(self, sock: socket.socket, peer: tuple) -> None:
+    def _add_conn(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         sock.setblocking(False)
         # Echoes go out as they are made: do not hold them back to coalesce.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -734,7 +798,7 @@ class PyServer:
             return False
         oldest = next(iter(self._lingering.values()))
         self._drop_input(oldest, MAKE_ROOM_READS)
-        self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
+        self._conn_close(oldest, _reason(oldest))
         return True
 
     def _on_acceptable(self, _ready: int) -> None:
@@ -779,7 +843,7 @@ class PyServer:
                 self._loop.timer_start(self._linger_timer, oldest.last_active_ms + LINGER_MS)
                 return
             # Their echo is out and they were ending (quit, limit): that is how they end.
-            self._conn_close(oldest, oldest.closing)  # type: ignore[arg-type]
+            self._conn_close(oldest, _reason(oldest))
 
     def _arm_timers(self) -> None:
         """Arm the idle and linger timers if a list has entries and its timer
@@ -795,6 +859,25 @@ class PyServer:
             self._loop.timer_start(self._accept_timer, self._loop.now)
         if self._udp is not None:
             self._arm_udp_release()
+        if self._cut_short:
+            for c in [*self._active.values(), *self._lingering.values()]:
+                if c.fx is not None and c.sock.fileno() >= 0:  # not closed meanwhile
+                    self._arm_fx_timers(c)
+
+    def _arm_fx_timers(self, c: _Conn) -> None:
+        """The same for a connection's fault timers, after a run() that an
+        exception ended: it may have cut a timer's callback short after the
+        timer fired (so it is no longer pending) and before its work was
+        done. Re-arm what the connection's state still waits for (an accept
+        or close delay, reset_after), then let it make the progress due now
+        (held echo released and its timer re-armed, the send gate's work)."""
+        fx, f, loop = c.fx, self._faults, self._loop
+        assert fx is not None
+        if fx.waiting and not fx.wait.pending:
+            loop.timer_start(fx.wait, loop.now)
+        if f is not None and f.reset_after_ms >= 0 and not fx.reset.pending:
+            loop.timer_start(fx.reset, max(c.opened_ms + f.reset_after_ms, loop.now))
+        self._fx_progress(c)
 
     def _close_all(self, reason: str) -> None:
         while self._active:
@@ -802,28 +885,31 @@ class PyServer:
         # Their echo is out and they were ending: that is how they end.
         while self._lingering:
             c = next(iter(self._lingering.values()))
-            self._conn_close(c, c.closing)  # type: ignore[arg-type]
+            self._conn_close(c, _reason(c))
 
     # ---- UDP ----
 
     def _on_udp_release(self) -> None:
-        due = self._udp.release(self._listener, self._loop.now)  # type: ignore[union-attr]
+        assert self._udp is not None
+        due = self._udp.release(self._listener, self._loop.now)
         if due is not None:
             self._loop.timer_start(self._udp_release, due)
 
     def _arm_udp_release(self) -> None:
         """Keep the release timer at the first held datagram's time."""
-        due = self._udp.due()  # type: ignore[union-attr]
+        assert self._udp is not None
+        due = self._udp.due()
         if due is None:
             self._loop.timer_stop(self._udp_release)
         elif self._udp_release.when != due:
             self._loop.timer_start(self._udp_release, due)
 
     def _on_datagrams(self, _ready: int) -> None:
-        self._udp.readable(self._listener, self._loop.now)  # type: ignore[union-attr]
+        assert self._udp is not None
+        self._udp.readable(self._listener, self._loop.now)
         self._arm_udp_release()
 
-    def _on_drop(self, reason: int, src: tuple, n: int) -> None:
+    def _on_drop(self, reason: int, src: tuple[Any, ...], n: int) -> None:
         if self._on_event is not None:
             self._on_event(Event("drop", 0, peer_of(src), DROP_REASONS[reason], n))
 
@@ -841,7 +927,7 @@ class PyServer:
             f = None
         self._faults = f
         if self._udp is not None:
-            self._udp.set_faults(f, self._listener, self._loop.now)  # type: ignore[arg-type]
+            self._udp.set_faults(f, self._listener, self._loop.now)
             self._arm_udp_release()
         for c in [*self._active.values(), *self._lingering.values()]:
             if c.sock.fileno() >= 0:  # not closed meanwhile
@@ -856,20 +942,33 @@ class PyServer:
         loop = self._loop
         loop.update_now()
         self._arm_timers()
+        self._cut_short = True  # until this run returns
+        rc = self._run(timeout)
+        self._cut_short = False
+        return rc
+
+    def _run(self, timeout: float | None) -> int:
+        loop = self._loop
         deadline = None if timeout is None else loop.now + round(timeout * 1000)
-        while True:
-            # Once per turn; the wake-up that came with it is drained by the
-            # loop whenever it is readable, even after this session ended.
-            if self._stop:
-                self._close_all(SHUTDOWN)
-                # Only now: a stop asked for by a close event belongs to this stop.
-                self._stop = False
-                return 0
-            if self._pending_faults is not None:
-                self._take_faults()
-            loop.run_once(-1 if deadline is None else max(0, deadline - loop.now))
-            if deadline is not None and loop.now >= deadline:
-                return 1
+        # Ctrl+C's handler runs when this returns, never inside a callback:
+        # it wakes the loop, which returns at once (_signals.py).
+        with SignalsDeferred(loop.wake) as signals:
+            while True:
+                # Once per turn; the wake-up that came with it is drained by the
+                # loop whenever it is readable, even after this session ended.
+                if self._stop:
+                    self._close_all(SHUTDOWN)
+                    if self._udp is not None:
+                        self._udp.discard(loop.now)
+                        self._arm_udp_release()
+                    # Only now: a stop asked for by a close event belongs to this stop.
+                    self._stop = False
+                    return 0
+                if self._pending_faults is not None:
+                    self._take_faults()
+                loop.run_once(-1 if deadline is None else max(0, deadline - loop.now))
+                if signals.caught or (deadline is not None and loop.now >= deadline):
+                    return 1
 
     # ---- life cycle ----
 
@@ -893,7 +992,7 @@ class PyServer:
             faults_check(faults, self.cfg.transport)
         with self._faults_lock:
             self._pending_faults = (faults,)  # a newer one wins
-        if self._loop is not None:
+        if not self._freed:
             self._loop.wake()
 
     def set_tls(self, files: TlsFiles) -> None:
@@ -903,12 +1002,11 @@ class PyServer:
         self._tls = server_context(files)
 
     def free(self) -> None:
-        if self._loop is None:
+        if self._freed:
             return
+        self._freed = True
         try:
             self._close_all(SHUTDOWN)
         finally:
-            if self._listener is not None:
-                self._listener.close()
+            self._listener.close()
             self._loop.close()
-            self._loop = None

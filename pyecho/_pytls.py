@@ -10,13 +10,12 @@ it, echo is encrypted as it enters the output queue.
 
 from __future__ import annotations
 
-import errno
-import os
 import select
 import socket
 import ssl
 
 from ._config import Config
+from ._errors import tcp_surplus
 from ._pyclient import PyClient
 
 
@@ -116,10 +115,10 @@ class PyTlsClient(PyClient):
         assert isinstance(self._sock, ssl.SSLSocket)
         return self._sock
 
-    def _wait(self, events: int) -> int:
+    def _wait(self, events: int, deadline: float | None = None) -> int:
         if events & select.POLLIN and self.tls_socket.pending():
             return select.POLLIN
-        return super()._wait(events)
+        return super()._wait(events, deadline)
 
     def _send_some(self, view: memoryview) -> int:
         try:
@@ -155,6 +154,8 @@ class PyTlsClient(PyClient):
             return data
 
     def _recv_some(self, reply: bytearray, expect: int) -> None:
+        # Once all is in (after the quit word, waiting for the close), any
+        # byte more is surplus.
         try:
             chunk = self._recv_tls(max(1, expect - len(reply)))
         except ConnectionResetError:
@@ -167,14 +168,16 @@ class PyTlsClient(PyClient):
         if not chunk:
             self._eof = True
             return
+        if len(reply) >= expect:  # more than the framing said the server would send
+            raise tcp_surplus(expect, reply, chunk)
         reply += chunk
         self._owed = max(0, self._owed - len(chunk))
-        if len(reply) > expect:
-            raise OSError(errno.EPROTO, os.strerror(errno.EPROTO))
 
-    def _check_surplus(self) -> None:
+    def _check_surplus(self, reply: bytearray, expect: int) -> None:
+        """The whole echo is in: plaintext already decrypted beyond it is
+        more than the framing said the server would send."""
         if self.tls_socket.pending():
-            raise OSError(errno.EPROTO, os.strerror(errno.EPROTO))
+            raise tcp_surplus(expect, reply, self._sock.recv(self.tls_socket.pending()))
 
     def shutdown_write(self) -> None:
         """Half-close: the TCP FIN alone. OpenSSL reads nothing more once it

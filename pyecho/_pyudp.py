@@ -1,15 +1,21 @@
 """RFC 862 over UDP, the server's datagram path: the twin of csrc/udp.c.
 
 _pyserver.py owns the socket and the loop; this file decides, datagram by
-datagram, what is echoed (the loop guard, the rate limits, the faults) and
-echoes it. The same guard, the same integer token buckets, the same source
-table and hash as the C core, so both engines drop the same datagrams.
+datagram, what is echoed (the guard, the loop checks, the rate limits, the
+faults) and echoes it. The same guard, the same loop detection, the same
+integer token buckets and the same source table as the C core, so both
+engines drop the same kinds of datagrams (each with its own random key for
+the table, so not in the same slots).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import os
 import socket
+import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,25 +26,119 @@ from ._pyfaults import CHUNK_COST, FxQueue, Rng, chance, delay
 BATCH = 32  # datagrams per batch (the C core's recvmmsg()/sendmmsg())
 BATCHES = 8  # batches per readiness event, for fairness
 DGRAM_MAX = 65536  # more than any UDP payload (65,527 bytes)
-SOURCES = 4096  # per-source buckets: a fixed table
+SOURCES = 4096  # per-source state: a fixed table
 MILLI = 1000  # bucket tokens are thousandths of a datagram
 REPORT_EVERY_MS = 1000
+QUIET_MS = 1000  # a source silent this long gives its slot up
+LOOP_GAP_MS = 500  # repeats further apart than this are no loop
 KNOWN_MAX = 4096  # sources whose guard verdict and slot are remembered
 
-GUARD, RATE_SOURCE, RATE_GLOBAL, FULL, ERROR, FAULT = range(len(DROP_REASONS))
+GUARD, RATE_SOURCE, RATE_GLOBAL, FULL, ERROR, FAULT, LOOP, SHUTDOWN = range(len(DROP_REASONS))
 
-# Ports of services that answer whatever they receive, or amplify it: an
-# echo to one of them could start an endless loop (CVE-1999-0103) or reflect
-# a spoofed flood. The BSD inetds refuse these too.
-GUARDED_PORTS = frozenset(
-    (7, 9, 13, 17, 19, 37, 53, 111, 123, 137, 161, 389, 520, 1900, 3702, 5353, 5683, 11211)
+# Source ports never answered: every port below 512, as OpenBSD's inetd
+# refuses them (echo 7, discard 9, systat 11, daytime 13, qotd 17, chargen
+# 19, time 37, DNS 53, TFTP 69, portmap 111, NTP 123, NetBIOS 137 and 138,
+# SNMP 161, CLDAP 389, QUIC 443 among them: CVE-1999-0103, CVE-2024-2169),
+# and the ones named here above it. An echo to one of them could start an
+# endless loop or reflect a spoofed flood.
+GUARDED_BELOW = 512
+GUARDED_PORTS = frozenset((520, 1900, 2049, 3702, 5353, 5683, 11211))
+
+# Each datagram's destination (docs/PROTOCOL.md, "UDP"). Python has no
+# socket.IP_PKTINFO before 3.13; Linux's value is part of its ABI. Where
+# neither is known, a wildcard server answers from the address the system
+# picks, and a datagram to a subnet broadcast address is not recognised.
+IP_PKTINFO: int | None = getattr(
+    socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None
 )
+IPV6_PKTINFO: int | None = getattr(socket, "IPV6_PKTINFO", None)
+IPV6_RECVPKTINFO: int | None = getattr(socket, "IPV6_RECVPKTINFO", None)
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+ANC_SPACE = socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _FULL = (BlockingIOError, InterruptedError)
 
 # Told about drops: (reason index, the latest one's source, how many).
 DropFn = Callable[[int, Any, int], None]
+
+
+class Dst:
+    """Where a datagram was sent: ``addr`` 4 bytes (IPv4, on an IPv6 socket
+    too) or 16; ``group``: the system says it went to a broadcast or
+    multicast address (Linux: the local address that would answer it,
+    ipi_spec_dst, differs from the one in its header)."""
+
+    __slots__ = ("addr", "ifindex", "group")
+
+    def __init__(self, addr: bytes, ifindex: int, group: bool) -> None:
+        self.addr = addr
+        self.ifindex = ifindex
+        self.group = group
+
+
+def read_dst(ancdata: list[tuple[int, int, bytes]]) -> Dst | None:
+    """The destination in recvmsg()'s ancillary data; None if not there."""
+    v6 = None
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
+            ifindex, spec, addr = _IN_PKTINFO.unpack_from(data)
+            return Dst(addr, ifindex, addr != spec)
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            addr, ifindex = _IN6_PKTINFO.unpack_from(data)
+            v6 = Dst(addr[12:] if addr.startswith(_V4_MAPPED) else addr, ifindex, False)
+    return v6
+
+
+def write_dst(dst: Dst, family: int) -> list[tuple[int, int, bytes]]:
+    """The ancillary data making an answer on a socket of this family leave
+    from dst's address."""
+    if family == socket.AF_INET6 and IPV6_PKTINFO is not None:
+        if len(dst.addr) == 4:
+            return [
+                (socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(_V4_MAPPED + dst.addr, 0))
+            ]
+        # A link-local address is only that on its interface.
+        ifindex = dst.ifindex if dst.addr[0] == 0xFE and dst.addr[1] & 0xC0 == 0x80 else 0
+        return [(socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(dst.addr, ifindex))]
+    if family == socket.AF_INET and IP_PKTINFO is not None and len(dst.addr) == 4:
+        return [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, dst.addr, bytes(4)))]
+    return []
+
+
+def want_dst(sock: socket.socket) -> bool:
+    """Ask the system for each datagram's destination (an IPv6 socket also
+    for its IPv4 datagrams); whether it will tell."""
+    family = sock.family
+    ok = False
+    if IP_PKTINFO is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            ok = family == socket.AF_INET
+        except OSError:
+            pass
+    if family == socket.AF_INET6 and IPV6_RECVPKTINFO is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            ok = True
+        except OSError:
+            pass
+    return ok
+
+
+def is_broadcast(addr: bytes) -> bool:
+    """Is this IPv4 address a broadcast address here? Connecting a UDP
+    socket to one without SO_BROADCAST fails with EACCES."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((socket.inet_ntop(socket.AF_INET, addr), 9))
+        except PermissionError:
+            return True
+        except OSError:
+            pass
+    return False
+
 
 # ---- the guard ----
 
@@ -56,7 +156,7 @@ def address_key(src: Any) -> bytes:
         raw = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
     else:
         raw = _V4_MAPPED + socket.inet_pton(socket.AF_INET, host)
-    return raw + port.to_bytes(2, "big")
+    return bytes(raw + port.to_bytes(2, "big"))
 
 
 def guarded(key: bytes) -> bool:
@@ -67,18 +167,21 @@ def guarded(key: bytes) -> bool:
             return True
     elif a[0] == 0xFF or a == bytes(16):
         return True
-    return port == 0 or port in GUARDED_PORTS
+    return port < GUARDED_BELOW or port in GUARDED_PORTS
+
+
+def to_group(dst: Dst | None) -> bool:
+    """Was this datagram sent to a broadcast or multicast address?"""
+    if dst is None:
+        return False
+    if dst.group:
+        return True
+    if len(dst.addr) == 4:
+        return _v4_unanswerable(dst.addr)
+    return dst.addr[0] == 0xFF  # IPv6 multicast, ff00::/8
 
 
 # ---- rate limits: integer token buckets ----
-
-
-def fnv1a(key: bytes) -> int:
-    """FNV-1a, 64 bits: cheap, and the C core computes the same slot."""
-    h = 14695981039346656037
-    for b in key:
-        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h
 
 
 class Bucket:
@@ -91,16 +194,51 @@ class Bucket:
         self.last_ms = last_ms
 
 
-def take(b: Bucket, rate: int, now_ms: int) -> bool:
+def refill(b: Bucket, rate: int, now_ms: int) -> None:
     cap = rate * MILLI
     elapsed = now_ms - b.last_ms
     # A second refills it whole.
     b.tokens = cap if elapsed >= 1000 else min(cap, b.tokens + elapsed * rate)
     b.last_ms = now_ms
+
+
+def take(b: Bucket, rate: int, now_ms: int) -> bool:
+    refill(b, rate, now_ms)
     if b.tokens < MILLI:
         return False
     b.tokens -= MILLI
     return True
+
+
+class Source:
+    """What the server knows of one source (address and port)."""
+
+    __slots__ = ("key", "fp", "repeats", "seen_ms", "bucket", "contended_ms")
+
+    def __init__(self, key: bytes, now_ms: int, bucket: Bucket) -> None:
+        self.key = key
+        self.fp: int | None = None  # fingerprint of the last datagram echoed to it
+        self.repeats = 0  # datagrams in a row equal to that one
+        self.seen_ms = now_ms  # its last datagram
+        self.bucket = bucket
+        self.contended_ms = 0  # the slot's: when a source last found it held
+
+    def reset(self, key: bytes, now_ms: int) -> None:
+        self.key = key
+        self.fp = None
+        self.repeats = 0
+        self.seen_ms = now_ms
+
+
+def fingerprint(data: Any) -> int:
+    """A datagram's fingerprint (the whole payload, and its length): not a
+    secret, as a loop cannot choose its bytes and only a source's own
+    datagrams are compared."""
+    return hash(bytes(data)) ^ len(data)
+
+
+# An echo to send: (data, to, its destination, the second copy of a duplicate).
+Echo = tuple[Any, Any, Dst | None, bool]
 
 
 class UdpEcho:
@@ -112,19 +250,44 @@ class UdpEcho:
         self.dropped = dropped  # by reason index
         self.on_drop = on_drop
         self.global_bucket = Bucket()  # last_ms 0: the first take finds it full
-        # Slot -> (key, bucket); None without a per-source limit.
-        self.sources: list[tuple[bytes, Bucket] | None] | None = (
-            [None] * SOURCES if cfg.udp_rate_per_source else None
+        # Per-source state by slot; None without per-source limits.
+        self.sources: list[Source | None] | None = (
+            [None] * SOURCES if cfg.udp_rate_per_source or cfg.udp_loop_limit else None
         )
+        self.overflow = Source(b"", 0, Bucket())  # the sources that find their slot held
+        self._key = os.urandom(16)  # random, per server: where a source's slot is
+        self.family = socket.AF_INET
+        self.port = -1  # the socket's own port
+        self.wildcard = False  # bound to 0.0.0.0 or ::: answers name their source
+        self.pktinfo = False  # the system tells each datagram's destination
+        self.fixed: Dst | None = None  # not wildcard: every datagram's destination
         self.next_report_ms = [0] * len(DROP_REASONS)
         self.unreported = [0] * len(DROP_REASONS)
         self.faults: FaultsInts | None = None
         self.rng = Rng(0, 0)
-        self.delayed = FxQueue()  # echoes held by latency, each with its address
+        self.delayed = FxQueue()  # echoes held by latency, each with its addresses
         self.bufs = [bytearray(DGRAM_MAX) for _ in range(BATCH)]
         self.views = [memoryview(b) for b in self.bufs]
         # Recent sources: address -> (key, guarded, slot), bounded.
         self._known: dict[Any, tuple[bytes, bool, int]] = {}
+
+    def bind(self, sock: socket.socket) -> None:
+        """After the socket is bound: its own port and address, and ask the
+        system for each datagram's destination."""
+        addr = sock.getsockname()
+        self.family = sock.family
+        self.port = addr[1]
+        self.wildcard = addr[0] in ("0.0.0.0", "::")
+        if self.wildcard:
+            self.pktinfo = want_dst(sock)
+            return
+        # One address: every datagram was sent to it. A broadcast address of
+        # an interface can be bound too: the system refuses to connect to
+        # one without SO_BROADCAST.
+        raw = socket.inet_pton(sock.family, addr[0].partition("%")[0])
+        if raw.startswith(_V4_MAPPED):
+            raw = raw[12:]
+        self.fixed = Dst(raw, 0, len(raw) == 4 and is_broadcast(raw))
 
     def _source(self, src: Any) -> tuple[bytes, bool, int]:
         known = self._known.get(src)
@@ -132,22 +295,47 @@ class UdpEcho:
             if len(self._known) >= KNOWN_MAX:
                 self._known.clear()
             key = address_key(src)
-            known = self._known[src] = (key, guarded(key), fnv1a(key) % SOURCES)
+            h = hashlib.blake2b(key, digest_size=8, key=self._key).digest()
+            known = self._known[src] = (key, guarded(key), int.from_bytes(h, "little") % SOURCES)
         return known
 
-    def _source_bucket(self, key: bytes, slot: int, now_ms: int) -> Bucket:
-        """One bucket per table slot: a new source takes its slot over with a
-        full bucket, so the table stays bounded whatever the number of
-        sources (the global limit bounds the rest)."""
-        s = self.sources[slot]  # type: ignore[index]
-        if s is None or s[0] != key:
-            s = (key, Bucket(self.cfg.udp_rate_per_source * MILLI, now_ms))
-            self.sources[slot] = s  # type: ignore[index]
-        return s[1]
+    def _source_of(self, key: bytes, slot: int, now_ms: int) -> Source:
+        """The source's state. A slot held by another source is taken over
+        only once that one has been quiet for QUIET_MS (its bucket is full
+        again then: it loses nothing); until then the newcomer shares the
+        overflow entry, whose bucket has the same rate. A source taking over
+        a slot that someone found held in the last QUIET_MS (it may have
+        been using the overflow bucket meanwhile) starts with no more tokens
+        than the overflow bucket holds, so moving from one to the other never
+        adds to its limit; any other newcomer starts with a full bucket, as a
+        source silent for QUIET_MS would have."""
+        sources = self.sources
+        s = sources[slot]  # type: ignore[index]
+        if s is not None and s.key == key:
+            return s
+        if s is None or now_ms - s.seen_ms >= QUIET_MS:
+            rate = self.cfg.udp_rate_per_source
+            tokens = rate * MILLI
+            if rate and s is not None and now_ms - s.contended_ms < QUIET_MS:
+                refill(self.overflow.bucket, rate, now_ms)
+                tokens = self.overflow.bucket.tokens
+            if s is None:
+                s = sources[slot] = Source(key, now_ms, Bucket(tokens, now_ms))  # type: ignore[index]
+            else:
+                s.reset(key, now_ms)
+                s.bucket.tokens, s.bucket.last_ms = tokens, now_ms
+            return s
+        s.contended_ms = now_ms
+        s = self.overflow
+        if s.key != key:
+            s.reset(key, now_ms)  # its bucket is shared: kept
+        return s
 
     # ---- dropping ----
 
     def drop(self, reason: int, src: Any, n: int, now_ms: int) -> None:
+        if not n:
+            return
         self.dropped[reason] += n
         self.unreported[reason] += n
         if now_ms >= self.next_report_ms[reason]:
@@ -155,54 +343,98 @@ class UdpEcho:
             self.unreported[reason] = 0
             self.next_report_ms[reason] = now_ms + REPORT_EVERY_MS
 
-    def admit(self, src: Any, now_ms: int) -> bool:
-        """Should this datagram be echoed? Guard first, then the source's
-        limit, then the global one (a datagram over its source's limit
-        spends no global token)."""
+    def charge(self, s: Source | None, src: Any, now_ms: int, report: bool) -> bool:
+        """One more echo to this source (s: None without a table): a token
+        from its bucket, then one from the global bucket (none spent there
+        if its own is empty)."""
         cfg = self.cfg
-        key, is_guarded, slot = self._source(src)
-        if cfg.udp_guard and is_guarded:
-            self.drop(GUARD, src, 1, now_ms)
-            return False
-        if self.sources is not None and not take(
-            self._source_bucket(key, slot, now_ms), cfg.udp_rate_per_source, now_ms
-        ):
-            self.drop(RATE_SOURCE, src, 1, now_ms)
-            return False
+        if s is not None and cfg.udp_rate_per_source:
+            if not take(s.bucket, cfg.udp_rate_per_source, now_ms):
+                if report:
+                    self.drop(RATE_SOURCE, src, 1, now_ms)
+                return False
         if cfg.udp_rate and not take(self.global_bucket, cfg.udp_rate, now_ms):
-            self.drop(RATE_GLOBAL, src, 1, now_ms)
+            if report:
+                self.drop(RATE_GLOBAL, src, 1, now_ms)
             return False
         return True
 
+    def admit(
+        self, src: Any, dst: Dst | None, data: Any, now_ms: int
+    ) -> tuple[bool, Source | None]:
+        """Should this datagram be echoed? The guard first (its source, then
+        its destination), then the loop checks (a datagram from the server's
+        own port; one that repeats the last one echoed to its source more
+        than udp_loop_limit times in a row), then the source's limit, then
+        the global one. Also the source's state, for the faults."""
+        cfg = self.cfg
+        limit = cfg.udp_loop_limit
+        key, is_guarded, slot = self._source(src)
+        if cfg.udp_guard and (is_guarded or to_group(dst)):
+            self.drop(GUARD, src, 1, now_ms)
+            return False, None
+        if limit and src[1] == self.port:
+            self.drop(LOOP, src, 1, now_ms)
+            return False, None
+        s = None
+        fp = None
+        if self.sources is not None:
+            s = self._source_of(key, slot, now_ms)
+            if limit:
+                fp = fingerprint(data)
+                if s.fp == fp and now_ms - s.seen_ms < LOOP_GAP_MS:
+                    s.repeats += 1
+                else:
+                    s.repeats = 0
+            s.seen_ms = now_ms
+            if limit and s.repeats >= limit:
+                self.drop(LOOP, src, 1, now_ms)
+                return False, None
+        if not self.charge(s, src, now_ms, True):
+            return False, None
+        if s is not None:
+            s.fp = fp
+        return True, s
+
     # ---- echoing ----
 
-    def send_batch(self, sock: socket.socket, out: list, now_ms: int) -> None:
-        """Send the queued echoes. A full send buffer drops the rest (a
-        datagram service must not block or queue without bound); a datagram
-        that cannot be sent (too big for the route, no route) is dropped
-        alone."""
+    def send_batch(self, sock: socket.socket, out: list[Echo], now_ms: int) -> None:
+        """Send the queued echoes: (data, source, destination, duplicate).
+        Counted first, so whoever has an echo sees it counted; what is not
+        sent is taken back. A full send buffer drops the rest (a datagram
+        service must not block or queue without bound); a datagram that
+        cannot be sent (too big for the route, no route) is dropped alone.
+        Drops count datagrams: a duplicate's second copy not sent is none."""
         counts = self.counts
-        for i, (data, to) in enumerate(out):
-            # Counted first: a Ctrl+C landing right after the send (the echo
-            # gone) must not leave it uncounted; a failed send takes it back.
-            counts["bytes_out"] += len(data)
-            counts["datagrams_out"] += 1
+        counts["datagrams_out"] += len(out)
+        counts["bytes_out"] += sum(len(o[0]) for o in out)
+        flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+        wildcard, family = self.wildcard, self.family
+        for i, (data, to, dst, dup) in enumerate(out):
             try:
-                sock.sendto(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL, to)
+                if wildcard and dst is not None:
+                    sock.sendmsg([data], write_dst(dst, family), flags, to)
+                else:
+                    sock.sendto(data, flags, to)
                 continue
             except OSError as e:
                 full = isinstance(e, _FULL) or e.errno == errno.ENOBUFS
-            counts["bytes_out"] -= len(data)
-            counts["datagrams_out"] -= 1
             if full:
-                self.drop(FULL, to, len(out) - i, now_ms)
+                rest = out[i:]
+                counts["datagrams_out"] -= len(rest)
+                counts["bytes_out"] -= sum(len(o[0]) for o in rest)
+                self.drop(FULL, to, sum(not o[3] for o in rest), now_ms)
                 return
-            self.drop(ERROR, to, 1, now_ms)
+            counts["datagrams_out"] -= 1
+            counts["bytes_out"] -= len(data)
+            self.drop(ERROR, to, not dup, now_ms)
 
-    def fault(self, data: Any, src: Any, now_ms: int) -> int:
+    def fault(self, s: Source | None, data: Any, src: Any, dst: Dst | None, now_ms: int) -> int:
         """Faults on an admitted datagram: drop it, or hold its echo (one or
         two, duplicated) for latency. How many echoes go out now (0, 1, 2).
-        Draws come in this order: drop, duplicate, delay."""
+        Draws come in this order: drop, duplicate, delay. A duplicate is
+        charged against both rate limits like any echo; without a token it
+        is not sent."""
         f = self.faults
         if f is None:
             return 1
@@ -210,36 +442,47 @@ class UdpEcho:
             self.drop(FAULT, src, 1, now_ms)
             return 0
         copies = 1 + chance(self.rng, f.duplicate_ppm)
+        if copies == 2 and not self.charge(s, src, now_ms, False):
+            copies = 1
         if f.latency_ms == 0 and f.jitter_ms == 0:
             return copies
         due = now_ms + delay(self.rng, f)
-        for _ in range(copies):
+        for i in range(copies):
             # Held echo is bounded like a TCP connection's queue.
             if self.delayed.cost + len(data) + CHUNK_COST > self.cfg.max_pending:
-                self.drop(FULL, src, 1, now_ms)
-            else:
-                self.delayed.push(due, data, src)
+                self.drop(FULL, src, i == 0, now_ms)
+                break
+            self.delayed.push(due, data, (src, dst, i == 1))
         return 0
 
     def readable(self, sock: socket.socket, now_ms: int) -> None:
         """Echo what is waiting on sock, a few batches at most."""
         counts, views = self.counts, self.views
+        pktinfo, fixed = self.pktinfo, self.fixed
         for _ in range(BATCHES):
-            out: list = []
+            out: list[Echo] = []
             n = 0
             for view in views:
+                dst = fixed
                 try:
-                    size, src = sock.recvfrom_into(view, DGRAM_MAX, socket.MSG_DONTWAIT)
+                    if pktinfo:
+                        size, anc, _, src = sock.recvmsg_into(
+                            [view], ANC_SPACE, socket.MSG_DONTWAIT
+                        )
+                        dst = read_dst(anc)
+                    else:
+                        size, src = sock.recvfrom_into(view, DGRAM_MAX, socket.MSG_DONTWAIT)
                 except OSError:
                     break  # EAGAIN: all done; errors of earlier sends: nothing to do
                 n += 1
                 counts["datagrams_in"] += 1
                 counts["bytes_in"] += size
-                if not self.admit(src, now_ms):
-                    continue
                 data = view[:size]
-                for _ in range(self.fault(data, src, now_ms)):
-                    out.append((data, src))
+                admitted, s = self.admit(src, dst, data, now_ms)
+                if not admitted:
+                    continue
+                for c in range(self.fault(s, data, src, dst, now_ms)):
+                    out.append((data, src, dst, c == 1))
             if n == 0:
                 return
             self.send_batch(sock, out, now_ms)
@@ -254,12 +497,20 @@ class UdpEcho:
         """Send the held datagrams that are due; returns due()."""
         delayed = self.delayed
         while delayed and delayed.head.due_ms <= now_ms:
-            out = []
+            out: list[Echo] = []
             while len(out) < BATCH and delayed and delayed.head.due_ms <= now_ms:
                 c = delayed.pop()
-                out.append((c.data, c.to))
+                src, dst, dup = c.to
+                out.append((c.data, src, dst, dup))
             self.send_batch(sock, out, now_ms)
         return self.due()
+
+    def discard(self, now_ms: int) -> None:
+        """The server stopped: the datagrams held by latency are dropped
+        (counted, reason shutdown)."""
+        while self.delayed:
+            src, _, dup = self.delayed.pop().to
+            self.drop(SHUTDOWN, src, not dup, now_ms)
 
     def set_faults(self, f: FaultsInts | None, sock: socket.socket, now_ms: int) -> None:
         """Faults from now on (None: none): reseeds the generator, sends what

@@ -18,6 +18,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from ._config import numeric_host, sockaddr
 
 # Per direction: past this, the tap stops reading that side (backpressure).
 BUFFER = 64 * 1024
@@ -36,6 +39,18 @@ def reachable(address: tuple[str, int]) -> tuple[str, int]:
 
 def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def socket_address(host: str, port: int) -> tuple[Any, ...]:
+    """What bind() and connect() take for a numeric host, an IPv6 scope
+    ("fe80::1%eth0") kept as the scope id: a plain (host, port) loses it."""
+    return sockaddr(family_of(host), host, port)
+
+
+def host_port(addr: tuple[Any, ...]) -> tuple[str, int]:
+    """A socket's address as the engines write it (their events' peers):
+    (host, port), the host with its scope if it has one."""
+    return numeric_host(addr), int(addr[1])
 
 
 class _Broken(Exception):
@@ -104,16 +119,20 @@ class Tap:
         self._on_error = on_error
         host = upstream[0]
         self._family = family_of(host)
-        self._upstream = reachable(upstream)
+        self._upstream = socket_address(*reachable(upstream))
+        # Where the upstream sockets bind: the server's host, so its events
+        # name an address the tap can look up.
+        self._upstream_local = socket_address(reachable(upstream)[0], 0)
         self._limit = limit
         self._lock = threading.Lock()  # guards _by_local and the transcripts
         self._by_local: dict[tuple[str, int], _Pipe] = {}
         self._pipes: list[_Pipe] = []
+        self._hidden: set[int] = set()  # conn_ids left out of transcripts()
         self._sel = selectors.DefaultSelector()
         self._listener = socket.socket(self._family, socket.SOCK_STREAM)
         self._wake_r, self._wake_w = socket.socketpair()
         try:
-            self._listener.bind((host, 0))
+            self._listener.bind(socket_address(host, 0))
             self._listener.listen(128)
             for s in (self._listener, self._wake_r, self._wake_w):
                 s.setblocking(False)
@@ -122,7 +141,7 @@ class Tap:
         except BaseException:
             self._close_sockets()
             raise
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self.address: tuple[str, int] = host_port(self._listener.getsockname())
         self._stopping = False
         self._resume_at: float | None = None  # accepting paused until then
         self._thread = threading.Thread(target=self._run, name="pyecho-tap", daemon=True)
@@ -140,13 +159,19 @@ class Tap:
             pipe.conn_id = conn_id
             return pipe.client_peer
 
+    def hide(self, conn_id: int) -> None:
+        """Leave the server's connection ``conn_id`` out of transcripts(): one
+        of the plugin's own, not a client's."""
+        with self._lock:
+            self._hidden.add(conn_id)
+
     def transcripts(self) -> dict[int, Transcript]:
         """conn_id -> what the client sent, for connections the server opened."""
         with self._lock:
             return {
                 p.conn_id: Transcript(bytes(p.sent), p.total)
                 for p in self._pipes
-                if p.conn_id is not None
+                if p.conn_id is not None and p.conn_id not in self._hidden
             }
 
     def close(self) -> None:
@@ -215,8 +240,8 @@ class Tap:
                     self._pause_accepting()
                     return
                 continue
-            local = upstream.getsockname()[:2]
-            pipe = _Pipe(client, upstream, peer[:2])
+            local = host_port(upstream.getsockname())
+            pipe = _Pipe(client, upstream, host_port(peer))
             # Known before the server can accept it, so its open event finds us.
             with self._lock:
                 self._by_local[local] = pipe
@@ -232,7 +257,7 @@ class Tap:
         upstream = socket.socket(self._family, socket.SOCK_STREAM)
         try:
             upstream.setblocking(False)
-            upstream.bind((self._upstream[0], 0))
+            upstream.bind(self._upstream_local)
         except BaseException:
             upstream.close()
             raise

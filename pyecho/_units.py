@@ -53,13 +53,43 @@ _UNITS: dict[str, dict[str, int] | dict[str, Fraction]] = {
     "probability": {"": Fraction(1), "%": Fraction(1, 100)},
 }
 _QUANTITY = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*([A-Za-z%]*)\s*\Z")
+_INTEGER = re.compile(r"\s*([+-]?\d+)\s*\Z")
+
+# Numbers with more digits before the point than this are read as 10**(digits-1):
+# far out of every setting's bounds either way, and Python refuses to read an
+# int of more than 4300 digits (sys.get_int_max_str_digits()).
+_MAX_DIGITS = 1000
+
+
+def _huge(number: str) -> int | None:
+    """A number of more than _MAX_DIGITS whole digits as a power of ten of as
+    many digits (only its size matters: it is out of bounds); None for any other."""
+    whole = number.lstrip("+-").split(".")[0].lstrip("0")
+    if len(whole) <= _MAX_DIGITS:
+        return None
+    power: int = 10 ** (len(whole) - 1)
+    return -power if number.startswith("-") else power
+
+
+def _exact(number: str) -> Fraction:
+    """A decimal number exactly, its zeros that say nothing (leading, and
+    trailing after the point) left out: Python reads at most 4300 digits."""
+    sign = "-" if number.startswith("-") else ""
+    whole, _, decimals = number.lstrip("+-").partition(".")
+    return Fraction(f"{sign}{whole.lstrip('0') or '0'}.{decimals.rstrip('0') or '0'}")
 
 
 def parse(kind: str, text: str) -> int | float:
     """The number a user's text means for a setting of this kind (see
     FORMS), or ValueError saying what was expected. Bounds are the
-    setting's to check."""
+    setting's to check: a time or chance too large for a float comes back as
+    an int (exact, or a power of ten for more than _MAX_DIGITS digits), so
+    that the check says it is out of bounds."""
     if kind == "count":
+        match = _INTEGER.match(text)
+        huge = None if match is None else _huge(match.group(1))
+        if huge is not None:
+            return huge
         try:
             return int(text, 10)
         except ValueError:
@@ -69,12 +99,18 @@ def parse(kind: str, text: str) -> int | float:
     units = _UNITS[kind]
     if match is None or match.group(2) not in units:
         raise ValueError(FORMS[kind])
-    value = Fraction(match.group(1)) * units[match.group(2)]
+    if len(match.group(1).partition(".")[2].rstrip("0")) > _MAX_DIGITS:
+        raise ValueError(f"{FORMS[kind]}, with at most {_MAX_DIGITS} digits after the point")
+    huge = _huge(match.group(1))
+    value = (_exact(match.group(1)) if huge is None else Fraction(huge)) * units[match.group(2)]
     if kind in ("bytes", "rate"):
         if value.denominator != 1:
             raise ValueError(f"a whole number of bytes{'/s' * (kind == 'rate')}")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # past 1.8e308: out of bounds, and shown so
+        return int(value)
 
 
 def format_size(n: int) -> str:

@@ -106,6 +106,7 @@ class EchoServer:
         udp_guard: bool = DEFAULTS.udp_guard,
         udp_rate: int | None = DEFAULTS.udp_rate,
         udp_rate_per_source: int | None = DEFAULTS.udp_rate_per_source,
+        udp_loop_limit: int | None = DEFAULTS.udp_loop_limit,
         faults: Faults | None = None,
         on_event: EventHandler | None = None,
         tls: bool | TLS | None = None,
@@ -125,6 +126,7 @@ class EchoServer:
             udp_guard=udp_guard,
             udp_rate=udp_rate,
             udp_rate_per_source=udp_rate_per_source,
+            udp_loop_limit=udp_loop_limit,
         )
         tls_settings = check_tls(tls)
         if tls_settings is not None and transport != "tcp":
@@ -233,7 +235,9 @@ class EchoServer:
 
     def serve_forever(self, poll_interval: float = POLL_INTERVAL) -> None:
         """Serve until shutdown(). Signals (Ctrl+C) are handled at least every
-        poll_interval seconds, at once when the server is idle."""
+        poll_interval seconds, at once when the server is idle: SIGINT's and
+        SIGTERM's Python handlers run between turns of the serving loop,
+        never inside on_event, so no event is cut short."""
         poll_interval = check_timeout(poll_interval) or POLL_INTERVAL
         self._claim(threading.current_thread())
         self._serve(poll_interval, background=False)

@@ -38,8 +38,10 @@ from ._config import (
     Side,
     Stats,
     _int,
+    _shown,
     hostport,
     settings_for,
+    show_number,
 )
 from ._faults import FAULTS, Faults
 from ._framing import is_quit_message
@@ -85,6 +87,15 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are one line naming the flag, exit status 2; --help
     shows the rest."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse takes "-1s" or "-1KiB" after --latency for an option (it
+        # knows only "-1" and "-1.5" as negative numbers) and would say
+        # "expected one argument": anything starting as a number is a value,
+        # whose check then gives the range (no option of ours looks so).
+        # A whole-string pattern: some Python versions match, some fullmatch.
+        self._negative_number_matcher = re.compile(r"^-\.?\d.*$", re.DOTALL)
+
     def error(self, message: str) -> NoReturn:
         # argparse says "argument --port: ..."; our checks name the flag already.
         message = re.sub(r"^argument (\S+): (?=\1 )", "", message)
@@ -102,12 +113,18 @@ def _converter(setting: Setting, negatable: bool) -> Callable[[str], Any]:
             try:
                 value = _units.parse(setting.kind, text)
             except ValueError as e:
-                raise argparse.ArgumentTypeError(f"{flag} must be {e}, got {text!r}") from None
+                raise argparse.ArgumentTypeError(
+                    f"{flag} must be {e}, got {_shown(text)}"
+                ) from None
         try:
             return setting.check(value, label=flag)
         except (TypeError, ValueError) as e:
             message = str(e)
-            if re.search(r"[^\d.+\-]", text) and message.endswith(f"got {value}"):
+            if (
+                len(text) <= 40
+                and re.search(r"[^\d.+\-]", text)
+                and message.endswith(f"got {show_number(value)}")
+            ):
                 message += f" ({text})"  # what 64KiB or 2m came to
             if negatable and setting.off and setting.off_value is None:
                 message += f" (or --no-{flag[2:]}: {setting.off})"
@@ -200,10 +217,10 @@ def _port(side: Side) -> Callable[[str], int]:
 
     def convert(text: str) -> int:
         try:
-            port = int(text, 10)
+            port = int(_units.parse("count", text))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--port must be a whole number, got {text!r}"
+                f"--port must be a whole number, got {_shown(text)}"
             ) from None
         try:
             return _int("--port", port, lowest, 65535)
@@ -238,8 +255,34 @@ def _explain(exc: OSError, host: str, port: int, action: str) -> str:
     return f"cannot {action} {on} {where}: {reason[0].lower() + reason[1:]}"
 
 
+def _host(side: Side) -> Callable[[str], str]:
+    """--host: refuses an empty one, which the API reads as every IPv4
+    interface (a server) or this machine (a client): said plainly, never
+    an accident of quoting such as --host "$UNSET"."""
+
+    def convert(text: str) -> str:
+        if text:
+            return text
+        if side == "server":
+            raise argparse.ArgumentTypeError(
+                "--host must not be empty: to listen on every interface, say so with "
+                "--host 0.0.0.0 (IPv4) or --host :: (IPv6 and IPv4); the default, "
+                f"{DEFAULT_HOST}, keeps the server on this machine"
+            )
+        raise argparse.ArgumentTypeError(
+            f"--host must not be empty: give the server's address (default: {DEFAULT_HOST})"
+        )
+
+    return convert
+
+
 def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> None:
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"{host_help} (default: {DEFAULT_HOST})")
+    p.add_argument(
+        "--host",
+        type=_host(side),
+        default=DEFAULT_HOST,
+        help=f"{host_help} (default: {DEFAULT_HOST})",
+    )
     p.add_argument(
         "--port",
         type=_port(side),
@@ -269,7 +312,7 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
     def convert(text: str) -> str:
         if text not in choices:
             raise argparse.ArgumentTypeError(
-                f"{flag} must be one of {', '.join(choices)}; got {text!r}"
+                f"{flag} must be one of {', '.join(choices)}; got {_shown(text)}"
             )
         return text
 
@@ -404,6 +447,8 @@ DROP_WHY = {
     "full": "no room to send or hold them",
     "error": "send error",
     "fault": "the --drop fault",
+    "loop": "an echo loop, see --udp-loop-limit",
+    "shutdown": "held by --latency at shutdown",
 }
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pytest
 
 from ._config import CLOSE_REASONS, DEFAULT_HOST, DROP_REASONS, ENGINES, Event, hostport
-from ._tap import Tap, Transcript, family_of, reachable
+from ._tap import Tap, Transcript, family_of, host_port, reachable, socket_address
 from .api import EchoServer
 
 if TYPE_CHECKING:
@@ -126,6 +126,8 @@ class EchoServerFixture(EchoServer):
         with self._changed:
             if event.peer in self._probes:
                 self._probes[event.peer] = True
+                if self._tap is not None:
+                    self._tap.hide(event.conn_id)
                 self._changed.notify_all()
                 return
             self._events.append(event)
@@ -135,15 +137,21 @@ class EchoServerFixture(EchoServer):
         try:
             self._callback(event)
         except Exception as e:  # noqa: BLE001 - reported by the plugin when the test ends
-            self._fail("on_event raised", e, "stopped serving")
+            self._fail("on_event raised", e, "stopped serving", once=True)
             self.shutdown()
 
     def _relay_failed(self, error: BaseException) -> None:
         self._fail("the recording relay failed with", error, "stopped relaying")
 
-    def _fail(self, what: str, error: BaseException, outcome: str) -> None:
+    def _fail(self, what: str, error: BaseException, outcome: str, once: bool = False) -> None:
+        """Keep a failure for the test's report; ``once``: unless the same
+        one (same text) is kept already, as when on_event raises the same
+        error for every event (the open, then the close at shutdown)."""
+        text = f"{what} {type(error).__name__}: {error}; {outcome}"
         with self._changed:
-            self._failures.append((f"{what} {type(error).__name__}: {error}; {outcome}", error))
+            if once and any(text == kept for kept, _ in self._failures):
+                return
+            self._failures.append((text, error))
             self._changed.notify_all()
 
     @property
@@ -190,6 +198,11 @@ class EchoServerFixture(EchoServer):
         """conn_id -> the bytes that client sent (at most ``record_limit``;
         each value is bytes with ``total`` and ``truncated``)."""
         if self._tap is None:
+            if self.transport == "udp":
+                raise RuntimeError(
+                    "received is for TCP: a UDP server has no recording relay (every "
+                    "datagram comes back whole; stats counts them, events are drops)"
+                )
             raise RuntimeError("received needs record=True: this server was made with record=False")
         return self._tap.transcripts()
 
@@ -259,13 +272,13 @@ class EchoServerFixture(EchoServer):
         first in, first out. The probe has no events and counts in stats."""
         host, port = reachable(self.server_address)
         with socket.socket(family_of(host), socket.SOCK_STREAM) as probe:
-            probe.bind((host, 0))
-            me = probe.getsockname()[:2]
+            probe.bind(socket_address(host, 0))
+            me = host_port(probe.getsockname())
             with self._changed:
                 self._probes[me] = False
             probe.settimeout(timeout)
             try:
-                probe.connect((host, port))
+                probe.connect(socket_address(host, port))
             except OSError:  # closed meanwhile: nothing more will be accepted
                 return
 
@@ -316,8 +329,12 @@ class EchoServerFixture(EchoServer):
         return problems
 
     def __repr__(self) -> str:
-        what = self.mode if self.transport == "tcp" else "udp"
-        return f"<EchoServerFixture {self.engine} {what} on {hostport(*self.server_address)}>"
+        try:
+            what = self.mode if self.transport == "tcp" else "udp"
+            where = hostport(*self.server_address)
+        except AttributeError:  # its __init__ failed (a bad argument): in a traceback
+            return "<EchoServerFixture (not made)>"
+        return f"<EchoServerFixture {self.engine} {what} on {where}>"
 
 
 class EchoServerFactory(Protocol):
@@ -390,7 +407,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for name in used
         if "engine" in getattr(metafunc.definition.get_closest_marker(name), "kwargs", {})
     ]
-    asks = inspect.signature(metafunc.function).parameters
+    asks = _arguments(metafunc.function)
     if used and fixed == used and "echo_server_factory" not in asks:
         return
     metafunc.parametrize("echo_engine", engines, indirect=True, ids=engines)
@@ -406,9 +423,37 @@ _MARKERS = ("echo_server", "udp_echo_server")  # each names its fixture
 def echo_engine(request: pytest.FixtureRequest) -> str:
     """The engine ("native" or "python") of this test's echo servers:
     --echo-engine or the ini setting echo_engine; with "both", the test runs
-    once per engine."""
+    once per engine. A test whose server fixtures all take their engine from
+    their markers (``@pytest.mark.echo_server(engine="python")``) and that
+    makes no other server runs on that engine: echo_engine says so."""
     param = getattr(request, "param", None)
-    return str(param) if param is not None else _engines(request.config)[0]
+    if param is not None:
+        return str(param)
+    return _marker_engine(request) or _engines(request.config)[0]
+
+
+def _marker_engine(request: pytest.FixtureRequest) -> str | None:
+    """The engine every server fixture this test uses takes from its marker,
+    if they agree and the test has no echo_server_factory of its own (whose
+    servers run on echo_engine); else None. The same rule as
+    pytest_generate_tests, which then leaves the engine alone."""
+    used = [name for name in _MARKERS if name in request.fixturenames]
+    function = getattr(request, "function", None)
+    if not used or function is None or "echo_server_factory" in _arguments(function):
+        return None
+    engines = set()
+    for name in used:
+        marker = request.node.get_closest_marker(name)
+        engines.add(None if marker is None else marker.kwargs.get("engine"))
+    engine = engines.pop() if len(engines) == 1 else None
+    return engine if engine in ENGINES else None
+
+
+def _arguments(function: Callable[..., Any]) -> Any:
+    try:
+        return inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read: assume the worst
+        return ("echo_server_factory",)
 
 
 @pytest.fixture
@@ -452,7 +497,7 @@ def echo_server(
     say what it saw. ``@pytest.mark.echo_server(mode="line", ...)`` changes
     its settings (any pyecho.EchoServer keyword, plus record=,
     record_limit=, check_leaks=). Closed when the test ends, pass or fail."""
-    return echo_server_factory(**_marker_settings(request, "echo_server"))
+    return _marked_server(request, echo_server_factory, "echo_server")
 
 
 @pytest.fixture
@@ -466,7 +511,20 @@ def udp_echo_server(
     ``@pytest.mark.udp_echo_server(faults=pyecho.Faults(drop=0.1), ...)``
     changes its settings (any pyecho.EchoServer keyword that applies to
     UDP). Closed when the test ends, pass or fail."""
-    return echo_server_factory(transport="udp", **_marker_settings(request, "udp_echo_server"))
+    return _marked_server(request, echo_server_factory, "udp_echo_server", transport="udp")
+
+
+def _marked_server(
+    request: pytest.FixtureRequest, factory: EchoServerFactory, name: str, **fixed: Any
+) -> EchoServerFixture:
+    """The server of fixture ``name``, made with its marker's settings; a bad
+    setting is the test's error in one line naming the marker (the plugin's
+    own frames say nothing to a user)."""
+    try:
+        return factory(**fixed, **_marker_settings(request, name))
+    except (TypeError, ValueError) as e:
+        error = f"@pytest.mark.{name}: {type(e).__name__}: {e}"
+    pytest.fail(error, pytrace=False)  # outside the except: no "During handling of..."
 
 
 def _marker_settings(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
@@ -475,7 +533,7 @@ def _marker_settings(request: pytest.FixtureRequest, name: str) -> dict[str, Any
     settings: dict[str, Any] = {}
     for mark in reversed(list(request.node.iter_markers(name))):
         if mark.args:
-            raise TypeError(f"@pytest.mark.{name} takes keyword arguments only")
+            raise TypeError(f"keyword arguments only (mode='line', ...), not {mark.args!r}")
         settings.update(mark.kwargs)
     return settings
 

@@ -130,6 +130,13 @@ class ProcServer:
     def threads(self) -> int:
         return _status_kib(self.pid, "Threads")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process has used so far, seconds."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            # The fields after the command name, which may hold spaces.
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()

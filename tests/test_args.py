@@ -12,6 +12,8 @@ import pytest
 import pyecho
 from conftest import LOOPBACK
 from pyecho import _native
+from pyecho._config import SETTINGS, TIMEOUT, Setting, check_timeout, make_config
+from pyecho._faults import FAULTS
 
 ADDR = (LOOPBACK, 0)
 
@@ -83,6 +85,15 @@ BAD_SERVER_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"idle_timeout": 1e12}, ValueError, "idle_timeout must be between"),
     ({"idle_timeout": 0.0001}, ValueError, "idle_timeout must be at least 0.001"),
     ({"idle_timeout": "5"}, TypeError, "idle_timeout must be a number"),
+    # beyond any float (issue 15): the range, not an OverflowError naming nothing
+    ({"idle_timeout": 10**400}, ValueError, "idle_timeout must be between 0 and 4e+06 seconds"),
+    ({"idle_timeout": -(10**400)}, ValueError, "idle_timeout must be between"),
+    (
+        {"max_pending": 10**400},
+        ValueError,
+        "max_pending must be between 1 and 1073741824, got about",
+    ),
+    ({"mode": 10**400}, ValueError, "mode must be one of raw, line, seed; got about 1e+400"),
     ({"idle_timeout": True}, TypeError, "idle_timeout must be a number"),
     ({"backlog": 0}, ValueError, "backlog must be between 1 and 65535"),
     ({"backlog": 65536}, ValueError, "backlog must be between"),
@@ -90,6 +101,37 @@ BAD_SERVER_ARGS: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"backlog": "128"}, TypeError, "backlog must be an int"),
     ({"on_event": 3}, TypeError, "on_event must be callable"),
 ]
+
+
+# Every setting (server, client, faults) that takes a number: the kinds of numbers
+# Python does not turn into a float (or a str) without an error of its own.
+NUMERIC = [
+    (where, s)
+    for where, table in (("config", SETTINGS), ("faults", FAULTS), ("client", (TIMEOUT,)))
+    for s in table
+    if s.kind in ("count", "bytes", "rate", "seconds", "probability")
+]
+HUGE = {"1e+400": 10**400, "-1e+400": -(10**400), "1e+5000": 10**5000, "1e+309": 10**309}
+
+
+@pytest.mark.parametrize("shown, huge", HUGE.items(), ids=HUGE)
+@pytest.mark.parametrize("where, setting", NUMERIC, ids=[s.name for _, s in NUMERIC])
+def test_huge_numbers_are_out_of_range_naming_the_setting(
+    where: str, setting: Setting, shown: str, huge: int
+) -> None:
+    """A ValueError naming the setting and its range, shortly: not an
+    OverflowError (math.isfinite(10**400)) nor 5000 digits."""
+    with pytest.raises(ValueError) as info:
+        if where == "config":
+            make_config(**{setting.name: huge})
+        elif where == "faults":
+            pyecho.Faults(**{setting.name: huge})
+        else:
+            check_timeout(huge)
+    message = str(info.value)
+    assert message.startswith(f"{setting.name} must be ")
+    assert message.endswith(f"got about {shown}")
+    assert len(message) < 120
 
 
 @pytest.fixture
@@ -133,6 +175,7 @@ BAD_CLIENT_ARGS += [
     ({"timeout": math.inf}, ValueError, "timeout must be a positive number"),
     ({"timeout": 3e6}, ValueError, "timeout must be a positive number of seconds up to"),
     ({"timeout": "1"}, TypeError, "timeout must be a number or None"),
+    ({"timeout": 10**309}, ValueError, "timeout must be a positive number of seconds up to"),
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pyecho.bench.report import WAKEUP_MARK, WAKEUP_NOTE, render_markdown, render_table
+from pyecho.bench.runner import QUICK_STATUS, evaluate
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -154,3 +155,35 @@ def test_udp_rows_show_losses_and_per_socket_rates() -> None:
 def test_no_udp_column_without_udp() -> None:
     for text in (render_table(result()), render_markdown(result(), None)):
         assert "lost (UDP)" not in text and "UDP rows" not in text
+
+
+def test_a_quick_run_says_its_targets_are_not_judged() -> None:
+    quick = result() | {"options": result()["options"] | {"quick": True}}
+    for text in (render_table(quick), render_markdown(quick, None)):
+        assert "is a smoke test: too short and too noisy to judge the targets" in " ".join(
+            text.split()
+        )
+    for text in (render_table(result()), render_markdown(result(), None)):
+        assert "smoke test" not in text
+
+
+def test_evaluate_judges_only_when_asked() -> None:
+    """A quick run keeps what it measured (value, and whether it meets the
+    bound) but its status judges nothing."""
+    records = [
+        {"run": 0, "server": server, "scenario": "c50-64B", "cpu_us_per_rt": cpu}
+        for server, cpu in (("native", 5.0), ("floor", 4.0), ("uvloop", 6.0))
+    ]
+    for judged in (True, False):
+        targets, _ = evaluate(records, 1, judged=judged)
+        by_name = {t["name"]: t for t in targets}
+        floor = by_name["native CPU per round trip / floor's, 50 conns x 64 B"]  # 1.25 > 1.05
+        uvloop = by_name["native CPU per round trip / uvloop's, 50 x 64 B"]  # 0.83 < 1
+        assert (floor["value"], floor["met"]) == (1.25, False)
+        assert uvloop["met"] is True
+        if judged:
+            assert (floor["status"], uvloop["status"]) == ("missed", "met")
+        else:
+            assert floor["status"] == uvloop["status"] == QUICK_STATUS
+        unmeasured = by_name["native MiB/s / floor's, 10 x 64 KiB"]
+        assert unmeasured["status"] == "not measured" and "met" not in unmeasured

@@ -313,7 +313,9 @@ def test_the_tail_of_a_long_line_is_not_the_quit_word(cwd: Path, engine: str) ->
 
 # ---- usage: one line naming the flag, exit status 2 ----
 
-USAGE_ERRORS = [
+BIG = "1" + "0" * 309  # 1e309: more than a float holds
+
+USAGE_ERRORS: list[tuple[str | list[str], str]] = [
     ("serve --port 70000", "--port must be between 0 and 65535, got 70000"),
     ("client --port 0", "--port must be between 1 and 65535, got 0"),
     ("client --port -1", "--port must be between 1 and 65535, got -1"),
@@ -427,18 +429,87 @@ USAGE_ERRORS = [
         "--udp-rate-per-source does not apply to TCP: it is for UDP (add --udp)",
     ),
     ("serve --no-udp-guard", "--no-udp-guard does not apply to TCP: it is for UDP (add --udp)"),
+    # a negative value with a unit after its flag is a value, not an option (issue 15)
+    ("serve --latency -1s", "--latency must be between 0 and 4e+06 seconds, got -1.0 (-1s)"),
+    (
+        "serve --max-pending -1KiB",
+        "--max-pending must be between 1 and 1073741824, got -1024 (-1KiB)",
+    ),
+    ("serve --jitter -.5ms", "--jitter must be between 0 and 4e+06 seconds, got -0.0005 (-.5ms)"),
+    ("serve --max-clients -3", "--max-clients must be between 0 and 2147483648, got -3"),
+    ("serve --latency -soon", "argument --latency: expected one argument"),  # not a number
+    # numbers beyond any float (issue 15): one line, naming the flag and the range
+    (f"serve --latency {BIG}", "--latency must be between 0 and 4e+06 seconds, got about 1e+309"),
+    (
+        f"serve --idle-timeout {BIG}",
+        "--idle-timeout must be between 0 and 4e+06 seconds, got about 1e+309",
+    ),
+    (f"serve --jitter {BIG}ms", "--jitter must be between 0 and 4e+06 seconds, got 1e+306"),
+    (
+        f"serve --reset-after {BIG}",
+        "--reset-after must be a positive number of seconds up to 4e+06, got about 1e+309",
+    ),
+    (
+        f"client --timeout {BIG}",
+        "--timeout must be a positive number of seconds up to 2e+06, got about 1e+309 "
+        "(or --no-timeout: wait forever)",
+    ),
+    (f"serve --refuse {BIG}%", "--refuse must be a probability from 0 to 1, got 1e+307"),
+    (f"serve --rate {BIG}KiB", "--rate must be between 1 and 1125899906842624, got about 1e+312"),
+    (
+        f"serve --seed -{BIG}",
+        "--seed must be between 0 and 18446744073709551615, got about -1e+309",
+    ),
+    # more digits than Python reads into an int (4300): still the range
+    (f"serve --bufsize {'9' * 5000}", "--bufsize must be between 1 and 1048576, got about 1e+4999"),
+    (f"serve --backlog {'9' * 5000}", "--backlog must be between 1 and 65535, got about 1e+4999"),
+    (
+        f"serve --latency {'9' * 5000}s",
+        "--latency must be between 0 and 4e+06 seconds, got about 1e+4999",
+    ),
+    (
+        f"serve --latency 1.{'1' * 1001}",
+        "--latency must be a time such as 30, 1.5s, 50ms or 2m (a plain number is seconds), "
+        "with at most 1000 digits after the point, got '1.11111111111111111111111111111111111111'"
+        "... (1003 characters)",
+    ),
+    (
+        f"serve --port {'9' * 5000}",
+        "--port must be between 0 and 65535, got about 1e+4999",
+    ),
+    # an empty host would listen on every interface without a word (issue 15)
+    (
+        ["serve", "--host", ""],
+        "--host must not be empty: to listen on every interface, say so with --host 0.0.0.0 "
+        "(IPv4) or --host :: (IPv6 and IPv4); the default, 127.0.0.1, keeps the server on "
+        "this machine",
+    ),
+    (
+        ["serve", "--host="],
+        "--host must not be empty: to listen on every interface, say so with --host 0.0.0.0 "
+        "(IPv4) or --host :: (IPv6 and IPv4); the default, 127.0.0.1, keeps the server on "
+        "this machine",
+    ),
+    (
+        ["client", "--host", ""],
+        "--host must not be empty: give the server's address (default: 127.0.0.1)",
+    ),
     ("serve --bogus", "unrecognized arguments: --bogus"),
     ("serve --port", "argument --port: expected one argument"),
     ("", "the following arguments are required: COMMAND"),
 ]
 
 
-@pytest.mark.parametrize("argv, message", USAGE_ERRORS, ids=[a[0] for a in USAGE_ERRORS])
+@pytest.mark.parametrize(
+    "argv, message",
+    USAGE_ERRORS,
+    ids=[(a if isinstance(a, str) else " ".join(map(repr, a)))[:50] for a, _ in USAGE_ERRORS],
+)
 def test_usage_errors_are_one_line_naming_the_flag(
-    argv: str, message: str, capsys: pytest.CaptureFixture[str]
+    argv: str | list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        cli.main(argv.split())
+        cli.main(argv.split() if isinstance(argv, str) else argv)
     assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"pyecho: error: {message}\n")

@@ -183,7 +183,13 @@ NON_DEFAULT = {
         "idle_timeout": 2.5,
         "backlog": 6,
     },
-    "udp": {"max_pending": 500, "udp_guard": False, "udp_rate": 7, "udp_rate_per_source": 3},
+    "udp": {
+        "max_pending": 500,
+        "udp_guard": False,
+        "udp_rate": 7,
+        "udp_rate_per_source": 3,
+        "udp_loop_limit": 9,
+    },
 }
 
 

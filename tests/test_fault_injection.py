@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from procserver import ProcServer
 from spec_rng import SplitMix64
+from streams import MIB, Pattern, Pump
 
 import pyecho
 from conftest import (
@@ -229,17 +230,44 @@ def test_after_the_limit_input_is_dropped_until_the_peer_closes(engine: str) -> 
         assert server.stats.bytes_out == 5
 
 
-def test_stall_after_echoes_nothing_more_but_keeps_reading(engine: str) -> None:
-    with tcp_server(engine, pyecho.Faults(stall_after=3)) as (server, _), connect(server) as s:
-        s.sendall(b"abcdef")
-        assert recv_exactly(s, 3) == b"abc"
+def test_lifting_stall_after_echoes_every_byte_in_order(engine: str) -> None:
+    """Issue 15, item 8: AAAA, then BBBB while stalled, then set_faults(None)
+    and CCCC: the client gets AAAABBBBCCCC, no hole, on an open connection."""
+    with tcp_server(engine, pyecho.Faults(stall_after=4)) as (server, rec), connect(server) as s:
+        s.sendall(b"AAAA")
+        assert recv_exactly(s, 4) == b"AAAA"
+        s.sendall(b"BBBB")
         s.settimeout(0.2)
         with pytest.raises(TimeoutError):
             s.recv(10)
-        s.settimeout(10)
-        s.sendall(b"x" * (4 << 20))  # the server takes it all: no blocking
-        wait_for(lambda: server.stats.bytes_in == 6 + (4 << 20), 10)
+        s.settimeout(5)
+        server.set_faults(None)
+        s.sendall(b"CCCC")
+        assert recv_exactly(s, 8) == b"BBBBCCCC"
+        s.sendall(b"DD")
+        assert recv_exactly(s, 2) == b"DD"
+        assert closes(rec) == []
+        wait_for(lambda: server.stats.bytes_out == 14)
+
+
+def test_stall_after_stops_reading_and_keeps_every_byte(engine: str) -> None:
+    """A stall is a stalled peer: past stall_after nothing is echoed and the
+    connection is not read, so the client's sends block once the kernel's
+    buffers are full (the server holds at most the one read that crossed the
+    stall). A stall raised at runtime then lets the rest through in order."""
+    total = 32 * MIB
+    with tcp_server(engine, pyecho.Faults(stall_after=3)) as (server, _), connect(server) as s:
+        pump = Pump(s, Pattern(seed=8), total)
+        stalled_at = pump.send_until_stalled(stall=0.5, limit=60)
+        assert stalled_at < total, "the server kept reading past the stall"
+        time.sleep(0.05)
+        assert server.stats.bytes_in <= READ_CHUNK
         assert server.stats.bytes_out == 3
+        server.set_faults(pyecho.Faults(stall_after=stalled_at + 1000))
+        time.sleep(0.05)
+        server.set_faults(None)
+        pump.run(limit=120)
+        assert pump.received == total
 
 
 # ---- ends: reset_after, refuse, close_delay, accept_delay ---------------------------------

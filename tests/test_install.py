@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import cffi
+import pytest
 
 import pyecho
 
@@ -27,6 +29,21 @@ def test_version_is_the_installed_metadata() -> None:
 
 def test_the_package_is_marked_typed() -> None:
     assert (PACKAGE / "py.typed").is_file()
+
+
+def test_the_whole_package_is_mypy_strict_clean(tmp_path: Path) -> None:
+    """py.typed promises types to every user: `mypy --strict` on the package
+    (the one imported, installed or editable) reports nothing."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install '.[test]')")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), str(PACKAGE)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Success: no issues found" in out.stdout
 
 
 def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:
@@ -55,7 +72,7 @@ def _try_native_from(cwd: Path) -> subprocess.CompletedProcess:
 
 def _copy_package(to: Path) -> Path:
     """The package's Python sources, without any built library."""
-    shutil.copytree(PACKAGE, to / "pyecho", ignore=shutil.ignore_patterns("*.so", "*.h"))
+    shutil.copytree(PACKAGE, to / "pyecho", ignore=shutil.ignore_patterns("*.so", "*.dylib", "*.h"))
     return to / "pyecho"
 
 
@@ -79,6 +96,31 @@ def test_a_package_without_its_library_is_not_called_a_checkout(tmp_path: Path) 
     package = _copy_package(tmp_path)
     out = _try_native_from(tmp_path)
     assert out.returncode == 0, out.stderr
-    assert f"ERR pyecho's native engine is not built: {package / 'libpyecho_core.so'}" in out.stdout
+    library = package / pyecho._native.LIBRARY_NAME
+    assert f"ERR pyecho's native engine is not built: {library}" in out.stdout
     assert "Install the package with `pip install .`" in out.stdout
     assert "source checkout" not in out.stdout
+
+
+def test_the_metadata_says_what_the_package_is() -> None:
+    """pyproject's [project]: the index page's one line names both transports
+    and the plugin; the extras do not repeat each other."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for word in ("TCP", "UDP", "IPv6", "fault injection", "pytest plugin"):
+        assert word in project["description"]
+    assert "epoll" not in project["keywords"]  # one of the C core's pollers, not what it is
+    assert {"udp", "pytest", "rfc862"} <= set(project["keywords"])
+    extras = project["optional-dependencies"]
+    assert extras["dev"] == ["pyecho[test]", "ruff"]
+
+
+def test_the_readme_links_nothing_the_index_page_loses() -> None:
+    """The README is the package index's page, where a relative link
+    (docs/..., LICENSE) is dead: it names those files instead, and links
+    only to its own sections and to absolute URLs."""
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert targets  # its own sections, at least
+    relative = [t for t in targets if not t.startswith(("#", "https://", "http://"))]
+    assert relative == []

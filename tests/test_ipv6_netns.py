@@ -81,11 +81,19 @@ def no_ipv6_ns() -> Iterator[Netns]:
 
 
 def probe(
-    ns: Netns, server: str, client: str, serve: str, *connect: str, udp: bool = False
+    ns: Netns,
+    server: str,
+    client: str,
+    serve: str,
+    *connect: str,
+    udp: bool = False,
+    relay: bool = False,
 ) -> dict:
     argv = [sys.executable, PROBE, "--server", server, "--client", client, "--serve", serve]
     if udp:
         argv.append("--udp")
+    if relay:
+        argv.append("--relay")
     for host in connect:
         argv += ["--connect", host]
     done = ns.run(argv)
@@ -122,6 +130,25 @@ def test_link_local_address_with_scope(link_ns: Netns, server: str, client: str)
         f"<EchoClient {client} tcp line to [{LINK_LOCAL}]:{port}>"
     }
     assert peers(result) == one_each(LINK_LOCAL, LINK_LOCAL, LINK_LOCAL)
+
+
+@pytest.mark.parametrize("server, client", COMBOS)
+def test_the_plugins_relay_fronts_a_link_local_address(
+    link_ns: Netns, server: str, client: str
+) -> None:
+    """The pytest plugin's recording relay (record=True, its default) in
+    front of a server on fe80::1%d0: bound, connected to and named with the
+    scope, so clients reach it, it records them, and the events name them."""
+    result = probe(link_ns, server, client, LINK_LOCAL, "-", LINK_LOCAL, relay=True)
+    assert "server_error" not in result, result["server_error"]
+    host, port = result["server_address"]
+    assert host == LINK_LOCAL and port != result["engine_address"][1]  # the relay's
+    assert result["engine_address"][0] == LINK_LOCAL
+    assert served(result) == [(LINK_LOCAL, "hi\n")] * 2
+    assert sorted(result["received"].values()) == ["hi\n", "hi\n"]
+    assert peers(result) == one_each(LINK_LOCAL, LINK_LOCAL)
+    assert result["settled"] is True  # its own probe connection went through too
+    assert result["errors"] == []
 
 
 @pytest.mark.parametrize("server, client", COMBOS)

@@ -1,20 +1,34 @@
-"""The benchmark's C load generator (csrc/loadgen.c): it must verify every
-echoed byte, so a server that corrupts, drops, adds or stalls is an error,
-never a number."""
+"""The benchmark's C load generator (csrc/loadgen.c, its own library
+libpyecho_loadgen): it must verify every echoed byte, so a server that
+corrupts, drops, adds or stalls is an error, never a number; and its library
+is checked against its header as the core's is."""
 
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pyecho
 from conftest import LOOPBACK
-from pyecho.bench.loadgen import LoadGen, LoadGenError
+from pyecho.bench.loadgen import (
+    ABI_STRUCTS,
+    LIBRARY_ENV,
+    LIBRARY_NAME,
+    LoadGen,
+    LoadGenError,
+    _installed,
+    load,
+)
 
 Handler = Callable[[socket.socket], None]
 
@@ -172,7 +186,7 @@ def test_connection_refused() -> None:
         {"connections": 1, "msg_size": 64 << 20},
     ],
 )
-def test_bad_settings(kwargs: dict) -> None:
+def test_bad_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(OSError) as info:
         LoadGen(**kwargs)
     assert info.value.errno == errno.EINVAL
@@ -285,7 +299,7 @@ def flip(position: int) -> Callable[[bytes], list[bytes]]:
     return change
 
 
-def udp_loadgen(connections: int = 1, msg_size: int = 64, depth: int = 1, **kw) -> LoadGen:
+def udp_loadgen(connections: int = 1, msg_size: int = 64, depth: int = 1, **kw: Any) -> LoadGen:
     return LoadGen(connections, msg_size, depth, transport="udp", **kw)
 
 
@@ -480,7 +494,7 @@ def test_udp_a_server_that_goes_away_mid_run() -> None:
         {"msg_size": 64, "mode": "line"},  # a datagram has no lines
     ],
 )
-def test_udp_bad_settings(kwargs: dict) -> None:
+def test_udp_bad_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(OSError) as info:
         LoadGen(1, transport="udp", **kwargs)
     assert info.value.errno == errno.EINVAL
@@ -528,3 +542,82 @@ def test_udp_correct_servers_pass(
     total = connections + first.round_trips + second.round_trips
     assert stats.datagrams_in == stats.datagrams_out == total
     assert stats.bytes_in == stats.bytes_out == total * msg_size
+
+
+# ---- its library: the benchmark's own, checked as the core is ---------------
+
+LOAD_LOADGEN = (
+    "from pyecho.bench import loadgen\n"
+    "try:\n"
+    "    loadgen.LoadGen(1, 64)\n"
+    "except loadgen.LoadGenUnavailableError as e:\n"
+    "    print('ERR', e)\n"
+    "else:\n"
+    "    print('LOADED')\n"
+)
+
+
+def _load_loadgen_with(library: Path, cwd: Path) -> str:
+    env = {**os.environ, LIBRARY_ENV: str(library)}
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_LOADGEN],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _fake_loadgen(tmp_path: Path, source: str) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build a fake library")
+    c = tmp_path / "fake.c"
+    c.write_text("#include <stddef.h>\n" + source)
+    lib = tmp_path / "libfake.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(c)], check=True, timeout=60)
+    return lib
+
+
+def test_the_installed_library_loads_and_matches_its_header(tmp_path: Path) -> None:
+    ffi, lib = load()
+    assert lib.echo_loadgen_abi_version() == lib.ECHO_LOADGEN_ABI_VERSION
+    for name in ABI_STRUCTS:
+        assert lib.echo_loadgen_abi_sizeof(name.encode()) == ffi.sizeof(name)
+    assert lib.echo_loadgen_abi_sizeof(b"echo_config") == 0  # the core's, not here
+    assert _load_loadgen_with(_installed(LIBRARY_NAME), tmp_path) == "LOADED\n"
+
+
+def test_a_load_generator_of_another_abi_version_is_refused(tmp_path: Path) -> None:
+    lib = _fake_loadgen(tmp_path, "int echo_loadgen_abi_version(void) { return 999; }\n")
+    out = _load_loadgen_with(lib, tmp_path)
+    assert f"ERR {lib} was built for load generator ABI version 999" in out
+    assert f"unset {LIBRARY_ENV}" in out
+
+
+def test_a_load_generator_whose_structs_differ_is_refused(tmp_path: Path) -> None:
+    version = load()[1].ECHO_LOADGEN_ABI_VERSION
+    lib = _fake_loadgen(
+        tmp_path,
+        f"int echo_loadgen_abi_version(void) {{ return {version}; }}\n"
+        "size_t echo_loadgen_abi_sizeof(const char *n) { (void)n; return 1; }\n",
+    )
+    out = _load_loadgen_with(lib, tmp_path)
+    assert f"ERR {lib} disagrees with its header on echo_loadgen_config (1 bytes" in out
+
+
+def test_the_core_library_is_not_a_load_generator(tmp_path: Path) -> None:
+    core = os.environ.get("PYECHO_LIBRARY") or str(
+        pyecho._native._installed(pyecho._native.LIBRARY_NAME)
+    )
+    out = _load_loadgen_with(Path(core), tmp_path)
+    assert f"ERR {core} is not a pyecho load generator library of this version" in out
+
+
+def test_a_missing_load_generator_says_how_to_build_it(tmp_path: Path) -> None:
+    out = _load_loadgen_with(tmp_path / "nothing.so", tmp_path)
+    assert f"ERR the benchmark's load generator is not built: {tmp_path / 'nothing.so'}" in out
+    assert "pip install ." in out

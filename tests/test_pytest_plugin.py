@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import os
+import re
 import select
 import site
 import socket
@@ -215,9 +216,10 @@ def test_marker_settings(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*ERROR at setup of test_unknown_keyword*",
-            "*TypeError*unexpected keyword argument 'colour'*",
+            "@pytest.mark.echo_server: TypeError: *unexpected keyword argument 'colour'",
             "*ERROR at setup of test_positional*",
-            "*TypeError: @pytest.mark.echo_server takes keyword arguments only*",
+            "@pytest.mark.echo_server: TypeError: keyword arguments only (mode='line', ...), "
+            "not ('line',)",
         ],
         consecutive=False,
     )
@@ -271,7 +273,7 @@ UDP = """
                 assert s.recv(65536) == data
         assert (server.stats.datagrams_in, server.stats.datagrams_out) == (3, 3)
         assert server.events == []
-        with pytest.raises(RuntimeError, match="record=True"):
+        with pytest.raises(RuntimeError, match="received is for TCP"):
             server.received
         open("engine-" + echo_engine, "w").close()
 
@@ -683,6 +685,43 @@ def test_mypy_strict_on_a_user_test_file(pytester: pytest.Pytester) -> None:
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_blocks() -> list[str]:
+    """Every Python block of the README, in order."""
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+
+
+@pytest.mark.slow
+def test_the_readmes_python_passes_mypy_strict(pytester: pytest.Pytester) -> None:
+    """What a user copies from the README type-checks as it is."""
+    pytest.importorskip("mypy", reason="mypy is not installed")
+    blocks = readme_blocks()
+    assert len(blocks) >= 4  # the API's two, the plugin's two
+    for i, block in enumerate(blocks):
+        path = pytester.makepyfile(**{f"readme_block_{i}": block})
+        result = mypy(path, pytester.path)
+        assert result.returncode == 0, f"README block {i}:\n{block}\n{result.stdout}"
+
+
+@pytest.mark.slow
+def test_the_readmes_plugin_example_gives_its_transcript(pytester: pytest.Pytester) -> None:
+    """The README's first plugin example, run as its transcript says (both
+    engines): the outcomes and the failures it shows."""
+    example = readme_example("Use it in your tests")
+    section = README.read_text().split("\n## Use it in your tests\n")[1].split("\n## ")[0]
+    transcript = section.split("```\n", 2)[2].split("```")[0]  # the block after the example
+    pytester.makepyfile(test_my_client=example)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v", "--echo-engine=both")
+    result.assert_outcomes(passed=4, failed=2)
+    shown = [line for line in transcript.splitlines() if line.startswith("test_my_client.py::")]
+    assert len(shown) == 6
+    result.stdout.fnmatch_lines([line.split("  ")[0].replace("[", "[[]") + "*" for line in shown])
+    assert "========================= 2 failed, 4 passed in" in transcript
+    assert "check_leaks: connections still open: #1 from 127.0.0.1:" in transcript
+
+
 # ---- the recording relay, on both engines (no inner session) ----
 # Each scenario runs with the relay (record=True) and without it: the client
 # and the server must see the same either way.
@@ -893,6 +932,129 @@ def test_fixture_class_checks_its_own_settings() -> None:
             server.wait_for_events("close", reason="bored")
 
 
+# ---- rough edges (issue 15, item 17) ----
+
+
+@pytest.mark.parametrize("default", ["native", "python"])
+def test_echo_engine_is_the_markers_engine(pytester: pytest.Pytester, default: str) -> None:
+    """echo_engine names the engine the test's servers run on: the marker's,
+    when every server fixture used takes its engine from its marker and the
+    test makes no servers of its own (else the option's, which those use)."""
+    other = "python" if default == "native" else "native"
+    result = run(
+        pytester,
+        f"""
+        import pytest
+
+        @pytest.mark.echo_server(engine="{other}")
+        def test_marker(echo_server, echo_engine):
+            assert echo_server.engine == echo_engine == "{other}"
+
+        @pytest.mark.udp_echo_server(engine="{other}")
+        @pytest.mark.echo_server(engine="{other}")
+        def test_markers_agree(echo_server, udp_echo_server, echo_engine):
+            assert echo_engine == "{other}"
+
+        @pytest.mark.udp_echo_server(engine="{other}")
+        def test_one_without(echo_server, udp_echo_server, echo_engine):
+            assert echo_server.engine == echo_engine == "{default}"
+
+        @pytest.mark.echo_server(engine="{other}")
+        def test_with_the_factory(echo_server, echo_server_factory, echo_engine):
+            assert echo_server_factory().engine == echo_engine == "{default}"
+
+        @pytest.mark.echo_server(engine="{default}")
+        def test_marker_says_the_default(echo_server, echo_engine):
+            assert echo_engine == "{default}"
+        """,
+        f"--echo-engine={default}",
+    )
+    result.assert_outcomes(passed=5)
+
+
+def test_udp_received_says_it_is_tcp_only(engine: str) -> None:
+    with EchoServerFixture((LOOPBACK, 0), transport="udp", engine=engine) as server:
+        with pytest.raises(RuntimeError) as e:
+            _ = server.received
+    assert str(e.value).startswith("received is for TCP: a UDP server has no recording relay")
+    assert "record=False" not in str(e.value)
+
+
+def test_bad_marker_arguments_are_one_line(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.echo_server(record_limit=-1)
+        def test_fixture_setting(echo_server):
+            pass
+
+        @pytest.mark.udp_echo_server(mode="line")
+        def test_engine_setting(udp_echo_server):
+            pass
+
+        def test_factory(echo_server_factory):
+            echo_server_factory(record_limit=-1)
+        """,
+    )
+    result.assert_outcomes(failed=1, errors=2)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_fixture_setting*",
+            "@pytest.mark.echo_server: ValueError: record_limit must be an int >= 0, got -1",
+            "*ERROR at setup of test_engine_setting*",
+            "@pytest.mark.udp_echo_server: ValueError: mode does not apply to UDP: *",
+            "*_ test_factory _*",
+        ],
+        consecutive=False,
+    )
+    # A traceback through the half-made fixture shows it, not an error of its repr().
+    assert "raised in repr()" not in out
+    assert "self = <EchoServerFixture (not made)>" in out
+    assert "During handling" not in out
+
+
+def test_on_event_raising_again_is_told_once(pytester: pytest.Pytester, engine: str) -> None:
+    """on_event raising the same error for the open and then for the close
+    (at shutdown) is one failure, with one traceback."""
+    result = run(
+        pytester,
+        """
+        import socket
+        import pytest
+
+        def explode(event):
+            raise ValueError("on_event exploded")
+
+        @pytest.mark.echo_server(on_event=explode)
+        def test_broken(echo_server):
+            socket.create_connection(echo_server.server_address, timeout=10).close()
+            echo_server.wait_for_events("close")
+            assert len(echo_server.errors) == 1
+        """,
+        f"--echo-engine={engine}",
+    )
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert out.count("Traceback (most recent call last)") == 1
+    assert out.count("\non_event raised ValueError: on_event exploded; stopped serving") == 1
+
+
+def test_the_plugins_own_connection_is_not_in_received(engine: str) -> None:
+    """assert_connections_closed() connects through the relay to see the
+    server settled: that connection is no client's and not in received."""
+    with EchoServerFixture((LOOPBACK, 0), engine=engine) as server:
+        server.start()
+        with socket.create_connection(server.server_address, timeout=10) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+        server.assert_connections_closed()
+        (closed,) = server.wait_for_events("close")
+        assert server.received == {closed.conn_id: b"x"}
+
+
 # ---- TLS ----
 
 
@@ -900,9 +1062,11 @@ def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytest
     """@pytest.mark.echo_server(tls=True) with --echo-engine=both, the
     factory with TLS(cert="expired"), and record=True refused with the reason."""
     pytest.importorskip("trustme")
-    result = run(
-        pytester,
-        """
+    # In a subprocess: an in-process inner session may import cryptography
+    # (under trustme) afresh, which its Rust half refuses to mix with the first.
+    pytester.makepyfile(
+        test_inner=textwrap.dedent(
+            """
         import socket, ssl
         import pytest
         import pyecho
@@ -927,9 +1091,10 @@ def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytest
         @pytest.mark.echo_server(tls=True, record=True)
         def test_record_is_refused(echo_server):
             pass
-        """,
-        "--echo-engine=both",
+        """
+        )
     )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--echo-engine=both")
     result.assert_outcomes(passed=4, errors=2)
     result.stdout.fnmatch_lines(["*record=True with tls: the recording relay would see only*"])
 
@@ -939,5 +1104,5 @@ def test_the_readmes_tls_example(pytester: pytest.Pytester) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme.split("\n## Use it in your tests\n")[1].split("\n### TLS\n")[1]
     pytester.makepyfile(test_my_tls=section.split("```python\n")[1].split("```")[0])
-    result = pytester.runpytest("-p", "no:cacheprovider", "--echo-engine=both")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--echo-engine=both")
     result.assert_outcomes(passed=4)

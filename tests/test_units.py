@@ -118,3 +118,32 @@ def test_format_time(seconds: float, shown: str) -> None:
 def test_format_chance() -> None:
     assert _units.format_chance(0.1) == "10%"
     assert _units.parse("probability", "10%") == 0.1
+
+
+@pytest.mark.parametrize(
+    "kind, text, value",
+    [
+        ("seconds", "1" + "0" * 309, 10**309),  # past the largest float: exact, an int
+        ("seconds", "-1" + "0" * 309 + "s", -(10**309)),
+        ("probability", "1" + "0" * 312 + "%", 10**310),
+        ("seconds", "0" * 5000 + "1.5" + "0" * 5000, 1.5),  # zeros that say nothing
+        ("seconds", "2" + "0" * 400 + "h", 2 * 10**400 * 3600),
+        # more digits than Python reads into an int: a power of ten as long
+        ("count", "9" * 5000, 10**4999),
+        ("count", "-" + "9" * 5000, -(10**4999)),
+        ("bytes", "9" * 5000 + "KiB", 10**4999 * 1024),
+        ("seconds", "9" * 5000 + ".5ms", 10**4996),
+    ],
+    ids=lambda v: str(v)[:12] if isinstance(v, str) else "",
+)
+def test_parse_huge_numbers_for_the_bounds_check(kind: str, text: str, value: float) -> None:
+    """Numbers no float holds come back as ints (the setting's check then
+    says they are out of its range), never an OverflowError."""
+    assert _units.parse(kind, text) == value
+
+
+def test_parse_refuses_endless_decimals() -> None:
+    with pytest.raises(ValueError) as e:
+        _units.parse("seconds", "1." + "3" * 1001)
+    assert str(e.value) == _units.FORMS["seconds"] + ", with at most 1000 digits after the point"
+    assert _units.parse("seconds", "1.5" + "0" * 5000) == 1.5  # trailing zeros say nothing

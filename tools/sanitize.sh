@@ -34,6 +34,8 @@ if [ -z "$asan" ]; then
 fi
 logs="$(mktemp -d)"
 export PYECHO_LIBRARY="$lib"
+# The benchmark's load generator (tests/test_loadgen.py), the same build.
+export PYECHO_LOADGEN_LIBRARY="$(realpath "$build/libpyecho_loadgen.so")"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:log_path=$logs/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logs/ubsan"
 # The tests run at their full default scale here too (about a minute); under

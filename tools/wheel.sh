@@ -55,13 +55,14 @@ with zipfile.ZipFile(wheel) as z:
     in_wheel = set(z.namelist())
 missing = [f for f in ("LICENSE", "README.md", "pyproject.toml", "CMakeLists.txt",
                        "csrc/pyecho.h", "pyecho/py.typed") if f not in in_sdist]
-missing += [f for f in ("pyecho/py.typed", "pyecho/libpyecho_core.so", "pyecho/pyecho.h")
+missing += [f for f in ("pyecho/py.typed", "pyecho/libpyecho_core.so", "pyecho/pyecho.h",
+                        "pyecho/bench/libpyecho_loadgen.so", "pyecho/bench/pyecho_loadgen.h")
             if f not in in_wheel]
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in in_wheel):
     missing.append("the wheel's .dist-info/licenses/LICENSE")
 if missing:
     sys.exit(f"wheel.sh: missing from the distributions: {', '.join(missing)}")
-print("sdist and wheel hold py.typed, LICENSE, the library and its header")
+print("sdist and wheel hold py.typed, LICENSE, the libraries and their headers")
 EOF
 
 echo "== the repaired wheel in a fresh venv"

@@ -1,5 +1,10 @@
 """The C load generator (csrc/loadgen.c, csrc/loadgen_udp.c) through cffi.
 
+It is the benchmark's own library, libpyecho_loadgen, installed beside this
+module with its header pyecho_loadgen.h (the declarations cffi reads): the
+product library, libpyecho_core, exports the echo API only. Set
+PYECHO_LOADGEN_LIBRARY to load another build of it (a sanitizer build, say).
+
 The call into C releases the GIL and runs the whole closed loop there, so
 what is measured is the server, not Python. Every echoed byte is verified: a
 wrong byte, an extra byte or an early close raises :class:`LoadGenError`.
@@ -12,11 +17,90 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .._native import load
+from .._native import NativeUnavailableError, library_name
+
+LIBRARY_NAME = library_name(stem="libpyecho_loadgen")
+HEADER_NAME = "pyecho_loadgen.h"
+LIBRARY_ENV = "PYECHO_LOADGEN_LIBRARY"
+# The structs the library reports the size of (echo_loadgen_abi_sizeof).
+ABI_STRUCTS = ("echo_loadgen_config", "echo_loadgen_result")
+
+
+class LoadGenUnavailableError(NativeUnavailableError):
+    """The load generator's library is not built or cannot be loaded."""
+
+
+def _installed(name: str) -> Path:
+    """A file installed into pyecho.bench (an editable install keeps the
+    built files apart from the sources, both on the package's __path__)."""
+    folders = [Path(f) for f in sys.modules[__package__].__path__]
+    for folder in folders:
+        if (folder / name).exists():
+            return folder / name
+    return folders[0] / name
+
+
+def _load() -> tuple[Any, Any]:
+    try:
+        from cffi import FFI  # type: ignore[import-untyped, unused-ignore]
+    except ImportError as e:  # pragma: no cover - cffi is a dependency
+        raise LoadGenUnavailableError(f"cffi is not installed ({e})") from e
+    library = Path(os.environ.get(LIBRARY_ENV) or _installed(LIBRARY_NAME))
+    header_file = _installed(HEADER_NAME)
+    if not header_file.exists() or not library.exists():
+        raise LoadGenUnavailableError(
+            f"the benchmark's load generator is not built: {library} is missing. "
+            "Install pyecho with `pip install .` (or `pip install -e .` from a clone): "
+            "it compiles csrc/ into the core and the load generator."
+        )
+    ffi = FFI()
+    # cffi takes plain declarations: drop the include guard and #includes.
+    text = header_file.read_text()
+    ffi.cdef("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
+    try:
+        lib = ffi.dlopen(str(library))
+    except OSError as e:
+        raise LoadGenUnavailableError(f"cannot load {library}: {e}") from e
+    rebuild = f"rebuild it (pip install .) or unset {LIBRARY_ENV}"
+    try:
+        version = lib.echo_loadgen_abi_version()
+    except AttributeError:
+        raise LoadGenUnavailableError(
+            f"{library} is not a pyecho load generator library of this version "
+            f"(it has no echo_loadgen_abi_version); {rebuild}"
+        ) from None
+    if version != lib.ECHO_LOADGEN_ABI_VERSION:
+        raise LoadGenUnavailableError(
+            f"{library} was built for load generator ABI version {version}, this pyecho "
+            f"needs {lib.ECHO_LOADGEN_ABI_VERSION}; {rebuild}"
+        )
+    for name in ABI_STRUCTS:
+        built, expected = lib.echo_loadgen_abi_sizeof(name.encode()), ffi.sizeof(name)
+        if built != expected:
+            raise LoadGenUnavailableError(
+                f"{library} disagrees with its header on {name} ({built} bytes, the header "
+                f"says {expected}); {rebuild}"
+            )
+    return ffi, lib
+
+
+_loaded: tuple[Any, Any] | None = None
+
+
+def load() -> tuple[Any, Any]:
+    """(ffi, lib) of the load generator's library, loaded once;
+    LoadGenUnavailableError if it cannot be."""
+    global _loaded
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
 
 MODES = {"raw": 0, "line": 1, "seed": 2}
 TRANSPORTS = {"tcp": 0, "udp": 1}

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .servers import SERVERS, show_host
+from .servers import SERVERS, VARIANT_PREFIX, show_host
 
 MiB = 1 << 20
 COLORS = {
@@ -54,6 +54,22 @@ def _one_connection(result: dict[str, Any]) -> bool:
     return any(s["connections"] == 1 and not s["idle"] for s in result["scenarios"])
 
 
+def _mib(value: float | None) -> str:
+    """Bytes in MiB; "-" where it could not be measured (no /proc)."""
+    return "-" if value is None else f"{value / MiB:,.1f}"
+
+
+def _servers(result: dict[str, Any]) -> list[str]:
+    """The servers of a run in SERVERS order, native variants (another build
+    of the core, "native-poll") right after native."""
+    present = set(result.get("servers") or ()) | {
+        s for by_server in result["summary"].values() for s in by_server
+    }
+    variants = sorted(s for s in present if s.startswith(VARIANT_PREFIX))
+    order = [s for name in SERVERS for s in ([name, *variants] if name == "native" else [name])]
+    return [s for s in order if s in present]
+
+
 def _labels(result: dict[str, Any]) -> dict[str, str]:
     return {
         s["name"]: s["label"] + (WAKEUP_MARK if s["connections"] == 1 and not s["idle"] else "")
@@ -69,7 +85,7 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
     for scenario, by_server in result["summary"].items():
         if scenario == "idle":
             continue
-        for server in SERVERS:
+        for server in _servers(result):
             m = by_server.get(server)
             if m is None:
                 continue
@@ -84,8 +100,8 @@ def _throughput_rows(result: dict[str, Any]) -> list[list[str]]:
                     f"{m['lat_p99_us']:,.1f}",
                     f"{m['lat_p999_us']:,.1f}",
                     f"{m['cpu_us_per_rt']:.2f}",
-                    f"{m['peak_rss_bytes'] / MiB:,.1f}",
-                    f"{m['other_cpu_cores']:.2f}",
+                    _mib(m["peak_rss_bytes"]),
+                    "-" if m["other_cpu_cores"] is None else f"{m['other_cpu_cores']:.2f}",
                     *([lost] if udp else []),
                 ]
             )
@@ -106,6 +122,11 @@ THROUGHPUT_HEAD = [
 ]
 IDLE_HEAD = ["server", "idle connections", "RSS per connection (B)", "peak RSS MiB"]
 UDP_HEAD = ["UDP scenario", "server", "datagrams/s per socket", "lost (all runs)", "late"]
+QUICK_NOTE = (
+    "A --quick run (one run, half a second per measurement) is a smoke test: too short "
+    "and too noisy to judge the targets, so none is met or missed; run without --quick "
+    "to judge them."
+)
 TARGET_HEAD = ["target", "bound", "measured (median)", "per run", "status"]
 
 
@@ -122,7 +143,7 @@ def _udp_rows(result: dict[str, Any]) -> list[list[str]]:
     for scenario, by_server in result["summary"].items():
         if transports.get(scenario) != "udp":
             continue
-        for server in SERVERS:
+        for server in _servers(result):
             if (m := by_server.get(server)) is not None:
                 rows.append(
                     [
@@ -143,9 +164,9 @@ def _idle_rows(result: dict[str, Any]) -> list[list[str]]:
             server,
             f"{m['connections']:,}",
             f"{m['rss_per_conn_bytes']:,.0f}",
-            f"{m['peak_rss_bytes'] / MiB:,.1f}",
+            _mib(m["peak_rss_bytes"]),
         ]
-        for server in SERVERS
+        for server in _servers(result)
         if (m := by_server.get(server)) is not None
     ]
 
@@ -208,6 +229,8 @@ def render_table(result: dict[str, Any]) -> str:
         "Targets (ratios taken inside each run, then the median):",
         _text_table(TARGET_HEAD, _target_rows(result)),
     ]
+    if result["options"].get("quick"):
+        parts += [textwrap.fill(QUICK_NOTE, 100, break_on_hyphens=False)]
     return "\n".join(parts)
 
 
@@ -266,6 +289,8 @@ def render_markdown(result: dict[str, Any], png_name: str | None) -> str:
     if _idle_rows(result):
         out += ["", "## Idle connections held", "", _md_table(IDLE_HEAD, _idle_rows(result), 1)]
     out += ["", "## Targets", "", _md_table(TARGET_HEAD, _target_rows(result), 1)]
+    if o.get("quick"):
+        out += ["", QUICK_NOTE]
     if result["ratios"]:
         out += [
             "",
@@ -324,7 +349,7 @@ def figure(result: dict[str, Any]) -> Any:
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     flat = list(axes.flat)
     for ax, (metric, title, ylabel) in zip(flat[:3], panels, strict=True):
-        servers = [s for s in SERVERS if any(s in summary[sc] for sc in scenarios)]
+        servers = [s for s in _servers(result) if any(s in summary[sc] for sc in scenarios)]
         width = 0.8 / max(1, len(servers))
         for i, server in enumerate(servers):
             xs, ys = [], []
@@ -346,13 +371,13 @@ def figure(result: dict[str, Any]) -> Any:
         )
         ax.grid(axis="y", alpha=0.3)
     if scenarios:
-        flat[0].legend(fontsize=8, ncol=len(SERVERS), loc="upper left")
+        flat[0].legend(fontsize=8, ncol=len(_servers(result)), loc="upper left")
     else:
         for ax in flat[:3]:
             ax.set_visible(False)
     ax = flat[3]
     idle = summary.get("idle", {})
-    servers = [s for s in SERVERS if s in idle]
+    servers = [s for s in _servers(result) if s in idle]
     if servers:
         ys = [idle[s]["rss_per_conn_bytes"] for s in servers]
         bars = ax.bar(servers, ys, color=[COLORS.get(s) for s in servers])

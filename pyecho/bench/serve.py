@@ -8,9 +8,12 @@ and memory apart from the load generator's.
 DatagramProtocol.)
 
 prints ``PORT <n>`` on stdout once listening (TCP) or bound (UDP) and serves
-until killed (SIGTERM); it also dies with its parent. The floor servers are
-the C programs floor_server.c and floor_udp_server.c (see servers.py), with
-the same protocol.
+until killed (SIGTERM); it also dies with its parent (PR_SET_PDEATHSIG on
+Linux; everywhere, when its stdin is a pipe, at that pipe's EOF). A line
+``usage`` on that pipe is answered ``USAGE <user s> <system s> <ru_maxrss>``
+from getrusage(): its figures where there is no /proc to read them from. The
+floor servers are the C programs floor_server.c and floor_udp_server.c (see
+servers.py), with the same PORT line.
 
 pyecho's UDP rate limits are set to their maximum (10**9 datagrams per
 second, globally and per source): the benchmark measures echoing, and the
@@ -22,10 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import os
 import resource
 import signal
 import socket
+import stat
 import sys
+import threading
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -49,11 +55,25 @@ def raise_nofile_limit() -> int:
 
 
 def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if stat.S_ISFIFO(os.fstat(0).st_mode):
+        threading.Thread(target=_watch_stdin, name="stdin-watch", daemon=True).start()
+
+
+def _watch_stdin() -> None:
+    """Answer "usage" lines; exit at EOF (the parent is gone or done). It
+    waits in read() without the GIL: the server does not pay for it."""
+    for line in sys.stdin.buffer:
+        if line.strip() == b"usage":
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            sys.stdout.write(f"USAGE {ru.ru_utime:.6f} {ru.ru_stime:.6f} {ru.ru_maxrss}\n")
+            sys.stdout.flush()
+    os._exit(0)
 
 
 def _announce(port: int) -> None:
@@ -153,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     raise_nofile_limit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if args.server in ("native", "python"):
-        serve_pyecho(args.server, args.mode, args.udp, args.host)
-    else:
-        if args.mode == "seed":
-            parser.error(f"{args.server} serves raw and line mode only")
-        serve_asyncio(args.server == "uvloop", args.mode, args.udp, args.host)
+    if args.server not in ("native", "python") and args.mode == "seed":
+        parser.error(f"{args.server} serves raw and line mode only")
+    try:
+        if args.server in ("native", "python"):
+            serve_pyecho(args.server, args.mode, args.udp, args.host)
+        else:
+            serve_asyncio(args.server == "uvloop", args.mode, args.udp, args.host)
+    except OSError as e:  # cannot listen there: one line for the benchmark to show
+        print(f"{parser.prog}: cannot serve on {args.host}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

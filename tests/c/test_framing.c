@@ -96,6 +96,7 @@ static void test_config_check(void)
     GOOD(udp_rate, 1000000000u);
     BAD(udp_rate, 1000000001u);
     BAD(udp_rate_per_source, 1000000001u);
+    BAD(udp_loop_limit, 1000000001u);
 
     /* A NULL quit word needs a zero length, and the other way round. */
     echo_config_default(&cfg);

@@ -1,6 +1,7 @@
 /*
- * test_loadgen.c - the load generator (loadgen.c, loadgen_udp.c) against the
- * C core's own server in one process, over loopback, TCP and UDP: a correct
+ * test_loadgen.c - the load generator (loadgen.c, loadgen_udp.c: the
+ * benchmark's own library, pyecho_loadgen.h) against the C core's own server
+ * in one process, over loopback, TCP and UDP: a correct
  * server passes, a server that drops or duplicates datagrams (its faults) is
  * caught, and bad arguments and error paths free what they allocated. Its
  * main purpose is the sanitizer build: LeakSanitizer sees every allocation
@@ -16,6 +17,16 @@
 
 #include "check.h"
 #include "pyecho.h"
+#include "pyecho_loadgen.h"
+
+/* The load generator's header has its own names for the server's values. */
+_Static_assert((int)ECHO_LOADGEN_TCP == (int)ECHO_TCP &&
+                   (int)ECHO_LOADGEN_UDP == (int)ECHO_UDP,
+               "transports");
+_Static_assert((int)ECHO_LOADGEN_RAW == (int)ECHO_MODE_RAW &&
+                   (int)ECHO_LOADGEN_LINE == (int)ECHO_MODE_LINE &&
+                   (int)ECHO_LOADGEN_SEED == (int)ECHO_MODE_SEED,
+               "modes");
 
 typedef struct running {
     echo_server *srv;
@@ -72,6 +83,15 @@ static echo_loadgen_config config(int transport, uint32_t conns, uint32_t depth,
     cfg.timeout_ms = 3000;
     cfg.loss_timeout_ms = 50;
     return cfg;
+}
+
+static void test_abi(void)
+{
+    CHECK_EQ(echo_loadgen_abi_version(), ECHO_LOADGEN_ABI_VERSION);
+    CHECK_EQ(echo_loadgen_abi_sizeof("echo_loadgen_config"), sizeof(echo_loadgen_config));
+    CHECK_EQ(echo_loadgen_abi_sizeof("echo_loadgen_result"), sizeof(echo_loadgen_result));
+    CHECK_EQ(echo_loadgen_abi_sizeof("echo_config"), 0);
+    CHECK_EQ(echo_loadgen_abi_sizeof(NULL), 0);
 }
 
 static void test_bad_config(void)
@@ -189,6 +209,7 @@ static void test_udp_refused(void)
 
 int main(void)
 {
+    RUN(test_abi);
     RUN(test_bad_config);
     RUN(test_correct_server);
     RUN(test_udp_drops_and_duplicates);

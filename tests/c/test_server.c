@@ -593,7 +593,8 @@ static void test_faults_pacing(void)
     CHECK(now_ms() - t0 < 2000);
     close(fd);
 
-    /* stall_after: 3 bytes, then nothing (the input is still taken). */
+    /* stall_after: 3 bytes, then nothing (the rest is kept, the connection
+     * no longer read); lifted, the rest follows in order. */
     echo_faults_default(&f);
     f.stall_after = 3;
     CHECK_EQ(echo_server_set_faults(r.srv, &f), 0);
@@ -607,6 +608,10 @@ static void test_faults_pacing(void)
     }
     CHECK_EQ(recv(fd, buf, 1, 0), -1);
     CHECK(errno == EAGAIN || errno == EWOULDBLOCK);
+    CHECK_EQ(send(fd, "gh", 2, 0), 2);
+    CHECK_EQ(echo_server_set_faults(r.srv, NULL), 0);
+    CHECK_EQ(read_all(fd, buf, 5, &err), 5);
+    CHECK(memcmp(buf, "defgh", 5) == 0);
     close(fd);
 
     /* accept_delay and close_delay. */
