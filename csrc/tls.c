@@ -280,7 +280,7 @@ int echo_tls_available(void)
 
 const char *echo_tls_version(void)
 {
-    return "built without OpenSSL (its headers were not found at build time)";
+    return "built without OpenSSL (PYECHO_TLS=OFF, or its headers were not found)";
 }
 
 int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t errlen)

@@ -133,6 +133,8 @@ class EchoServer:
             raise ValueError("tls does not apply to UDP: TLS runs over TCP (DTLS is not served)")
         self._tls_on = tls_settings is not None
         faults = self._check_faults(faults)
+        if tls_settings is not None and engine == "auto" and not _native.tls_available():
+            engine = "python"  # a native engine without TLS: the Python one serves it
         server_cls, _ = _engine_classes(engine)
         if tls_settings is not None and engine == "native":
             _native.check_tls()  # NativeUnavailableError saying why, and what to do

@@ -4,6 +4,7 @@ here wrote (Python's ssl, asyncio, openssl s_client, socat)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -527,3 +528,124 @@ def test_cli_serve_tls_and_client_tls(engine: str) -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(20)
     assert not os.path.exists(ca[1].decode())
+
+
+# ---- a build without OpenSSL ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_a_build_without_openssl_refuses_tls_saying_why(tmp_path: Any) -> None:
+    """-DPYECHO_TLS=OFF (as without OpenSSL's headers): the library builds,
+    native_tls_available() is False, the native engine refuses tls= saying
+    why, plain TCP still works and the Python engine serves TLS."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    build = tmp_path / "build"
+    for step in (
+        ["cmake", "-S", root, "-B", str(build), "-DPYECHO_TLS=OFF", "-DPYECHO_WERROR=ON"],
+        ["cmake", "--build", str(build), "--target", "pyecho_core", "-j2"],
+    ):
+        run = subprocess.run(step, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+    code = """
+import pyecho
+print("available", pyecho.native_tls_available())
+try:
+    pyecho.EchoServer(("127.0.0.1", 0), engine="native", tls=True)
+except pyecho.NativeUnavailableError as e:
+    print("refused", e)
+with pyecho.EchoServer(("127.0.0.1", 0), engine="native", mode="raw").start() as s:
+    with pyecho.EchoClient(s.server_address, mode="raw") as c:
+        print("plain", c.echo(b"ok"))
+with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw", tls=True).start() as s:
+    with pyecho.EchoClient(s.server_address, mode="raw", tls=s.tls.client_context()) as c:
+        print("python tls", c.echo(b"ok"))
+"""
+    env = {**os.environ, "PYECHO_LIBRARY": str(build / "libpyecho_core.so")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "available False"
+    assert lines[1].startswith("refused the native engine cannot serve TLS: its library was built")
+    assert "without OpenSSL" in lines[1] and "engine='python'" in lines[1]
+    assert lines[2:] == ["plain b'ok'", "python tls b'ok'"]
+
+
+# ---- every TCP fault over TLS -----------------------------------------------------
+
+
+def test_set_faults_releases_a_delayed_handshake(engine: str) -> None:
+    """handshake_delay changed by set_faults(): a handshake waiting for it
+    goes on at once when it is removed."""
+    import threading
+
+    with tls_server(engine, faults=pyecho.Faults(handshake_delay=30)).start() as server:
+        took: list[float] = []
+
+        def connect() -> None:
+            start = time.monotonic()
+            with tls_connect(server, timeout=20) as s:
+                s.sendall(b"x")
+                assert recv_exactly(s, 1) == b"x"
+            took.append(time.monotonic() - start)
+
+        t = threading.Thread(target=connect)
+        t.start()
+        time.sleep(0.3)
+        server.set_faults(None)
+        t.join(20)
+        assert took and 0.25 < took[0] < 5, took
+
+
+FAULT_CASES = {
+    "rate": pyecho.Faults(rate=20_000),
+    "slice_delay": pyecho.Faults(slice=100, slice_delay=0.01),
+    "stall_after": pyecho.Faults(stall_after=10),
+    "close_delay": pyecho.Faults(close_delay=0.2),
+    "accept_delay": pyecho.Faults(accept_delay=0.2),
+    "reset_after": pyecho.Faults(reset_after=0.3),
+    "refuse": pyecho.Faults(refuse=1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FAULT_CASES))
+def test_each_tcp_fault_over_tls(engine: str, name: str) -> None:
+    faults = FAULT_CASES[name]
+    data = bytes(range(256)) * 8  # 2 KiB
+    with tls_server(engine, faults=faults).start() as server:
+        start = time.monotonic()
+        if name == "refuse":
+            with pytest.raises((ConnectionResetError, ssl.SSLError)):
+                tls_connect(server)
+            wait_for(lambda: server.stats.closed["refused"] == 1, 10, "the refusal")
+            return
+        with tls_connect(server) as s:
+            handshake = time.monotonic() - start
+            s.sendall(data)
+            if name == "stall_after":
+                assert recv_exactly(s, 10) == data[:10]
+                s.settimeout(0.3)
+                with pytest.raises((TimeoutError, socket.timeout)):
+                    s.recv(1)
+                return
+            if name == "reset_after":
+                # Python's ssl reports the reset as a ragged EOF (b"") or an error.
+                with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                    while s.recv(4096):
+                        pass
+                assert time.monotonic() - start >= 0.3
+                wait_for(lambda: server.stats.closed["reset_after"] == 1, 10, "the reset")
+                return
+            assert recv_exactly(s, len(data)) == data
+            took = time.monotonic() - start
+            if name == "close_delay":
+                s.unwrap()  # our close_notify; the server's comes 0.2 s later
+                assert time.monotonic() - start - took >= 0.15
+        if name == "rate":
+            assert took >= 0.05  # 2 KiB at 20 kB/s, records and all
+        elif name == "accept_delay":
+            assert handshake >= 0.2
+        elif name == "slice_delay":
+            assert took >= 0.1  # 2 KiB of records in 100-byte pieces, 10 ms apart
