@@ -148,6 +148,15 @@ size_t queued(const conn *c)
  * stall holds the echo (or, lingering, for its EOF); for output while
  * anything is queued and no fault holds sending back. Nothing while a fault
  * makes it wait. */
+/* May the connection's input be read now (not lingering)? */
+static int wants_input(echo_server *srv, conn *c)
+{
+    const conn_fx *fx = c->fx;
+
+    return !c->closing && queued(c) < srv->cfg.max_pending &&
+           (fx == NULL || (fx->waiting == 0 && !fx_stalled(srv, c)));
+}
+
 int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
@@ -155,8 +164,7 @@ int update_interest(echo_server *srv, conn *c)
 
     if (fx != NULL && fx->waiting != 0)
         return ev_io_set(srv->loop, &c->io, 0);
-    if (c->lingering ||
-        (!c->closing && queued(c) < srv->cfg.max_pending && (fx == NULL || !fx_stalled(srv, c))))
+    if (c->lingering || wants_input(srv, c))
         want |= EV_READ;
     if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
         want |= EV_WRITE;
@@ -194,7 +202,7 @@ void conn_done(echo_server *srv, conn *c, int reason)
      * once that is out too). */
     if (c->tls != NULL && c->tls->ready && !c->tls->notified &&
         (reason == ECHO_CLOSE_PEER || reason == ECHO_CLOSE_QUIT || reason == ECHO_CLOSE_LIMIT)) {
-        if (tls_close_notify(c->tls, &c->out) != 0 || flush_out(srv, c) != 0) {
+        if (tls_close_notify(c->tls) != 0 || flush_out(srv, c) != 0) {
             conn_close(srv, c, ECHO_CLOSE_RESET);
             return;
         }
@@ -266,7 +274,7 @@ int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     if (c->tls == NULL)
         return outbuf_append(&c->out, data, len);
     count(&srv->stats.bytes_out, (uint64_t)len); /* TLS: the echo, not its records */
-    return tls_seal(c->tls, data, len, &c->out);
+    return tls_seal(c->tls, data, len);
 }
 
 /* Write what can go now; 0, or -1 if the connection failed. */
@@ -433,20 +441,31 @@ static int handshake_faults(echo_server *srv, conn *c)
     return 0;
 }
 
+/*
+ * Move the handshake on, then decrypt and echo what came: OpenSSL reads the
+ * socket itself (tls.c's BIO), so a turn takes at most READ_CHUNK bytes of
+ * plaintext, and stops early when the connection may not take more input
+ * (max_pending, a fault), as a plain connection's reads do; plaintext
+ * OpenSSL decrypted already is taken anyway (one record at most: it reads
+ * no further ahead), since no readiness event would come for it.
+ */
 int tls_progress(echo_server *srv, conn *c)
 {
     tls_conn *t = c->tls;
+    size_t budget = READ_CHUNK;
 
     if (!t->ready) {
         int rc = tls_handshake(t);
 
         if (rc < 0) {
-            if (tls_take(t, &c->out) == 0)
-                (void)flush_out(srv, c); /* its alert, if it can go at once */
-            conn_close(srv, c, ECHO_CLOSE_HANDSHAKE);
+            (void)flush_out(srv, c); /* its alert, if it can go at once */
+            /* Input OpenSSL did not read (the client's next records) would
+             * turn close() into a reset that destroys the alert in flight. */
+            (void)recv(c->io.fd, srv->scratch, READ_CHUNK, MSG_DONTWAIT);
+            conn_close(srv, c, t->failed ? ECHO_CLOSE_RESET : ECHO_CLOSE_HANDSHAKE);
             return 1;
         }
-        if (tls_take(t, &c->out) != 0 || flush_out(srv, c) != 0) {
+        if (flush_out(srv, c) != 0) {
             conn_close(srv, c, ECHO_CLOSE_RESET);
             return 1;
         }
@@ -454,7 +473,7 @@ int tls_progress(echo_server *srv, conn *c)
             return conn_settle(srv, c);
         touch(srv, c);
     }
-    for (;;) {
+    while (tls_pending(t) > 0 || (budget > 0 && wants_input(srv, c))) {
         ssize_t n;
 
         if (c->held_len > 0)
@@ -468,9 +487,10 @@ int tls_progress(echo_server *srv, conn *c)
         }
         if (on_input(srv, c, n < 0 ? 0 : (size_t)n))
             return 1;
+        budget -= (size_t)n < budget ? (size_t)n : budget;
     }
     /* Tickets, key updates: whatever reading made OpenSSL write. */
-    if (tls_take(t, &c->out) != 0 || flush_out(srv, c) != 0) {
+    if (tls_take(t) != 0 || flush_out(srv, c) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
@@ -480,27 +500,24 @@ int tls_progress(echo_server *srv, conn *c)
 static void on_tls_readable(echo_server *srv, conn *c)
 {
     tls_conn *t = c->tls;
-    ssize_t n = recv(c->io.fd, srv->scratch, READ_CHUNK, 0);
+    ssize_t n;
 
-    if (n < 0) {
-        if (is_reset(errno))
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
-    }
-    if (n == 0) {
-        if (t->ready)
-            (void)on_input(srv, c, 0);
-        else
+    if (!t->started || t->stalled) {
+        /* Its first bytes (a peek: OpenSSL reads them) decide the handshake
+         * faults; a stalled handshake's input is read and dropped. */
+        n = recv(c->io.fd, srv->scratch, t->stalled ? READ_CHUNK : 1,
+                 t->stalled ? 0 : MSG_PEEK);
+        if (n < 0) {
+            if (is_reset(errno))
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+        if (n == 0) {
             conn_close(srv, c, ECHO_CLOSE_HANDSHAKE); /* given up before its end */
-        return;
-    }
-    if (t->stalled)
-        return; /* handshake_stall: dropped */
-    if (tls_feed(t, srv->scratch, (size_t)n) != 0) {
-        conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
-    }
-    if (!t->started) {
+            return;
+        }
+        if (t->stalled)
+            return;
         t->started = 1;
         if (handshake_faults(srv, c))
             return;
@@ -603,7 +620,7 @@ static void add_conn(echo_server *srv, int fd, const net_addr *peer)
     }
     c->srv = srv;
     c->peer = *peer;
-    if (srv->tls != NULL && (c->tls = tls_conn_new(srv->tls)) == NULL) {
+    if (srv->tls != NULL && (c->tls = tls_conn_new(srv->tls, fd, &c->out)) == NULL) {
         ev_io_stop(srv->loop, &c->io);
         close(fd);
         free(c);

@@ -29,6 +29,9 @@ conn_fx *fx_attach(echo_server *srv, conn *c)
         return NULL;
     fx->c = c;
     fx->rng = fx_rng_seed(srv->faults->seed, c->id);
+    /* TLS: records go through the output queue, where the faults act on them. */
+    if (c->tls != NULL)
+        c->tls->direct = 0;
     /* tokens_ms 0: the first refill finds a second gone, so the rate's
      * bucket starts full, like the UDP global one. */
     c->fx = fx;

@@ -8,6 +8,7 @@
  * the same options, ciphers, session id context, verification and ALPN
  * choice, so a client cannot tell the engines apart.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,15 +17,19 @@
 
 #ifdef PYECHO_HAVE_OPENSSL
 
+#include <sys/socket.h>
+
+#include "compat.h"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 /* CPython's PY_SSL_DEFAULT_CIPHER_STRING (Modules/_ssl.c, 3.10 on). */
 #define CIPHERS "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
-#define TAKE_CHUNK 16384
 
 struct tls_ctx {
     SSL_CTX *ctx;
+    BIO_METHOD *bio; /* the socket BIO (below) */
     uint8_t alpn[65536];
     size_t alpn_len;
 };
@@ -86,6 +91,11 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
+static int bio_write(BIO *b, const char *data, size_t len, size_t *written);
+static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes);
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr);
+static int bio_create(BIO *b);
+
 int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t errlen)
 {
     tls_ctx *t;
@@ -106,9 +116,12 @@ int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t err
     if (t == NULL)
         return -ENOMEM;
     ctx = t->ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        free(t);
-        return fail(err, errlen, "SSL_CTX_new", -ENOMEM);
+    t->bio = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pyecho socket");
+    if (ctx == NULL || t->bio == NULL || BIO_meth_set_write_ex(t->bio, bio_write) != 1 ||
+        BIO_meth_set_read_ex(t->bio, bio_read) != 1 || BIO_meth_set_ctrl(t->bio, bio_ctrl) != 1 ||
+        BIO_meth_set_create(t->bio, bio_create) != 1) {
+        tls_ctx_free(t);
+        return fail(err, errlen, "cannot set up TLS", -ENOMEM);
     }
     SSL_CTX_clear_options(ctx, SSL_CTX_get_options(ctx));
     SSL_CTX_set_options(ctx, SSL_OP_ALL | SSL_OP_NO_SSLv3 | SSL_OP_NO_COMPRESSION |
@@ -156,34 +169,98 @@ void tls_ctx_free(tls_ctx *t)
     if (t == NULL)
         return;
     SSL_CTX_free(t->ctx);
+    BIO_meth_free(t->bio);
     free(t);
 }
 
-tls_conn *tls_conn_new(tls_ctx *ctx)
+/* ---- the socket BIO ----------------------------------------------------------- */
+
+static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
+{
+    tls_conn *t = BIO_get_data(b);
+
+    *written = len; /* always all: what the socket does not take is queued */
+    if (t->failed)
+        return 1;
+    if (t->direct && t->out->len == 0 && len > 0) {
+        ssize_t n = send(t->fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                t->failed = 1;
+                return 1;
+            }
+            n = 0;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    if (len > 0 && outbuf_append(t->out, (const uint8_t *)data, len) != 0)
+        t->failed = 1;
+    return 1;
+}
+
+static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
+{
+    tls_conn *t = BIO_get_data(b);
+    ssize_t n;
+
+    BIO_clear_retry_flags(b);
+    *readbytes = 0;
+    if (t->eof || t->failed)
+        return 0;
+    n = recv(t->fd, buf, len, 0);
+    if (n > 0) {
+        *readbytes = (size_t)n;
+        return 1;
+    }
+    if (n == 0)
+        t->eof = 1;
+    else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        BIO_set_retry_read(b);
+    else
+        t->failed = 1;
+    return 0;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+tls_conn *tls_conn_new(tls_ctx *ctx, int fd, outbuf *out)
 {
     tls_conn *t = calloc(1, sizeof *t);
     SSL *ssl;
-    BIO *rbio, *wbio;
+    BIO *bio;
 
     if (t == NULL)
         return NULL;
     ssl = SSL_new(ctx->ctx);
-    rbio = BIO_new(BIO_s_mem());
-    wbio = BIO_new(BIO_s_mem());
-    if (ssl == NULL || rbio == NULL || wbio == NULL) {
+    bio = BIO_new(ctx->bio);
+    if (ssl == NULL || bio == NULL) {
         SSL_free(ssl);
-        BIO_free(rbio);
-        BIO_free(wbio);
+        BIO_free(bio);
         free(t);
         ERR_clear_error();
         return NULL;
     }
-    /* An empty memory BIO means "no more yet", not end of file. */
-    BIO_set_mem_eof_return(rbio, -1);
-    BIO_set_mem_eof_return(wbio, -1);
-    SSL_set_bio(ssl, rbio, wbio);
+    BIO_set_data(bio, t);
+    SSL_set_bio(ssl, bio, bio);
     SSL_set_accept_state(ssl);
     t->ssl = ssl;
+    t->fd = fd;
+    t->out = out;
+    t->direct = 1;
     return t;
 }
 
@@ -196,26 +273,15 @@ void tls_conn_free(tls_conn *t)
     ERR_clear_error();
 }
 
-int tls_feed(tls_conn *t, const uint8_t *data, size_t len)
-{
-    if (len == 0)
-        return 0;
-    if (len > INT32_MAX || BIO_write(SSL_get_rbio(t->ssl), data, (int)len) != (int)len) {
-        ERR_clear_error();
-        return -1;
-    }
-    return 0;
-}
-
 int tls_handshake(tls_conn *t)
 {
     int rc = SSL_do_handshake(t->ssl);
 
     if (rc == 1) {
         t->ready = 1;
-        return 1;
+        return t->failed ? -1 : 1;
     }
-    if (SSL_get_error(t->ssl, rc) == SSL_ERROR_WANT_READ)
+    if (SSL_get_error(t->ssl, rc) == SSL_ERROR_WANT_READ && !t->eof && !t->failed)
         return 0;
     ERR_clear_error();
     return -1;
@@ -229,30 +295,33 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
         return (ssize_t)got;
     switch (SSL_get_error(t->ssl, 0)) {
     case SSL_ERROR_WANT_READ:
-        return 0;
+        if (!t->eof && !t->failed)
+            return 0;
+        break;
     case SSL_ERROR_ZERO_RETURN:
         return -1;
     default:
-        ERR_clear_error();
+        break;
+    }
+    ERR_clear_error();
+    if (t->failed)
         return -2;
-    }
+    return t->eof ? -1 : -2; /* a FIN ends input, as over plain TCP */
 }
 
-int tls_take(tls_conn *t, outbuf *out)
+size_t tls_pending(const tls_conn *t)
 {
-    BIO *wbio = SSL_get_wbio(t->ssl);
-    uint8_t chunk[TAKE_CHUNK];
+    int n = SSL_pending(t->ssl);
 
-    while (BIO_ctrl_pending(wbio) > 0) {
-        int n = BIO_read(wbio, chunk, sizeof chunk);
-
-        if (n <= 0 || outbuf_append(out, chunk, (size_t)n) != 0)
-            return -1;
-    }
-    return 0;
+    return n > 0 ? (size_t)n : 0;
 }
 
-int tls_seal(tls_conn *t, const uint8_t *data, size_t len, outbuf *out)
+int tls_take(tls_conn *t)
+{
+    return t->failed ? -1 : 0;
+}
+
+int tls_seal(tls_conn *t, const uint8_t *data, size_t len)
 {
     size_t written = 0;
 
@@ -260,15 +329,15 @@ int tls_seal(tls_conn *t, const uint8_t *data, size_t len, outbuf *out)
         ERR_clear_error();
         return -1;
     }
-    return tls_take(t, out);
+    return tls_take(t);
 }
 
-int tls_close_notify(tls_conn *t, outbuf *out)
+int tls_close_notify(tls_conn *t)
 {
     (void)SSL_shutdown(t->ssl); /* 0: the peer's is not awaited */
     ERR_clear_error();
     t->notified = 1;
-    return tls_take(t, out);
+    return tls_take(t);
 }
 
 #else /* no OpenSSL at build time */
@@ -299,23 +368,17 @@ void tls_ctx_free(tls_ctx *ctx)
     (void)ctx;
 }
 
-tls_conn *tls_conn_new(tls_ctx *ctx)
+tls_conn *tls_conn_new(tls_ctx *ctx, int fd, outbuf *out)
 {
     (void)ctx;
+    (void)fd;
+    (void)out;
     return NULL;
 }
 
 void tls_conn_free(tls_conn *t)
 {
     (void)t;
-}
-
-int tls_feed(tls_conn *t, const uint8_t *data, size_t len)
-{
-    (void)t;
-    (void)data;
-    (void)len;
-    return -1;
 }
 
 int tls_handshake(tls_conn *t)
@@ -332,26 +395,29 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
     return -2;
 }
 
-int tls_seal(tls_conn *t, const uint8_t *data, size_t len, outbuf *out)
+size_t tls_pending(const tls_conn *t)
+{
+    (void)t;
+    return 0;
+}
+
+int tls_seal(tls_conn *t, const uint8_t *data, size_t len)
 {
     (void)t;
     (void)data;
     (void)len;
-    (void)out;
     return -1;
 }
 
-int tls_take(tls_conn *t, outbuf *out)
+int tls_take(tls_conn *t)
 {
     (void)t;
-    (void)out;
     return -1;
 }
 
-int tls_close_notify(tls_conn *t, outbuf *out)
+int tls_close_notify(tls_conn *t)
 {
     (void)t;
-    (void)out;
     return -1;
 }
 
