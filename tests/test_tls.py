@@ -649,3 +649,24 @@ def test_each_tcp_fault_over_tls(engine: str, name: str) -> None:
             assert handshake >= 0.2
         elif name == "slice_delay":
             assert took >= 0.1  # 2 KiB of records in 100-byte pieces, 10 ms apart
+
+
+@pytest.mark.slow
+def test_the_tls_benchmark_runs(tmp_path: Any) -> None:
+    """python -m pyecho.bench.tls, briefly: every server answers every row,
+    and the report states the targets."""
+    out = tmp_path / "tls.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pyecho.bench.tls", "--seconds", "0.3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    import json
+
+    rows = json.loads(out.read_text())
+    servers = {r["server"] for r in rows}
+    assert {"native", "python", "asyncio", "floor"} <= servers
+    assert all(r["round_trips_per_s"] > 0 for r in rows)
+    assert "native CPU per round trip / floor's" in run.stdout
