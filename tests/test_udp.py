@@ -303,18 +303,24 @@ def test_drop_events_come_once_a_second_with_the_count_since(engine: str) -> Non
 
 
 def test_the_per_source_table_is_bounded(engine: str) -> None:
-    """Hundreds of sources each sending over their limit: none gets more than
-    its limit (sources sharing a slot share the overflow bucket instead of
-    refilling each other's), the few that collide are the only ones held
-    below it, and the server answers a newcomer at once."""
-    limit = 2
+    """Hundreds of sources each sending over their limit, in turns (so two
+    sources that share a slot alternate): none gets more than its limit
+    (sources sharing a slot share the overflow bucket instead of refilling
+    each other's), the few that collide are the only ones held below it,
+    and the server answers a newcomer at once."""
+    limit, rounds = 2, 10
     with udp_server(engine, udp_rate_per_source=limit, udp_rate=0) as server:
         socks = [udp_socket() for _ in range(300)]
         try:
             t0 = time.monotonic()
-            for group in range(0, len(socks), 50):
-                _burst(socks[group : group + 50], server.server_address, 5)
-                handled(server, (group + 50) * 5)
+            sent = 0
+            for r in range(rounds):
+                for s in socks:
+                    s.sendto(b"%d" % r, server.server_address)
+                    sent += 1
+                    if sent % 250 == 0:  # within the server's socket buffer
+                        handled(server, sent)
+            handled(server, sent)
             wait_for(
                 lambda: (
                     server.stats.datagrams_out + server.stats.dropped["rate_source"]
@@ -326,10 +332,19 @@ def test_the_per_source_table_is_bounded(engine: str) -> None:
             assert max(echoed) <= limit + refill, echoed
             # 300 sources in 4,096 slots: about 11 collide (birthday bound).
             assert sum(e < limit for e in echoed) <= 30, echoed
+            # A newcomer is answered: at once in a free slot; in one held by
+            # a source active in the last second (7 % of the time: 300 of
+            # 4,096) by the overflow bucket, which the colliders emptied and
+            # which refills one token in 1 / limit seconds.
             with pyecho.EchoClient(
-                server.server_address, engine=engine, transport="udp", timeout=5
+                server.server_address, engine=engine, transport="udp", timeout=0.5
             ) as c:
-                assert c.echo(b"newcomer") == b"newcomer"
+                for _ in range(10):
+                    with suppress(TimeoutError):
+                        assert c.echo(b"newcomer") == b"newcomer"
+                        break
+                else:
+                    raise AssertionError("a newcomer is not answered")
         finally:
             for s in socks:
                 s.close()
@@ -521,8 +536,8 @@ def test_datagrams_held_at_shutdown_are_counted(engine: str) -> None:
         server.shutdown()
         stats = server.stats
         assert waiting(s) == []
-    assert (stats.datagrams_in, stats.datagrams_out, stats.dropped["shutdown"]) == (5, 0, 5)
-    assert sum(stats.dropped.values()) == 5
+    assert (stats.datagrams_in, stats.datagrams_out, sum(stats.dropped.values())) == (5, 0, 5)
+    assert stats.dropped["shutdown"] == 5
     assert drops(rec) == [("shutdown", 1)]
 
 

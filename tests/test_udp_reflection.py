@@ -121,10 +121,10 @@ def test_a_datagram_from_the_server_itself_is_not_answered(engine: str) -> None:
     with no check the server talks to itself forever."""
     with udp_servers((engine, LOOPBACK)) as [server], forger() as f:
         f.send(server.server_address, server.server_address, b"self")
-        wait_for(lambda: server.stats.dropped["loop"] == 1)
+        wait_for(lambda: server.stats.datagrams_in >= 1)
         still([server])
         stats = server.stats
-    assert (stats.datagrams_in, stats.datagrams_out) == (1, 0)
+    assert (stats.datagrams_in, stats.datagrams_out, stats.dropped["loop"]) == (1, 0, 1)
 
 
 @needs_raw
@@ -246,4 +246,8 @@ def test_the_per_source_limit_holds_among_thousands_of_sources(engine: str) -> N
             except BlockingIOError:
                 break
             got += 1
-    assert limit <= got <= limit + int(took * limit) + 1, (got, took)
+    # The bound is an upper one. The victim usually gets its whole limit, but
+    # not always: when one of the others' datagrams reached the victim's slot
+    # first (its key is random per server), the victim shares the overflow
+    # bucket with every homeless source (docs/SECURITY.md), and gets less.
+    assert got <= limit + int(took * limit) + 1, (got, took)
