@@ -19,7 +19,11 @@ DEFAULT_PORT = 12345  # the original server.c's port
 
 TRANSPORTS = ("tcp", "udp")  # index = enum echo_transport in csrc/pyecho.h
 MODES = ("raw", "line", "seed")  # index = enum echo_mode in csrc/pyecho.h
-ENGINES = ("native", "python")
+ENGINES = ("native", "python")  # the engines that run
+# What an engine argument may say: "auto" (the default) is the native engine
+# where its library loads, else the Python engine (pyecho/_auto.py).
+ENGINE_CHOICES = ("auto", *ENGINES)
+DEFAULT_ENGINE = "auto"
 # index = enum echo_close_reason in csrc/pyecho.h
 CLOSE_REASONS = (
     "peer",
@@ -406,8 +410,8 @@ def show_value(value: Any) -> str:
 
 
 def check_engine(engine: Any) -> str:
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine not in ENGINE_CHOICES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINE_CHOICES)}; got {engine!r}")
     return str(engine)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from ._pycompat import MSG_DONTWAIT
+
 # A UDP client skips a datagram equal to one of the last this many it sent:
 # a late or duplicated echo (csrc/client.c's UDP_RECENT).
 UDP_RECENT = 16
@@ -38,7 +40,7 @@ def peek_surplus(fd: int) -> bytes:
     client that found it), without taking it; b"" if nothing can be seen."""
     sock = socket.socket(fileno=fd)
     try:
-        return sock.recv(_SHOWN, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return sock.recv(_SHOWN, socket.MSG_PEEK | MSG_DONTWAIT)
     except OSError:
         return b""
     finally:

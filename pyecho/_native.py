@@ -89,9 +89,19 @@ def _load() -> tuple[Any, Any]:
     library = Path(os.environ.get("PYECHO_LIBRARY") or _installed(LIBRARY_NAME))
     header_file = _installed(HEADER_NAME)
     if not header_file.exists() or not library.exists():
+        hint = _checkout_hint()
+        if hint is None and not header_file.exists() and "PYECHO_LIBRARY" not in os.environ:
+            # The pure-Python wheel (PYECHO_PUREPYTHON=1, Windows, or the
+            # fallback after a failed C build: pyproject.toml) has neither file.
+            raise NativeUnavailableError(
+                "this pyecho is a pure-Python install, without its native engine (the C "
+                "build was skipped or failed when it was installed; `pip install -v` shows "
+                "why). To get it: install a C compiler and CMake, then `pip install "
+                "--no-cache-dir --force-reinstall pyecho`; or use engine='python'."
+            )
         raise NativeUnavailableError(
             f"pyecho's native engine is not built: {library} is missing. "
-            + (_checkout_hint() or "Install the package with `pip install .` (it compiles csrc/)")
+            + (hint or "Install the package with `pip install .` (it compiles csrc/)")
             + ", or use engine='python'."
         )
     header = header_file.read_text()

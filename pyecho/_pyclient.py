@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import errno
 import os
-import select
+import selectors
 import socket
+import sys
 import time
 from collections import deque
 
 from ._config import REPLY_CLOSED, REPLY_OPEN, REPLY_SHORT, Config, sockaddr
 from ._errors import UDP_MAX, UDP_RECENT, peek_surplus, tcp_surplus, udp_mismatch
 from ._framing import scanner
+from ._pycompat import CONNECT_PENDING, MSG_NOSIGNAL, make_selector
 
 TRACK_CHUNK = 64 * 1024
 
-# Not a failure: try again when poll() says so.
+# Not a failure: try again when the selector says so.
 _RETRY = (BlockingIOError, InterruptedError)
+IN, OUT = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
 def _oserror(code: int) -> OSError:
@@ -49,6 +52,8 @@ class PyClient:
         # duplicated echo of one of them from a wrong answer.
         self._recent: deque[tuple[int, int]] = deque(maxlen=UDP_RECENT)
         self._sock = socket.socket(family, socket.SOCK_DGRAM if self._udp else socket.SOCK_STREAM)
+        self._sel: selectors.BaseSelector | None = None
+        self._watching = 0  # the events the selector watches for
         try:
             if not self._udp:
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,26 +62,36 @@ class PyClient:
                 # the system's default, as in csrc/net.c.
                 self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self._sock.setblocking(False)
+            self._sel = make_selector()
             err = self._sock.connect_ex(sockaddr(family, host, port))
-            if err == errno.EINPROGRESS:
-                self._wait(select.POLLOUT)
+            if err in CONNECT_PENDING:  # EINPROGRESS; EWOULDBLOCK on Windows
+                # A failed connect is writable (Windows: in select()'s
+                # except set, which the select() selector counts as writable).
+                self._wait(OUT)
                 err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise _oserror(err)
         except BaseException:
-            self._sock.close()
+            self.close()
             raise
 
     def _wait(self, events: int, deadline: float | None = None) -> int:
-        """poll() the socket (until deadline, a time.monotonic(), if given);
-        the events that occurred, or TimeoutError."""
-        p = select.poll()
-        p.register(self._sock, events)
+        """Wait for the socket to be ready for events (IN, OUT), until
+        deadline (a time.monotonic()) if given, else for the timeout: those
+        ready (errors and hang-ups count as both), or TimeoutError."""
+        sel = self._sel
+        assert sel is not None
+        if events != self._watching:
+            if self._watching:
+                sel.modify(self._sock, events)
+            else:
+                sel.register(self._sock, events)
+            self._watching = events
         if deadline is not None:
             ms: int | None = max(0, round((deadline - time.monotonic()) * 1000))
         else:
             ms = None if self.timeout is None else max(0, round(self.timeout * 1000))
-        ready = p.poll(ms)
+        ready = sel.select(None if ms is None else ms / 1000)
         if not ready:
             raise _oserror(errno.ETIMEDOUT)
         return ready[0][1]
@@ -86,10 +101,18 @@ class PyClient:
     def _udp_send(self, data: bytes) -> None:
         while True:
             try:
-                self._sock.send(data, socket.MSG_NOSIGNAL)
+                self._sock.send(data, MSG_NOSIGNAL)
                 break
             except BlockingIOError:
-                self._wait(select.POLLOUT)
+                self._wait(OUT)
+            except OSError as e:
+                if e.errno == errno.EMSGSIZE and sys.platform == "darwin":
+                    raise OSError(
+                        errno.EMSGSIZE,
+                        f"{e.strerror}: {len(data)} bytes is more than macOS sends in one "
+                        "datagram (sysctl net.inet.udp.maxdgram, 9216 bytes by default)",
+                    ) from None
+                raise
         self._recent.append((len(data), hash(data)))
 
     def _udp_recv(self, buf: bytearray | memoryview, deadline: float | None = None) -> int:
@@ -100,7 +123,10 @@ class PyClient:
             try:
                 return self._sock.recv_into(buf)
             except _RETRY:
-                self._wait(select.POLLIN, deadline)
+                self._wait(IN, deadline)
+            except ConnectionResetError:
+                # Windows' word for a datagram refused by a closed port.
+                raise _oserror(errno.ECONNREFUSED) from None
 
     def _udp_echo(self, data: bytes) -> tuple[bytes, int]:
         """Drop datagrams already waiting (late or duplicated answers to
@@ -151,7 +177,7 @@ class PyClient:
 
     def _send_some(self, view: memoryview) -> int:
         try:
-            return self._sock.send(view, socket.MSG_NOSIGNAL)
+            return self._sock.send(view, MSG_NOSIGNAL)
         except _RETRY:
             return 0
 
@@ -163,15 +189,17 @@ class PyClient:
         view = memoryview(data)
         sent = 0
         while sent < len(view):
-            self._wait(select.POLLOUT)
-            sent += self._send_some(view[sent:])
+            n = self._send_some(view[sent:])
+            if not n:  # full: wait until it is not
+                self._wait(OUT)
+            sent += n
 
     def recv(self, bufsize: int) -> bytes:
         if self._udp:
             buf = bytearray(bufsize)
             return bytes(buf[: self._udp_recv(buf)])  # the rest of the datagram is gone
         while True:
-            self._wait(select.POLLIN)
+            self._wait(IN)
             try:
                 data = self._sock.recv(bufsize)
             except _RETRY:
@@ -209,7 +237,7 @@ class PyClient:
         """The whole echo is in: a byte already waiting beyond it is more than
         the framing said the server would send."""
         try:
-            extra = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            extra = self._sock.recv(1, socket.MSG_PEEK)  # non-blocking socket
         except OSError:
             return  # nothing waiting (or a failure the next call reports)
         if extra:
@@ -233,19 +261,20 @@ class PyClient:
                     return bytes(reply), REPLY_CLOSED
                 self._check_surplus(reply, expect)
                 return bytes(reply), REPLY_OPEN
-            events = (select.POLLOUT if sending else 0) | (select.POLLIN if receiving else 0)
-            ready = self._wait(events)
-            if ready & (select.POLLERR | select.POLLHUP):
-                ready |= events  # errors and hang-ups show up through send/recv
-            if sending and ready & select.POLLOUT:
+            if sending:  # first try: waiting only when the socket is full
                 try:
-                    sent += self._send_some(view[sent:])
+                    n = self._send_some(view[sent:])
                 except (BrokenPipeError, ConnectionResetError):
                     # The server may close on the quit word before taking the rest.
                     if not self._quit_sent:
                         raise
-                    sent = len(view)
-            if receiving and ready & select.POLLIN:
+                    n = len(view) - sent
+                if n:
+                    sent += n
+                    continue
+            events = (OUT if sending else 0) | (IN if receiving else 0)
+            ready = self._wait(events)  # errors and hang-ups: both, seen by send/recv
+            if receiving and ready & IN:
                 self._recv_some(reply, expect)
 
     def echo(self, data: bytes) -> tuple[bytes, int]:
@@ -284,4 +313,7 @@ class PyClient:
         return self._sock.fileno()
 
     def close(self) -> None:
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
         self._sock.close()

@@ -1,9 +1,10 @@
 """The event loop of the pure-Python engine: the twin of csrc/loop.c.
 
-I/O watchers over ``selectors``, one-shot timers in a binary heap, a
-thread-safe wake-up and ``now`` in monotonic milliseconds, updated once per
-turn. One turn (``run_once``) waits for I/O or the next timer, dispatches
-every ready watcher, then runs every timer that is due.
+I/O watchers over ``selectors`` (the one pyecho/_pycompat.py picks),
+one-shot timers in a binary heap, a thread-safe wake-up and ``now`` in
+monotonic milliseconds, updated once per turn. One turn (``run_once``)
+waits for I/O or the next timer, dispatches every ready watcher, then runs
+every timer that is due.
 
 Safety rule: any callback may stop any watcher or timer, its own or
 another's, at any time. A stopped watcher's events still in the batch being
@@ -19,6 +20,8 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._pycompat import make_selector, select_limit_error
 
 READ, WRITE = 1, 2  # the C core's EV_READ, EV_WRITE (and selectors' values)
 
@@ -65,7 +68,7 @@ class Loop:
 
     def __init__(self) -> None:
         self.now = now_ms()
-        self._sel = selectors.DefaultSelector()
+        self._sel = make_selector()
         self._io: dict[int, _Io] = {}  # by file descriptor
         # Timers: a heap of [when, seq, timer] entries. A stopped or re-armed
         # timer leaves its old entry behind with the timer cleared (lazy
@@ -212,7 +215,12 @@ class Loop:
             until = max(0, first - self.now)
             if wait < 0 or until < wait:
                 wait = until
-        ready = self._sel.select(None if wait < 0 else wait / 1000)
+        try:
+            ready = self._sel.select(None if wait < 0 else wait / 1000)
+        except ValueError as e:  # past the select() selector's limit
+            if not isinstance(self._sel, selectors.SelectSelector):
+                raise
+            raise select_limit_error(self._sel, e) from None
         self.now = now_ms()
         for key, mask in ready:
             w = key.data

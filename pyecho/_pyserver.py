@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ._config import (
 )
 from ._faults import FaultsInts
 from ._framing import scanner
+from ._pycompat import LINGER_RESET, MSG_NOSIGNAL, reuse_address, udp_no_connreset
 from ._pyfaults import FxQueue, Rng, chance, delay, faults_check, faults_off
 from ._pyloop import READ, WRITE, Loop, Timer
 from ._pytls import TlsConn
@@ -49,7 +49,6 @@ RATE_BURST_MS = 10  # faults: a rate-limited send waits for this much
 
 # What a connection's fault `wait` timer ends.
 ACCEPT_WAIT, CLOSE_WAIT, HANDSHAKE_WAIT = 1, 2, 3
-_RESET_NOW = struct.pack("ii", 1, 0)  # SO_LINGER on, no time: close() resets
 
 PEER, QUIT, RESET, SHUTDOWN, IDLE, LIMIT, RESET_AFTER, REFUSED, HANDSHAKE = CLOSE_REASONS
 
@@ -186,7 +185,9 @@ class PyServer:
             listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
             if not udp:
                 # Restarting right after a stop must not fail on TIME_WAIT sockets.
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                reuse_address(listener)
+            else:
+                udp_no_connreset(listener)
             if family == socket.AF_INET6:
                 # Dual stack whatever the system default: "::" serves IPv4 as well.
                 listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -231,7 +232,7 @@ class PyServer:
     def _conn_reset(self, c: _Conn, reason: str) -> None:
         """Close with a reset (RST) instead of a FIN: SO_LINGER with no time."""
         try:
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_NOW)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         except OSError:
             pass
         self._conn_close(c, reason)
@@ -559,7 +560,7 @@ class PyServer:
     def _send(self, c: _Conn, data: bytes | bytearray) -> int | None:
         """Bytes sent now (0 if the socket is full), or None if it failed."""
         try:
-            n = c.sock.send(data, socket.MSG_NOSIGNAL)
+            n = c.sock.send(data, MSG_NOSIGNAL)
         except _RETRY:
             return 0
         except OSError:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._config import DROP_REASONS, Config
 from ._faults import FaultsInts
+from ._pycompat import MSG_DONTWAIT, MSG_NOSIGNAL
 from ._pyfaults import CHUNK_COST, FxQueue, Rng, chance, delay
 
 BATCH = 32  # datagrams per batch (the C core's recvmmsg()/sendmmsg())
@@ -55,7 +56,12 @@ IPV6_PKTINFO: int | None = getattr(socket, "IPV6_PKTINFO", None)
 IPV6_RECVPKTINFO: int | None = getattr(socket, "IPV6_RECVPKTINFO", None)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
-ANC_SPACE = socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
+# Windows' CPython has no recvmsg()/sendmsg() (nor CMSG_SPACE): no
+# destination there, as where the system does not say.
+HAS_CMSG = hasattr(socket, "CMSG_SPACE")
+ANC_SPACE = (
+    socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size) if HAS_CMSG else 0
+)
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _FULL = (BlockingIOError, InterruptedError)
@@ -112,6 +118,8 @@ def want_dst(sock: socket.socket) -> bool:
     for its IPv4 datagrams); whether it will tell."""
     family = sock.family
     ok = False
+    if not HAS_CMSG:
+        return False
     if IP_PKTINFO is not None:
         try:
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -408,7 +416,7 @@ class UdpEcho:
         counts = self.counts
         counts["datagrams_out"] += len(out)
         counts["bytes_out"] += sum(len(o[0]) for o in out)
-        flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+        flags = MSG_DONTWAIT | MSG_NOSIGNAL
         wildcard, family = self.wildcard, self.family
         for i, (data, to, dst, dup) in enumerate(out):
             try:
@@ -466,12 +474,10 @@ class UdpEcho:
                 dst = fixed
                 try:
                     if pktinfo:
-                        size, anc, _, src = sock.recvmsg_into(
-                            [view], ANC_SPACE, socket.MSG_DONTWAIT
-                        )
+                        size, anc, _, src = sock.recvmsg_into([view], ANC_SPACE, MSG_DONTWAIT)
                         dst = read_dst(anc)
                     else:
-                        size, src = sock.recvfrom_into(view, DGRAM_MAX, socket.MSG_DONTWAIT)
+                        size, src = sock.recvfrom_into(view, DGRAM_MAX, MSG_DONTWAIT)
                 except OSError:
                     break  # EAGAIN: all done; errors of earlier sends: nothing to do
                 n += 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._config import numeric_host, sockaddr
+from ._pycompat import MSG_NOSIGNAL, make_selector
 
 # Per direction: past this, the tap stops reading that side (backpressure).
 BUFFER = 64 * 1024
@@ -128,7 +129,7 @@ class Tap:
         self._by_local: dict[tuple[str, int], _Pipe] = {}
         self._pipes: list[_Pipe] = []
         self._hidden: set[int] = set()  # conn_ids left out of transcripts()
-        self._sel = selectors.DefaultSelector()
+        self._sel = make_selector()
         self._listener = socket.socket(self._family, socket.SOCK_STREAM)
         self._wake_r, self._wake_w = socket.socketpair()
         try:
@@ -325,7 +326,7 @@ class Tap:
         EOF, pass the EOF on as a half-close."""
         try:
             if buf:
-                del buf[: sock.send(buf, socket.MSG_NOSIGNAL)]
+                del buf[: sock.send(buf, MSG_NOSIGNAL)]
             if eof and not buf:
                 sock.shutdown(socket.SHUT_WR)
         except _RETRY:
@@ -357,7 +358,7 @@ class Tap:
             other, owed = pipe.client, pipe.to_client
         if owed:
             try:
-                other.send(owed, socket.MSG_NOSIGNAL)
+                other.send(owed, MSG_NOSIGNAL)
             except OSError:
                 pass
         owed.clear()

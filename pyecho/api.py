@@ -2,7 +2,9 @@
 
 ``engine="native"`` runs the C core (csrc/), ``engine="python"`` the
 pure-Python reference (pyecho/_pyengine.py); both behave identically, which
-tests/ checks scenario by scenario.
+tests/ checks scenario by scenario. ``engine="auto"``, the default, runs the
+native engine where its library loads, else the Python engine
+(pyecho/_auto.py); ``.engine`` says which one runs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _native, _pyengine
+from . import _auto, _native, _pyengine
 from ._config import (
+    DEFAULT_ENGINE,
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULTS,
@@ -58,11 +61,14 @@ def _at(error: OSError, host: str, port: int) -> OSError:
     return named.with_traceback(error.__traceback__)
 
 
-def _engine_classes(engine: str) -> tuple[ServerFactory, ClientFactory]:
-    if check_engine(engine) == "native":
-        _native.load()  # NativeUnavailableError, with what to do about it
-        return _native.NativeServer, _native.NativeClient
-    return _pyengine.PyServer, _pyengine.PyClient
+def _engine_classes(engine: str) -> tuple[str, ServerFactory, ClientFactory]:
+    """The engine that runs for ``engine`` ("auto" resolved) and its classes;
+    NativeUnavailableError, with what to do about it, for a native engine
+    asked for that cannot load."""
+    running, _ = _auto.choose(check_engine(engine))
+    if running == "native":
+        return running, _native.NativeServer, _native.NativeClient
+    return running, _pyengine.PyServer, _pyengine.PyClient
 
 
 class EchoServer:
@@ -93,7 +99,7 @@ class EchoServer:
         self,
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
-        engine: str = "native",
+        engine: str = DEFAULT_ENGINE,
         transport: str = DEFAULTS.transport,
         mode: str = DEFAULTS.mode,
         quit_word: bytes | str | None = DEFAULTS.quit_word,
@@ -133,13 +139,14 @@ class EchoServer:
             raise ValueError("tls does not apply to UDP: TLS runs over TCP (DTLS is not served)")
         self._tls_on = tls_settings is not None
         faults = self._check_faults(faults)
-        if tls_settings is not None and engine == "auto" and not _native.tls_available():
-            engine = "python"  # a native engine without TLS: the Python one serves it
-        server_cls, _ = _engine_classes(engine)
-        if tls_settings is not None and engine == "native":
-            _native.check_tls()  # NativeUnavailableError saying why, and what to do
+        running, server_cls, _ = _engine_classes(engine)
+        if tls_settings is not None and running == "native" and not _native.tls_available():
+            if check_engine(engine) == "native" or _auto._from_env() == "native":
+                _native.check_tls()  # NativeUnavailableError saying why, and what to do
+            # "auto" on a native engine without TLS: the Python one serves it.
+            running, server_cls, _ = _engine_classes("python")
         family, host, port = resolve(server_address, server=True)[0]
-        self.engine = engine
+        self.engine = running  # the engine actually running ("auto" resolved)
         self.transport = transport
         self.mode = mode if transport == "tcp" else "datagram"
         self._faults: Faults | None = None
@@ -406,7 +413,7 @@ class EchoClient:
         self,
         server_address: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT),
         *,
-        engine: str = "native",
+        engine: str = DEFAULT_ENGINE,
         transport: str = DEFAULTS.transport,
         mode: str = DEFAULTS.mode,
         quit_word: bytes | str | None = DEFAULTS.quit_word,
@@ -419,13 +426,14 @@ class EchoClient:
         self.config = make_config(
             transport=transport, mode=mode, quit_word=quit_word, bufsize=bufsize, max_line=max_line
         )
-        _, client_cls = _engine_classes(engine)
+        running, _, client_cls = _engine_classes(engine)
         tls_context = check_client_tls(tls)
         if tls_context is not None:
             if transport != "tcp":
                 raise ValueError("tls does not apply to UDP: TLS runs over TCP")
             # The client's TLS is Python's ssl, with the very context given,
             # whatever the engine: the Python client speaks it.
+            running = "python"
             client_cls = functools.partial(
                 _pyengine.PyTlsClient,
                 context=tls_context,
@@ -433,7 +441,7 @@ class EchoClient:
             )
         self.tls = tls_context
         timeout = check_timeout(timeout)
-        self.engine = engine
+        self.engine = running  # the engine actually running ("auto" resolved)
         self.transport = transport
         self.mode = mode if transport == "tcp" else "datagram"
         self.server_closed = False  # the server closed the connection

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import itertools
 import os
+import queue
 import re
 import select
 import signal
@@ -24,11 +25,12 @@ from typing import Any, NoReturn
 
 import pyecho
 
-from . import _tlscli, _units
+from . import _auto, _tlscli, _units
 from ._config import (
+    DEFAULT_ENGINE,
     DEFAULT_HOST,
     DEFAULT_PORT,
-    ENGINES,
+    ENGINE_CHOICES,
     NOT_APPLICABLE,
     RESOLUTION,
     TIMEOUT,
@@ -292,10 +294,12 @@ def _common_options(p: argparse.ArgumentParser, side: Side, host_help: str) -> N
     )
     p.add_argument(
         "--engine",
-        type=_choice("--engine", ENGINES),
-        default="native",
-        metavar="{" + ",".join(ENGINES) + "}",
-        help="native: the C core; python: the pure-Python one (default: native)",
+        type=_choice("--engine", ENGINE_CHOICES),
+        default=DEFAULT_ENGINE,
+        metavar="{" + ",".join(ENGINE_CHOICES) + "}",
+        help="native: the C core; python: the pure-Python one; auto: native where its "
+        "library loads, else python; PYECHO_ENGINE=python forces python "
+        f"(default: {DEFAULT_ENGINE})",
     )
     for setting in settings_for(side):
         _add_option(p, setting)
@@ -388,12 +392,24 @@ def _can_print(text: str) -> bool:
 _PLUS_MINUS = "\u00b1" if _can_print("\u00b1") else "+/-"
 
 
+class _Version(argparse.Action):
+    """--version: the version and, on a second line, the engine that runs by
+    default and, for the Python engine by fallback, why."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"pyecho {pyecho.__version__}\n{_auto.describe()}", flush=True)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyecho",
         description="A TCP and UDP echo server and client (C engine or pure Python).",
     )
-    parser.add_argument("--version", action="version", version=f"pyecho {pyecho.__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and engine, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -506,6 +522,10 @@ def _sigterm_stops() -> Iterator[None]:
         yield
         return
 
+    if not hasattr(signal, "SIGTERM"):  # pragma: no cover - every CPython has it today
+        yield
+        return
+
     def on_sigterm(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the goodbye
         raise _Terminated()
@@ -531,12 +551,15 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
     shown = hostport(*server.server_address)
     if server.transport == "udp":
-        what = f"UDP on {shown} ({args.engine} engine)"
+        what = f"UDP on {shown} ({server.engine} engine)"
     else:
-        what = f"on {shown} ({args.mode} mode, {args.engine} engine)"
+        what = f"on {shown} ({args.mode} mode, {server.engine} engine)"
+    _, why = _auto.choose(args.engine)  # why "auto" runs the Python engine, if it does
     with _sigterm_stops():  # from the banner on: a signal may follow it at once
         try:
             say(f"pyecho: serving {what}; press Ctrl+C to stop")
+            if why:
+                say(f"pyecho: the Python engine runs because {why}")
             if server.faults is not None:
                 say(f"pyecho: faults: {_describe(server.faults)}")
             if server.tls is not None:
@@ -608,11 +631,48 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, bool]]:
         yield line + b"\n", True
 
 
+# Windows' select() takes sockets only, not stdin: a thread reads stdin
+# there (and wherever select.poll is missing, as tests/simulate makes it, so
+# that this path is tested on Linux too).
+STDIN_THREAD = sys.platform == "win32" or not hasattr(select, "poll")
+_STDIN_WAIT = 0.05  # seconds between looks at the socket while stdin is quiet
+
+
+def _stdin_reader(stdin: int, chunks: queue.Queue[bytes]) -> None:
+    """The reader thread: stdin's chunks into a small queue, b"" at its end.
+    A daemon: still blocked in read() when the client ends, it dies with it."""
+    while True:
+        try:
+            chunk = os.read(stdin, PIECE)
+        except OSError:
+            chunk = b""
+        chunks.put(chunk)  # blocks while the queue is full: bounded memory
+        if not chunk:
+            return
+
+
 def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[bytes]:
     """Read stdin as it comes, while watching the connection: if the server
     closes it while we wait for input, say so at once."""
     stdin = sys.stdin.fileno()
     sock = client.fileno()
+    if STDIN_THREAD:
+        chunks: queue.Queue[bytes] = queue.Queue(maxsize=4)
+        threading.Thread(
+            target=_stdin_reader, args=(stdin, chunks), name="pyecho-stdin", daemon=True
+        ).start()
+    while STDIN_THREAD:
+        if chunks.empty():
+            if select.select([sock], [], [], _STDIN_WAIT)[0]:
+                data = client.recv(PIECE)
+                if not data:
+                    raise ConnectionClosedError(b"")
+                out(data)  # an echo nobody waited for: show it, lose nothing
+            continue
+        chunk = chunks.get()  # only this thread takes: not empty, so no wait
+        if not chunk:
+            return
+        yield chunk
     while True:
         ready, _, _ = select.select([stdin, sock], [], [])
         if sock in ready:

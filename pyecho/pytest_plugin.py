@@ -9,7 +9,9 @@ Installed with pyecho, loaded by pytest through the ``pytest11`` entry point:
 * ``udp_echo_server``: the same over UDP (``@pytest.mark.udp_echo_server``).
 * ``echo_server_factory``: makes as many servers as a test wants.
 * ``echo_engine``: the engine they run on (``--echo-engine``, ini
-  ``echo_engine``; ``both`` runs each test once per engine).
+  ``echo_engine``; ``auto``, the default, is the native engine where its
+  library loads, else the Python engine; ``both`` runs each test once per
+  engine).
 
 ``tls=True`` (or ``tls=pyecho.TLS(...)``) serves TLS: ``echo_server.tls``
 has ``client_context()``, ``ca_file`` and ``ca_pem``. The recording relay
@@ -35,7 +37,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from ._config import CLOSE_REASONS, DEFAULT_HOST, DROP_REASONS, ENGINES, Event, hostport
+from . import _auto, _config
+from ._config import (
+    CLOSE_REASONS,
+    DEFAULT_ENGINE,
+    DEFAULT_HOST,
+    DROP_REASONS,
+    ENGINES,
+    Event,
+    hostport,
+)
 from ._tap import Tap, Transcript, family_of, host_port, reachable, socket_address
 from .api import EchoServer
 
@@ -46,7 +57,7 @@ __all__ = ["EchoServerFactory", "EchoServerFixture", "Transcript"]
 
 RECORD_LIMIT = 1 << 20  # bytes kept per connection by default
 LEAK_GRACE = 2.0  # seconds check_leaks gives closes still on their way
-ENGINE_CHOICES = (*ENGINES, "both")
+ENGINE_CHOICES = (*_config.ENGINE_CHOICES, "both")
 
 
 class EchoServerFixture(EchoServer):
@@ -355,10 +366,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="echo_engine",
         choices=ENGINE_CHOICES,
         default=None,
-        help="engine of the echo_server fixtures: native (default), python, or both "
-        "(each test that uses them runs once per engine)",
+        help="engine of the echo_server fixtures: auto (default: native where its library "
+        "loads, else python), native, python, or both (each test that uses them runs once "
+        "per engine)",
     )
-    parser.addini("echo_engine", "default for --echo-engine", default="native")
+    parser.addini("echo_engine", "default for --echo-engine", default=DEFAULT_ENGINE)
 
 
 def _engines(config: pytest.Config) -> list[str]:
@@ -367,7 +379,14 @@ def _engines(config: pytest.Config) -> list[str]:
         raise pytest.UsageError(
             f"echo_engine must be one of {', '.join(ENGINE_CHOICES)}; got {value!r}"
         )
-    return list(ENGINES) if value == "both" else [value]
+    if value == "both":
+        return list(ENGINES)
+    if value != "auto":
+        return [value]
+    try:
+        return [_auto.choose(value)[0]]  # "auto": the engine that runs
+    except ValueError as e:  # PYECHO_ENGINE names no engine
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_configure(config: pytest.Config) -> None:

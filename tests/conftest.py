@@ -1,12 +1,25 @@
-"""Shared fixtures: every behaviour test runs against both engines."""
+"""Shared fixtures: every behaviour test runs against both engines.
+
+Environment variables (issue 17):
+
+- PYECHO_REQUIRE_NATIVE=1: a native engine that does not load fails the run
+  (CI's main run). Unset, on an install without it (a pure-Python install),
+  the native tests skip, all with one reason, and the rest run.
+- PYECHO_SIMULATE=windows with PYTHONPATH=tests/simulate: what Windows'
+  CPython lacks is removed before pyecho is imported (tests/simulate/).
+- PYECHO_SELECTOR=select|poll|...: the Python engine's selector
+  (pyecho/_pycompat.py).
+"""
 
 from __future__ import annotations
 
 import os
+import select
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import pytest
 
@@ -33,14 +46,89 @@ needs_ipv6 = pytest.mark.skipif(bool(NO_IPV6), reason=NO_IPV6 or "-")
 HOSTS = [pytest.param(LOOPBACK, id="ipv4"), pytest.param(LOOPBACK6, id="ipv6", marks=needs_ipv6)]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"pyecho {pyecho.__version__} from {os.path.dirname(pyecho.__file__)}"
+SIMULATE = os.environ.get("PYECHO_SIMULATE", "")
+REQUIRE_NATIVE = os.environ.get("PYECHO_REQUIRE_NATIVE", "") not in ("", "0")
+
+
+def _native_missing() -> str:
+    """Why the native engine does not load, or "" if it does."""
+    try:
+        pyecho._native.load()
+    except pyecho.NativeUnavailableError as e:
+        return f"no native engine in this install: {e}"
+    return ""
+
+
+NATIVE_MISSING = _native_missing()
+# The engines this install runs.
+RUNNABLE = [e for e in ENGINES if e == "python" or not NATIVE_MISSING]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from pyecho import _auto, _pycompat
+
+    lines = [f"pyecho {pyecho.__version__} from {os.path.dirname(pyecho.__file__)}"]
+    lines.append(
+        f"pyecho {_auto.describe()}; Python engine selector "
+        f"{_pycompat.selector_class().__name__}" + (f"; simulating {SIMULATE}" if SIMULATE else "")
+    )
+    return lines
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _native_must_load() -> None:
-    # A missing native library is a failed install, not a reason to skip.
-    pyecho._native.load()
+    # With PYECHO_REQUIRE_NATIVE=1 (CI) a missing native library is a failed
+    # install, not a reason to skip.
+    if REQUIRE_NATIVE:
+        pyecho._native.load()
+
+
+@pytest.fixture(autouse=True)
+def _skip_native_if_missing(request: pytest.FixtureRequest) -> None:
+    if NATIVE_MISSING and request.node.get_closest_marker("native") is not None:
+        pytest.skip(NATIVE_MISSING)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # pytest reports a fixture's skip at each test: the native tests' skips
+    # all at one place instead, so that -ra says them in one line, not 500.
+    report = yield
+    longrepr = report.longrepr
+    if NATIVE_MISSING and report.skipped and isinstance(longrepr, tuple):
+        if NATIVE_MISSING in str(longrepr[2]):
+            report.longrepr = (__file__, 0, longrepr[2])
+    return report
+
+
+def _check_simulation() -> None:
+    if not SIMULATE:
+        return
+    if SIMULATE != "windows":
+        raise pytest.UsageError(f"PYECHO_SIMULATE must be windows; got {SIMULATE!r}")
+    if hasattr(select, "poll") or hasattr(socket, "MSG_NOSIGNAL"):
+        raise pytest.UsageError(
+            "PYECHO_SIMULATE=windows is not in effect: put tests/simulate first on "
+            "PYTHONPATH (PYTHONPATH=tests/simulate), so that it runs before pyecho is imported"
+        )
+
+
+# ---- Linux-only test infrastructure: skips, saying why, elsewhere ----
+
+LINUX = sys.platform.startswith("linux")
+
+
+def linux_only(what: str) -> None:
+    """Skip the test, saying why, unless this is Linux (/proc, unshare...)."""
+    if not LINUX:
+        pytest.skip(f"{what} is Linux-only test infrastructure (this is {sys.platform})")
+
+
+def needs_fork() -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip(f"os.fork() is not available on {sys.platform}")
 
 
 @pytest.fixture(params=ENGINES)
@@ -74,6 +162,8 @@ class Recorder:
 
 
 def open_fds() -> int:
+    """This process's open descriptors (/proc/self/fd: Linux only)."""
+    linux_only("counting descriptors in /proc/self/fd")
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -84,6 +174,7 @@ SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _check_simulation()
     config.addinivalue_line(
         "markers",
         "native: runs the C core (tools/sanitize.sh selects these with -m native)",
@@ -96,17 +187,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test parametrized with engine="native" uses the C core.
+    # Every test parametrized with engine="native" (or a pair of engines
+    # with it) uses the C core.
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("engine") == "native":
+        if callspec is not None and any(
+            v == "native" or (isinstance(v, tuple) and "native" in v)
+            for v in callspec.params.values()
+        ):
             item.add_marker(pytest.mark.native)
 
 
 def raise_fd_limit(needed: int) -> None:
     """Raise the soft descriptor limit to the hard one; skip, saying why, if
     even that is below ``needed``."""
-    import resource
+    try:
+        import resource
+    except ImportError:
+        pytest.skip(f"the resource module (descriptor limits) is not available on {sys.platform}")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < needed:

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import pytest
+
 import pyecho
-from conftest import ENGINES, LOOPBACK, Recorder, wait_for
+from conftest import ENGINES, LOOPBACK, NATIVE_MISSING, Recorder, wait_for
 
 COMBOS = [(s, c) for s in ENGINES for c in ENGINES]
 
@@ -70,7 +72,10 @@ def run_one(
 
 
 def run_matrix(scenario: Scenario, **kw: Any) -> dict[str, Any]:
-    """All four combinations; asserts they match and returns the transcript."""
+    """All four combinations; asserts they match and returns the transcript.
+    Skips, with the reason, on an install without the native engine."""
+    if NATIVE_MISSING:
+        pytest.skip(NATIVE_MISSING)
     results = {combo: run_one(*combo, scenario, **kw) for combo in COMBOS}
     reference = results[COMBOS[0]]
     for combo, result in results.items():

@@ -13,17 +13,36 @@ import time
 import pytest
 
 import pyecho
-from conftest import LOOPBACK, Recorder, open_fds, wait_for
+from conftest import LOOPBACK, RUNNABLE, Recorder, needs_fork, open_fds, wait_for
 
 
-def test_default_engine_is_native() -> None:
+@pytest.mark.native
+def test_default_engine_is_native_where_it_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYECHO_ENGINE", raising=False)
     with pyecho.EchoServer((LOOPBACK, 0)) as server:
         assert server.engine == "native"
     with (
-        pyecho.EchoServer((LOOPBACK, 0), engine="python") as server,
-        pyecho.EchoClient(server.server_address) as client,
+        pyecho.EchoServer((LOOPBACK, 0), engine="python").start() as server,
+        pyecho.EchoClient(server.server_address, timeout=10) as client,
     ):
+        assert server.engine == "python"
         assert client.engine == "native"
+        assert client.echo(b"auto") == b"auto"
+
+
+def test_pyecho_engine_python_forces_the_python_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYECHO_ENGINE", "python")
+    with pyecho.EchoServer((LOOPBACK, 0)).start() as server:
+        with pyecho.EchoClient(server.server_address, engine="auto", timeout=10) as client:
+            assert (server.engine, client.engine) == ("python", "python")
+            assert client.echo(b"forced") == b"forced"
+            assert repr(server).startswith("<EchoServer python ")
+
+
+def test_pyecho_engine_must_name_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYECHO_ENGINE", "fast")
+    with pytest.raises(ValueError, match="PYECHO_ENGINE must be one of auto, native, python"):
+        pyecho.EchoServer((LOOPBACK, 0))
 
 
 def test_port_zero_picks_a_free_port(engine: str) -> None:
@@ -224,7 +243,7 @@ def test_a_falsy_event_handler_is_called(engine: str) -> None:
 
 
 def test_port_already_in_use(engine: str) -> None:
-    for other in ("native", "python"):
+    for other in RUNNABLE:
         with pyecho.EchoServer((LOOPBACK, 0), engine=other) as first:
             with pytest.raises(OSError) as exc:
                 pyecho.EchoServer(first.server_address, engine=engine)
@@ -365,6 +384,67 @@ def test_native_engine_missing_is_a_clear_error(tmp_path) -> None:
     assert "python engine ok 127.0.0.1" in out.stdout
 
 
+# A pure-Python install: no library and no header (the wheel built by
+# PYECHO_PUREPYTHON=1 or by the fallback after a failed C build). Simulated by
+# a copy of the package without them; tests/test_install.py builds the real one.
+_PURE = (
+    "import pyecho\n"
+    "with pyecho.EchoServer(('127.0.0.1', 0)).start() as s:\n"
+    "    with pyecho.EchoClient(s.server_address, timeout=10) as c:\n"
+    "        print('auto', s.engine, c.engine, c.echo(b'hi').decode())\n"
+    "try:\n"
+    "    pyecho.EchoServer(('127.0.0.1', 0), engine='native')\n"
+    "except pyecho.NativeUnavailableError as e:\n"
+    "    print('ERR', e)\n"
+)
+
+
+def _pure_copy(tmp_path) -> str:
+    """A PYTHONPATH for ``python -S`` (no site: an editable install's import
+    hook would win) to import a copy of pyecho without its native files."""
+    import shutil
+
+    import cffi  # type: ignore[import-untyped, unused-ignore]
+
+    dst = tmp_path / "site" / "pyecho"
+    shutil.copytree(
+        os.path.dirname(pyecho.__file__),
+        dst,
+        ignore=shutil.ignore_patterns("*.so", "*.dylib", "pyecho.h", "__pycache__"),
+    )
+    deps = os.path.dirname(os.path.dirname(cffi.__file__))
+    return os.pathsep.join([str(dst.parent), deps])
+
+
+def test_auto_falls_back_to_python_on_a_pure_install(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYECHO_LIBRARY", "PYECHO_ENGINE")}
+    env["PYTHONPATH"] = _pure_copy(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", _PURE],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "auto python python hi" in out.stdout
+    assert "ERR this pyecho is a pure-Python install, without its native engine" in out.stdout
+    assert "pip install --no-cache-dir --force-reinstall pyecho" in out.stdout
+    version = subprocess.run(
+        [sys.executable, "-S", "-m", "pyecho", "--version"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    lines = version.stdout.splitlines()
+    assert lines[0] == f"pyecho {pyecho.__version__}"
+    assert lines[1].startswith("engine: python (the pure-Python engine, because this pyecho is a")
+
+
 def test_close_from_an_event_handler_is_refused(engine: str) -> None:
     errors: list[BaseException] = []
 
@@ -433,6 +513,7 @@ def test_a_forked_child_holding_the_sockets_does_not_confuse_the_server(engine: 
     with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="line").start() as server:
         c = pyecho.EchoClient(server.server_address, engine=engine, mode="line", timeout=10)
         assert c.echo(b"before fork\n") == b"before fork\n"
+        needs_fork()
         pid = os.fork()
         if pid == 0:  # the child keeps copies of every descriptor for a while
             time.sleep(1.0)

@@ -321,7 +321,7 @@ USAGE_ERRORS: list[tuple[str | list[str], str]] = [
     ("client --port -1", "--port must be between 1 and 65535, got -1"),
     ("serve --port abc", "--port must be a whole number, got 'abc'"),
     ("serve --mode foo", "--mode must be one of raw, line, seed; got 'foo'"),
-    ("client --engine rust", "--engine must be one of native, python; got 'rust'"),
+    ("client --engine rust", "--engine must be one of auto, native, python; got 'rust'"),
     ("serve --max-pending -1", "--max-pending must be between 1 and 1073741824, got -1"),
     ("serve --max-clients -1", "--max-clients must be between 0 and 2147483648, got -1"),
     ("serve --backlog 1e3", "--backlog must be a whole number, got '1e3'"),
@@ -515,11 +515,17 @@ def test_usage_errors_are_one_line_naming_the_flag(
     assert (out, err) == ("", f"pyecho: error: {message}\n")
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYECHO_ENGINE", raising=False)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out == f"pyecho {pyecho.__version__}\n"
+    version, engine = capsys.readouterr().out.splitlines()
+    assert version == f"pyecho {pyecho.__version__}"
+    if pyecho.native_available():
+        assert engine == "engine: native (the C core)"
+    else:  # says why
+        assert engine.startswith("engine: python (the pure-Python engine, because ")
 
 
 @pytest.mark.parametrize(
@@ -992,3 +998,17 @@ def test_a_scoped_ipv6_host_passes_through(cwd: Path, command: str) -> None:
     )
     assert result.returncode == 1
     assert "[fe80::1%lo]:9" in one_line_error(result)
+
+
+def test_serve_says_which_engine_auto_runs_and_why(cwd: Path) -> None:
+    """The default engine is "auto": the banner names the engine running and,
+    for the Python engine by fallback, why, in one more line."""
+    env = {**os.environ, "PYECHO_ENGINE": "python"}
+    server, port = serve(cwd, "--mode", "raw", env=env)
+    try:
+        assert server.seen[-1].endswith(f":{port} (raw mode, python engine); press Ctrl+C to stop")
+        server.expect(r"^pyecho: the Python engine runs because PYECHO_ENGINE=python$")
+        out = run_client(cwd, port, b"auto\n", "--mode", "raw")
+        assert (out.returncode, out.stdout) == (0, b"auto\n"), out.stderr
+    finally:
+        server.kill()

@@ -52,6 +52,7 @@ def c_accepts(**fields: Any) -> bool:
     return rc == 0
 
 
+@pytest.mark.native
 def test_c_defaults_are_the_tables() -> None:
     c, _ = c_config()
     assert _native.config_from_c(c) == Config() == make_config()
@@ -62,6 +63,7 @@ def test_every_setting_reaches_the_c_core() -> None:
     assert set(_native.C_FIELDS) | {"quit_word"} == {s.name for s in SETTINGS}
 
 
+@pytest.mark.native
 def test_every_c_field_is_a_setting() -> None:
     """A field added to echo_config is noticed here, unpinned no more."""
     ffi, _ = _native.load()
@@ -75,6 +77,7 @@ def where_it_applies(s: Setting) -> dict[str, str]:
     return {} if "tcp" in s.transports else {"transport": s.transports[0]}
 
 
+@pytest.mark.native
 def test_a_non_default_config_reaches_the_c_core_whole() -> None:
     cfg = make_config(
         mode="line",
@@ -97,6 +100,7 @@ def bound_cases() -> list[Any]:
     ]
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("setting, where", bound_cases())
 def test_c_bounds_are_the_tables(setting: Setting, where: str) -> None:
     """echo_config_check() takes each bound and refuses one past it, in the
@@ -116,6 +120,7 @@ def test_c_bounds_are_the_tables(setting: Setting, where: str) -> None:
             make_config(**given)
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("name", ["transport", "mode"])
 def test_c_choice_bounds_are_the_tables(name: str) -> None:
     choices = SETTING[name].choices
@@ -126,10 +131,12 @@ def test_c_choice_bounds_are_the_tables(name: str) -> None:
     ]
 
 
+@pytest.mark.native
 def test_c_flag_bounds_are_the_tables() -> None:
     assert [c_accepts(udp_guard=i) for i in (-1, 0, 1, 2)] == [False, True, True, False]
 
 
+@pytest.mark.native
 def test_c_quit_word_bounds_are_the_tables() -> None:
     ffi, _ = _native.load()
     word = ffi.new("uint8_t[]", 256)
@@ -242,13 +249,14 @@ def test_the_command_line_offers_every_setting_with_its_default(command: str, si
     assert set(actions) == {"-h", "--host", "--port", "--engine"} | tls
     args = parser.parse_args([command])
     assert cli._settings(args, side) == {  # type: ignore[arg-type]
-        "engine": "native",
+        "engine": "auto",
         **{s.name: s.default for s in settings_for(side)},  # type: ignore[arg-type]
     }
 
 
 def test_both_engines_implement_the_interface(engine: str) -> None:
-    server_cls, client_cls = pyecho.api._engine_classes(engine)
+    running, server_cls, client_cls = pyecho.api._engine_classes(engine)
+    assert running == engine
     server = server_cls(DEFAULTS, socket.AF_INET, "127.0.0.1", 0, None)
     try:
         assert isinstance(server, _engine.ServerEngine)

@@ -24,6 +24,7 @@ from streams import MIB, Pattern, Pump
 import pyecho
 from conftest import (
     LOOPBACK,
+    RUNNABLE,
     SANITIZED,
     Recorder,
     open_fds,
@@ -299,7 +300,7 @@ def test_refuse_follows_the_seed() -> None:
     n = 40
     expected = [i for i in range(1, n + 1) if SplitMix64(11, i).chance(0.5)]
     assert 5 < len(expected) < 35
-    for engine in pyecho.ENGINES:
+    for engine in RUNNABLE:
         with tcp_server(engine, pyecho.Faults(refuse=0.5, seed=11)) as (server, rec):
             for i in range(1, n + 1):
                 try:  # the reset may come before connect() has returned

@@ -93,7 +93,19 @@ def test_running_from_the_source_checkout_says_what_is_happening(tmp_path: Path)
 
 
 def test_a_package_without_its_library_is_not_called_a_checkout(tmp_path: Path) -> None:
+    # Neither the library nor its header: a pure-Python install (the wheel
+    # PYECHO_PUREPYTHON=1 or a failed C build makes), said as such.
+    _copy_package(tmp_path)
+    out = _try_native_from(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ERR this pyecho is a pure-Python install, without its native engine" in out.stdout
+    assert "`pip install --no-cache-dir --force-reinstall pyecho`" in out.stdout
+    assert "source checkout" not in out.stdout
+
+
+def test_a_package_with_its_header_but_no_library_says_it_is_not_built(tmp_path: Path) -> None:
     package = _copy_package(tmp_path)
+    (package / "pyecho.h").write_text("")
     out = _try_native_from(tmp_path)
     assert out.returncode == 0, out.stderr
     library = package / pyecho._native.LIBRARY_NAME

@@ -30,6 +30,8 @@ from pyecho.bench.loadgen import (
     load,
 )
 
+pytestmark = pytest.mark.native  # needs the C core
+
 Handler = Callable[[socket.socket], None]
 
 

@@ -16,6 +16,8 @@ import pytest
 
 import pyecho
 
+pytestmark = pytest.mark.native  # needs the C core
+
 CC = shutil.which("cc") or shutil.which("gcc")
 ROOT = Path(__file__).resolve().parents[1]
 

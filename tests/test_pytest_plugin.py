@@ -28,6 +28,14 @@ from pyecho.pytest_plugin import EchoServerFixture
 
 pytest_plugins = ["pytester"]
 
+# What --echo-engine=auto (the default) runs here: the native engine where it
+# loads, unless PYECHO_ENGINE=python says otherwise.
+DEFAULT_RUNS = (
+    "native"
+    if pyecho.native_available() and os.environ.get("PYECHO_ENGINE", "") != "python"
+    else "python"
+)
+
 
 def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     """Run one inner test file in this process (the plugin comes from its
@@ -100,7 +108,11 @@ def test_marker_and_option_are_documented(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize(
     "args, engines",
-    [((), ["native"]), (("--echo-engine=python",), ["python"]), (("--echo-engine=both",), None)],
+    [
+        ((), [DEFAULT_RUNS]),
+        (("--echo-engine=python",), ["python"]),
+        pytest.param(("--echo-engine=both",), None, marks=pytest.mark.native),
+    ],
     ids=["default", "python", "both"],
 )
 def test_echo_server_on_each_engine(
@@ -126,6 +138,7 @@ def engines_used(pytester: pytest.Pytester) -> list[str]:
     return found
 
 
+@pytest.mark.native  # both engines
 def test_ini_setting_and_the_option_overriding_it(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\necho_engine = python\n")
     run(pytester, ROUNDTRIP).assert_outcomes(passed=1)
@@ -136,6 +149,20 @@ def test_ini_setting_and_the_option_overriding_it(pytester: pytest.Pytester) -> 
     assert engines_used(pytester) == ["native"]
 
 
+def test_auto_follows_pyecho_engine(pytester: pytest.Pytester, monkeypatch) -> None:
+    """--echo-engine=auto (the default) is the engine that runs: forced to
+    python by PYECHO_ENGINE, as the API's engine="auto" is."""
+    monkeypatch.setenv("PYECHO_ENGINE", "python")
+    result = run(pytester, ROUNDTRIP, "--echo-engine=auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["pyecho fixtures: echo engine python"])
+    assert engines_used(pytester) == ["python"]
+    monkeypatch.setenv("PYECHO_ENGINE", "turbo")
+    result = run(pytester, ROUNDTRIP)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*PYECHO_ENGINE must be one of auto, native, python*"])
+
+
 def test_bad_engine_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     result = run(pytester, ROUNDTRIP, "--echo-engine=turbo")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -143,9 +170,12 @@ def test_bad_engine_values_are_usage_errors(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\necho_engine = turbo\n")
     result = run(pytester, ROUNDTRIP)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*echo_engine must be one of native, python, both; got 'turbo'*"])
+    result.stderr.fnmatch_lines(
+        ["*echo_engine must be one of auto, native, python, both; got 'turbo'*"]
+    )
 
 
+@pytest.mark.native  # both engines
 def test_both_leaves_other_tests_and_explicit_choices_alone(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -330,6 +360,7 @@ def test_udp_echo_server(pytester: pytest.Pytester, engine: str) -> None:
     wait_for(lambda: not pyecho_threads(), what="the servers' threads to end")
 
 
+@pytest.mark.native  # both engines
 def test_udp_echo_server_runs_on_both_engines(pytester: pytest.Pytester) -> None:
     result = run(
         pytester,
@@ -478,7 +509,7 @@ def test_on_event_error_fails_the_test_clearly(pytester: pytest.Pytester) -> Non
         [
             "*_ test_broken _*",
             "on_event raised ValueError: on_event exploded; stopped serving "
-            "(<EchoServerFixture native raw on *>)",
+            f"(<EchoServerFixture {DEFAULT_RUNS} raw on *>)",
             "Traceback (most recent call last):",
             "*ValueError: on_event exploded",
         ],
@@ -809,7 +840,7 @@ def test_a_failing_relay_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> Non
             server.check()
     assert str(failure.value).startswith(
         "the recording relay failed with RuntimeError: relay bug; stopped relaying "
-        "(<EchoServerFixture native raw on"
+        f"(<EchoServerFixture {DEFAULT_RUNS} raw on"
     )
     assert 'raise RuntimeError("relay bug")' in str(failure.value)
     server.check()  # told once

@@ -31,7 +31,7 @@ from procserver import ProcServer
 from streams import MIB, Pattern, Pump
 
 import pyecho
-from conftest import SANITIZED, scaled, wait_for
+from conftest import RUNNABLE, SANITIZED, scaled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ class Soak:
             return "quit", total
 
     def client(self, rng: random.Random, mode: str) -> tuple[str, int]:
-        engine = rng.choice(pyecho.ENGINES)
+        engine = rng.choice(RUNNABLE)
         total = 0
         with pyecho.EchoClient(
             self.servers[mode].address,

@@ -560,6 +560,10 @@ with pyecho.EchoServer(("127.0.0.1", 0), engine="native", mode="raw").start() as
 with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw", tls=True).start() as s:
     with pyecho.EchoClient(s.server_address, mode="raw", tls=s.tls.client_context()) as c:
         print("python tls", c.echo(b"ok"))
+with pyecho.EchoServer(("127.0.0.1", 0), engine="auto", tls=True) as s:
+    print("auto tls", s.engine)
+with pyecho.EchoServer(("127.0.0.1", 0), engine="auto") as s:
+    print("auto plain", s.engine)
 """
     env = {**os.environ, "PYECHO_LIBRARY": str(build / "libpyecho_core.so")}
     run = subprocess.run(
@@ -570,7 +574,12 @@ with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw", tls=True).
     assert lines[0] == "available False"
     assert lines[1].startswith("refused the native engine cannot serve TLS: its library was built")
     assert "without OpenSSL" in lines[1] and "engine='python'" in lines[1]
-    assert lines[2:] == ["plain b'ok'", "python tls b'ok'"]
+    assert lines[2:] == [
+        "plain b'ok'",
+        "python tls b'ok'",
+        "auto tls python",  # "auto": the Python engine serves TLS
+        "auto plain native",
+    ]
 
 
 # ---- every TCP fault over TLS -----------------------------------------------------

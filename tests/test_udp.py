@@ -354,7 +354,7 @@ def test_the_per_source_table_is_bounded(engine: str) -> None:
 
 
 def test_an_oversized_datagram_is_a_clear_error(engine: str) -> None:
-    with udp_server("native") as server:
+    with udp_server(engine) as server:
         with pyecho.EchoClient(
             server.server_address, engine=engine, transport="udp", timeout=5
         ) as c:
