@@ -651,6 +651,17 @@ def _stdin_reader(stdin: int, chunks: queue.Queue[bytes]) -> None:
             return
 
 
+def _unasked(client: EchoClient, out: Callable[[bytes], None]) -> None:
+    """The connection is readable while we wait for input: show what came
+    (an echo nobody waited for: lose nothing), or say the server closed."""
+    data = _tlscli.recv_nowait(client, PIECE)
+    if data is None:  # TLS records that carried no data (session tickets)
+        return
+    if not data:
+        raise ConnectionClosedError(b"")
+    out(data)
+
+
 def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[bytes]:
     """Read stdin as it comes, while watching the connection: if the server
     closes it while we wait for input, say so at once."""
@@ -664,10 +675,7 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
     while STDIN_THREAD:
         if chunks.empty():
             if select.select([sock], [], [], _STDIN_WAIT)[0]:
-                data = client.recv(PIECE)
-                if not data:
-                    raise ConnectionClosedError(b"")
-                out(data)  # an echo nobody waited for: show it, lose nothing
+                _unasked(client, out)
             continue
         chunk = chunks.get()  # only this thread takes: not empty, so no wait
         if not chunk:
@@ -676,12 +684,7 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
     while True:
         ready, _, _ = select.select([stdin, sock], [], [])
         if sock in ready:
-            data = _tlscli.recv_nowait(client, PIECE)
-            if data is None:  # TLS records that carried no data (session tickets)
-                continue
-            if not data:
-                raise ConnectionClosedError(b"")
-            out(data)  # an echo nobody waited for: show it, lose nothing
+            _unasked(client, out)
             continue
         chunk = os.read(stdin, PIECE)
         if not chunk:
