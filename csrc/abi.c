@@ -21,6 +21,7 @@ size_t echo_abi_sizeof(const char *name)
         {"echo_stats", sizeof(echo_stats)},
         {"echo_event", sizeof(echo_event)},
         {"echo_faults", sizeof(echo_faults)},
+        {"echo_tls_config", sizeof(echo_tls_config)},
     };
 
     if (name == NULL)

@@ -26,7 +26,10 @@ int echo_faults_check(const echo_faults *f, int transport)
     if (f == NULL || (transport != ECHO_TCP && transport != ECHO_UDP))
         return -EINVAL;
     if (f->latency_ms > MAX_MS || f->jitter_ms > MAX_MS || f->slice_delay_ms > MAX_MS ||
-        f->close_delay_ms > MAX_MS || f->accept_delay_ms > MAX_MS)
+        f->close_delay_ms > MAX_MS || f->accept_delay_ms > MAX_MS ||
+        f->handshake_delay_ms > MAX_MS)
+        return -EINVAL;
+    if (f->handshake_stall < 0 || f->handshake_stall > 1 || f->handshake_reset_ppm > PPM)
         return -EINVAL;
     if (f->limit < -1 || f->limit > MAX_BYTES || f->stall_after < -1 ||
         f->stall_after > MAX_BYTES || f->reset_after_ms < -1 || f->reset_after_ms > MAX_MS)
@@ -37,7 +40,8 @@ int echo_faults_check(const echo_faults *f, int transport)
     if (f->slice == 0 && f->slice_delay_ms != 0)
         return -EINVAL;
     tcp_only = f->rate || f->slice || f->limit >= 0 || f->reset_after_ms >= 0 ||
-               f->stall_after >= 0 || f->close_delay_ms || f->accept_delay_ms || f->refuse_ppm;
+               f->stall_after >= 0 || f->close_delay_ms || f->accept_delay_ms || f->refuse_ppm ||
+               f->handshake_delay_ms || f->handshake_stall || f->handshake_reset_ppm;
     udp_only = f->drop_ppm || f->duplicate_ppm;
     if ((transport == ECHO_UDP && tcp_only) || (transport == ECHO_TCP && udp_only))
         return -EINVAL;

@@ -32,7 +32,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 6 };
+enum { ECHO_ABI_VERSION = 7 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -60,7 +60,9 @@ enum echo_close_reason {
     ECHO_CLOSE_LIMIT = 5,    /* fault: `limit` bytes were echoed */
     ECHO_CLOSE_RESET_AFTER = 6, /* fault: reset `reset_after` after opening */
     ECHO_CLOSE_REFUSED = 7,  /* fault: reset at once (`refuse`) */
-    ECHO_CLOSE_REASONS = 8
+    ECHO_CLOSE_HANDSHAKE = 8, /* TLS: the handshake failed or was given up
+                                 (or the `handshake_reset` fault) */
+    ECHO_CLOSE_REASONS = 9
 };
 
 /* Why a datagram was not echoed (UDP); the index into echo_stats.dropped. */
@@ -141,6 +143,10 @@ typedef struct echo_faults {
     uint32_t drop_ppm;        /* UDP: chance, per million, a datagram is not echoed */
     uint32_t duplicate_ppm;   /* UDP: chance, per million, a datagram is echoed twice */
     uint64_t seed;
+    /* TLS servers only (echo_server_set_tls): */
+    uint32_t handshake_delay_ms;  /* TCP: wait this long before answering the ClientHello */
+    int handshake_stall;          /* TCP: 1: never answer it (input is read and dropped) */
+    uint32_t handshake_reset_ppm; /* TCP: chance, per million, of a reset when it arrives */
 } echo_faults;
 
 /* Everything off. */
@@ -217,6 +223,37 @@ int echo_server_set_faults(echo_server *srv, const echo_faults *f);
 void echo_server_stats(const echo_server *srv, echo_stats *out);
 /* Close every socket and free. Not while echo_server_run() is running. */
 void echo_server_free(echo_server *srv);
+
+/* ---- TLS --------------------------------------------------------------- */
+
+/*
+ * TLS on a TCP server (csrc/tls.c, OpenSSL). A library built without OpenSSL
+ * has echo_tls_available() 0 and echo_server_set_tls() fails with
+ * -EPROTONOSUPPORT. The certificate files come from Python (pyecho/_tls.py).
+ */
+typedef struct echo_tls_config {
+    const char *certfile;     /* PEM: the certificate chain */
+    const char *keyfile;      /* PEM: its private key */
+    const char *cafile;       /* PEM: verifies client certificates; NULL: none */
+    int client_cert;          /* 0: not asked for, 1: optional, 2: required */
+    int min_version;          /* 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3) */
+    int max_version;          /* 0: no maximum */
+    const uint8_t *alpn;      /* ALPN protocols, wire format; NULL: none */
+    size_t alpn_len;
+} echo_tls_config;
+
+/* 1 if the library was built with OpenSSL, 0 if not. */
+int echo_tls_available(void);
+/* The OpenSSL version the library runs with, or why there is none. */
+const char *echo_tls_version(void);
+/*
+ * Serve TLS on every connection accepted from now on (before serving). The
+ * files are loaded at once: -ENOENT, -EACCES, or -EINVAL (and text from
+ * echo_tls_error()) for files OpenSSL refuses. TCP only (-EINVAL for UDP).
+ */
+int echo_server_set_tls(echo_server *srv, const echo_tls_config *tls);
+/* OpenSSL's message for the last echo_server_set_tls() failure ("" if none). */
+const char *echo_server_tls_error(const echo_server *srv);
 
 /* ---- client ------------------------------------------------------------ */
 

@@ -41,6 +41,7 @@ static void list_unlink(conn_list *l, conn *c)
 
 static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
+static int flush_out(echo_server *srv, conn *c);
 
 /*
  * Start one of the server's own timers (the idle and linger deadlines, the
@@ -86,7 +87,8 @@ static conn_list *list_of(echo_server *srv, const conn *c)
 
 static void touch(echo_server *srv, conn *c)
 {
-    if (srv->cfg.idle_timeout_ms == 0 || c->lingering)
+    /* A TLS handshake is not activity: it must end within idle_timeout. */
+    if (srv->cfg.idle_timeout_ms == 0 || c->lingering || (c->tls != NULL && !c->tls->ready))
         return;
     c->last_active_ms = ev_now(srv->loop);
     if (srv->active.newest != c) {
@@ -121,6 +123,7 @@ void conn_close(echo_server *srv, conn *c, int reason)
     count(&srv->stats.closed[reason], 1);
     notify(srv, c, ECHO_EVENT_CLOSE, reason);
     fx_free(srv, c->fx);
+    tls_conn_free(c->tls);
     free(c->held);
     outbuf_free(&c->out);
     free(c);
@@ -145,6 +148,15 @@ size_t queued(const conn *c)
  * stall holds the echo (or, lingering, for its EOF); for output while
  * anything is queued and no fault holds sending back. Nothing while a fault
  * makes it wait. */
+/* May the connection's input be read now (not lingering)? */
+static int wants_input(echo_server *srv, conn *c)
+{
+    const conn_fx *fx = c->fx;
+
+    return !c->closing && queued(c) < srv->cfg.max_pending &&
+           (fx == NULL || (fx->waiting == 0 && !fx_stalled(srv, c)));
+}
+
 int update_interest(echo_server *srv, conn *c)
 {
     uint32_t want = 0;
@@ -152,8 +164,7 @@ int update_interest(echo_server *srv, conn *c)
 
     if (fx != NULL && fx->waiting != 0)
         return ev_io_set(srv->loop, &c->io, 0);
-    if (c->lingering ||
-        (!c->closing && queued(c) < srv->cfg.max_pending && (fx == NULL || !fx_stalled(srv, c))))
+    if (c->lingering || wants_input(srv, c))
         want |= EV_READ;
     if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
         want |= EV_WRITE;
@@ -186,6 +197,20 @@ void conn_done(echo_server *srv, conn *c, int reason)
             update_interest(srv, c) != 0)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
+    }
+    /* TLS: a close the server decides sends close_notify first (it ends
+     * once that is out too). */
+    if (c->tls != NULL && c->tls->ready && !c->tls->notified &&
+        (reason == ECHO_CLOSE_PEER || reason == ECHO_CLOSE_QUIT || reason == ECHO_CLOSE_LIMIT)) {
+        if (tls_close_notify(c->tls) != 0 || flush_out(srv, c) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+        if (c->out.len > 0) {
+            if (update_interest(srv, c) != 0)
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
     }
     if ((reason != ECHO_CLOSE_QUIT && reason != ECHO_CLOSE_LIMIT) ||
         shutdown(c->io.fd, SHUT_WR) != 0) {
@@ -244,6 +269,14 @@ void conn_finish(echo_server *srv, conn *c, int reason)
 
 /* ---- the echo path ------------------------------------------------------------ */
 
+int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len)
+{
+    if (c->tls == NULL)
+        return outbuf_append(&c->out, data, len);
+    count(&srv->stats.bytes_out, (uint64_t)len); /* TLS: the echo, not its records */
+    return tls_seal(c->tls, data, len);
+}
+
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
@@ -254,7 +287,8 @@ static int flush_out(echo_server *srv, conn *c)
                          COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0)
             return is_reset(errno) ? -1 : 0;
-        count(&srv->stats.bytes_out, (uint64_t)n);
+        if (c->tls == NULL)
+            count(&srv->stats.bytes_out, (uint64_t)n);
         outbuf_consume(&c->out, (size_t)n);
     }
     return 0;
@@ -267,10 +301,12 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
     if (c->fx != NULL) {
         if (srv->faults != NULL)
             return fx_echo(srv, c, data, len);
-        if (outbuf_append(&c->out, data, len) != 0)
+        if (out_add(srv, c, data, len) != 0)
             return -1;
         return fx_flush(srv, c);
     }
+    if (c->tls != NULL)
+        return out_add(srv, c, data, len) != 0 ? -1 : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -309,23 +345,16 @@ static int keep_held(echo_server *srv, conn *c, const uint8_t *rest, size_t len)
     return 0;
 }
 
-static void on_readable(echo_server *srv, conn *c)
+/* n bytes came (0: the peer's EOF), after the held ones in srv->scratch:
+ * echo what the framing releases. 1 if the connection was closed or is
+ * ending (no more input for it). */
+static int on_input(echo_server *srv, conn *c, size_t n)
 {
     size_t held = c->held_len;
-    size_t want = srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
     uint8_t *buf = srv->scratch;
     size_t emit;
     int quit, rc;
-    ssize_t n;
 
-    if (held > 0)
-        memcpy(buf, c->held, held);
-    n = recv(c->io.fd, buf + held, want, 0);
-    if (n < 0) {
-        if (is_reset(errno))
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
-    }
     if (n == 0) {
         /* Half-close: a partial line is still echoed, nothing is lost. */
         drop_held(c);
@@ -334,27 +363,166 @@ static void on_readable(echo_server *srv, conn *c)
             conn_close(srv, c, ECHO_CLOSE_RESET);
         else
             conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_PEER);
-        return;
+        return 1;
     }
     count(&srv->stats.bytes_in, (uint64_t)n);
     touch(srv, c);
-    emit = echo_scan(&srv->cfg, &c->cont, buf, held + (size_t)n, &quit);
+    emit = echo_scan(&srv->cfg, &c->cont, buf, held + n, &quit);
     rc = echo_out(srv, c, buf, emit);
     if (rc < 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
+        return 1;
     }
     if (rc == 1 || quit) {
         conn_finish(srv, c, rc == 1 ? ECHO_CLOSE_LIMIT : ECHO_CLOSE_QUIT);
+        return 1;
+    }
+    if (srv->cfg.mode == ECHO_MODE_LINE && keep_held(srv, c, buf + emit, held + n - emit) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    if (update_interest(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+static size_t read_want(const echo_server *srv)
+{
+    return srv->cfg.mode == ECHO_MODE_SEED ? srv->cfg.bufsize : READ_CHUNK;
+}
+
+static void on_readable(echo_server *srv, conn *c)
+{
+    ssize_t n;
+
+    if (c->held_len > 0)
+        memcpy(srv->scratch, c->held, c->held_len);
+    n = recv(c->io.fd, srv->scratch + c->held_len, read_want(srv), 0);
+    if (n < 0) {
+        if (is_reset(errno))
+            conn_close(srv, c, ECHO_CLOSE_RESET);
         return;
     }
-    if (srv->cfg.mode == ECHO_MODE_LINE &&
-        keep_held(srv, c, buf + emit, held + (size_t)n - emit) != 0) {
+    (void)on_input(srv, c, (size_t)n);
+}
+
+/* ---- TLS (tls.c): between the socket's bytes and the echo ----------------- */
+
+/* The handshake faults, decided when the first bytes of the handshake (the
+ * ClientHello) come: 1 if the connection was reset, stalls or waits. */
+static int handshake_faults(echo_server *srv, conn *c)
+{
+    const echo_faults *f = srv->faults;
+
+    if (f == NULL)
+        return 0;
+    if (c->fx == NULL && fx_attach(srv, c) == NULL) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
-        return;
+        return 1;
     }
-    if (update_interest(srv, c) != 0)
+    if (fx_chance(&c->fx->rng, f->handshake_reset_ppm)) {
+        conn_reset(srv, c, ECHO_CLOSE_HANDSHAKE);
+        return 1;
+    }
+    if (f->handshake_stall) {
+        c->tls->stalled = 1;
+        return 1;
+    }
+    if (f->handshake_delay_ms > 0) {
+        c->fx->waiting = HANDSHAKE_WAIT;
+        if (ev_timer_start(srv->loop, &c->fx->wait, ev_now(srv->loop) + f->handshake_delay_ms,
+                           on_fx_wait) != 0 ||
+            update_interest(srv, c) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * Move the handshake on, then decrypt and echo what came: OpenSSL reads the
+ * socket itself (tls.c's BIO), so a turn takes at most READ_CHUNK bytes of
+ * plaintext, and stops early when the connection may not take more input
+ * (max_pending, a fault), as a plain connection's reads do; plaintext
+ * OpenSSL decrypted already is taken anyway (one record at most: it reads
+ * no further ahead), since no readiness event would come for it.
+ */
+int tls_progress(echo_server *srv, conn *c)
+{
+    tls_conn *t = c->tls;
+    size_t budget = READ_CHUNK;
+
+    if (!t->ready) {
+        int rc = tls_handshake(t);
+
+        if (rc < 0) {
+            (void)flush_out(srv, c); /* its alert, if it can go at once */
+            /* Input OpenSSL did not read (the client's next records) would
+             * turn close() into a reset that destroys the alert in flight. */
+            (void)recv(c->io.fd, srv->scratch, READ_CHUNK, MSG_DONTWAIT);
+            conn_close(srv, c, t->failed ? ECHO_CLOSE_RESET : ECHO_CLOSE_HANDSHAKE);
+            return 1;
+        }
+        if (flush_out(srv, c) != 0) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+        if (rc == 0)
+            return conn_settle(srv, c);
+        touch(srv, c);
+    }
+    while (tls_pending(t) > 0 || (budget > 0 && wants_input(srv, c))) {
+        ssize_t n;
+
+        if (c->held_len > 0)
+            memcpy(srv->scratch, c->held, c->held_len);
+        n = tls_read(t, srv->scratch + c->held_len, read_want(srv));
+        if (n == 0)
+            break;
+        if (n == -2) {
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+            return 1;
+        }
+        if (on_input(srv, c, n < 0 ? 0 : (size_t)n))
+            return 1;
+        budget -= (size_t)n < budget ? (size_t)n : budget;
+    }
+    /* Tickets, key updates: whatever reading made OpenSSL write. */
+    if (tls_take(t) != 0 || flush_out(srv, c) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
+        return 1;
+    }
+    return conn_settle(srv, c);
+}
+
+static void on_tls_readable(echo_server *srv, conn *c)
+{
+    tls_conn *t = c->tls;
+    ssize_t n;
+
+    if (!t->started || t->stalled) {
+        /* Its first bytes (a peek: OpenSSL reads them) decide the handshake
+         * faults; a stalled handshake's input is read and dropped. */
+        n = recv(c->io.fd, srv->scratch, t->stalled ? READ_CHUNK : 1,
+                 t->stalled ? 0 : MSG_PEEK);
+        if (n < 0) {
+            if (is_reset(errno))
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+            return;
+        }
+        if (n == 0) {
+            conn_close(srv, c, ECHO_CLOSE_HANDSHAKE); /* given up before its end */
+            return;
+        }
+        if (t->stalled)
+            return;
+        t->started = 1;
+        if (handshake_faults(srv, c))
+            return;
+    }
+    (void)tls_progress(srv, c);
 }
 
 /* Returns 1 if the connection was closed. */
@@ -380,7 +548,9 @@ static void on_conn(ev_loop *loop, ev_io *io, uint32_t ready)
     if ((ready & EV_WRITE) && on_writable(srv, c))
         return;
     if ((ready & EV_READ) && (c->io.mask & EV_READ)) {
-        if (!c->lingering)
+        if (c->lingering == 0 && c->tls != NULL)
+            on_tls_readable(srv, c);
+        else if (!c->lingering)
             on_readable(srv, c);
         else if (drop_input(srv, c, 1))
             conn_close(srv, c, c->closing - 1);
@@ -450,6 +620,13 @@ static void add_conn(echo_server *srv, int fd, const net_addr *peer)
     }
     c->srv = srv;
     c->peer = *peer;
+    if (srv->tls != NULL && (c->tls = tls_conn_new(srv->tls, fd, &c->out)) == NULL) {
+        ev_io_stop(srv->loop, &c->io);
+        close(fd);
+        free(c);
+        pause_accepting(srv);
+        return;
+    }
     c->id = ++srv->next_id;
     c->opened_ms = c->last_active_ms = ev_now(srv->loop);
     list_append(srv, &srv->active, c);
@@ -775,6 +952,26 @@ int echo_server_set_faults(echo_server *srv, const echo_faults *f)
     return ev_wake(srv->loop);
 }
 
+int echo_server_set_tls(echo_server *srv, const echo_tls_config *tls)
+{
+    tls_ctx *ctx = NULL;
+    int rc;
+
+    if (srv == NULL || tls == NULL || srv->cfg.transport != ECHO_TCP)
+        return -EINVAL;
+    rc = tls_ctx_new(tls, &ctx, srv->tls_error, sizeof srv->tls_error);
+    if (rc != 0)
+        return rc;
+    tls_ctx_free(srv->tls);
+    srv->tls = ctx;
+    return 0;
+}
+
+const char *echo_server_tls_error(const echo_server *srv)
+{
+    return srv != NULL ? srv->tls_error : "";
+}
+
 int echo_server_stop(echo_server *srv)
 {
     if (srv == NULL)
@@ -814,6 +1011,7 @@ void echo_server_free(echo_server *srv)
         ev_loop_free(srv->loop);
     }
     udp_echo_free(srv->udp);
+    tls_ctx_free(srv->tls);
     free(srv->faults);
     free(atomic_load(&srv->pending_faults));
     free(srv->scratch);

@@ -16,6 +16,7 @@
 #include "outbuf.h"
 #include "pyecho.h"
 #include "stats.h"
+#include "tls.h"
 #include "udp.h"
 
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -39,6 +40,7 @@ typedef struct conn {
     net_addr peer;
     uint64_t opened_ms;
     conn_fx *fx;       /* fault state; NULL until faults apply to it */
+    tls_conn *tls;     /* TLS state (tls.c); NULL on a plain server */
     struct echo_server *srv;
 } conn;
 
@@ -62,7 +64,7 @@ struct conn_fx {
     int close_waited;       /* close_delay already spent */
 };
 
-enum { ACCEPT_WAIT = 1, CLOSE_WAIT = 2 };
+enum { ACCEPT_WAIT = 1, CLOSE_WAIT = 2, HANDSHAKE_WAIT = 3 };
 
 /* Oldest first: idle and linger deadlines are then O(1) to find. */
 typedef struct conn_list {
@@ -91,6 +93,8 @@ struct echo_server {
     int failed;             /* 0, or why one of the timers above could not
                              * start: echo_server_run() returns it */
     counters stats;
+    tls_ctx *tls;           /* TLS for new connections (tls.c); NULL: plain */
+    char tls_error[256];    /* why echo_server_set_tls() failed */
 };
 
 /* ---- server.c, for tcp_faults.c ------------------------------------------ */
@@ -115,6 +119,12 @@ int conn_settle(echo_server *srv, conn *c);
 void conn_finish(echo_server *srv, conn *c, int reason);
 /* Is this errno a failed connection (not "try again")? */
 int is_reset(int err);
+/* Echo data into the output queue (as TLS records on a TLS connection);
+ * 0, or -1 out of memory. */
+int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len);
+/* TLS: move the handshake on, then decrypt and echo what came; 1 if the
+ * connection was closed or ended. */
+int tls_progress(echo_server *srv, conn *c);
 
 /* ---- tcp_faults.c, for server.c ------------------------------------------ */
 

@@ -29,6 +29,9 @@ conn_fx *fx_attach(echo_server *srv, conn *c)
         return NULL;
     fx->c = c;
     fx->rng = fx_rng_seed(srv->faults->seed, c->id);
+    /* TLS: records go through the output queue, where the faults act on them. */
+    if (c->tls != NULL)
+        c->tls->direct = 0;
     /* tokens_ms 0: the first refill finds a second gone, so the rate's
      * bucket starts full, like the UDP global one. */
     c->fx = fx;
@@ -105,7 +108,8 @@ int fx_flush(echo_server *srv, conn *c)
         sent = send(c->io.fd, outbuf_begin(&c->out), n, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0)
             return is_reset(errno) ? -1 : 0;
-        count(&srv->stats.bytes_out, (uint64_t)sent);
+        if (c->tls == NULL) /* TLS counts the echo it encrypts (out_add) */
+            count(&srv->stats.bytes_out, (uint64_t)sent);
         outbuf_consume(&c->out, (size_t)sent);
         if (f != NULL && f->rate != 0)
             fx->tokens -= (uint64_t)sent * 1000;
@@ -125,7 +129,7 @@ static int fx_release_due(echo_server *srv, conn *c)
 
     while (fx->delayed.head != NULL && fx->delayed.head->due_ms <= now) {
         fx_chunk *ch = fx_queue_pop(&fx->delayed);
-        int rc = outbuf_append(&c->out, ch->data, ch->len);
+        int rc = out_add(srv, c, ch->data, ch->len);
 
         free(ch);
         if (rc != 0)
@@ -193,7 +197,7 @@ int fx_echo(echo_server *srv, conn *c, const uint8_t *data, size_t len)
         if (!ev_timer_pending(&fx->release) &&
             ev_timer_start(srv->loop, &fx->release, fx->delayed.head->due_ms, on_fx_release) != 0)
             return -1;
-    } else if (outbuf_append(&c->out, data, len) != 0) {
+    } else if (out_add(srv, c, data, len) != 0) {
         return -1;
     }
     if (fx_flush(srv, c) != 0)
@@ -225,7 +229,8 @@ static void on_fx_reset(ev_loop *loop, ev_timer *t)
     conn_reset(fx->c->srv, fx->c, ECHO_CLOSE_RESET_AFTER);
 }
 
-/* accept_delay is over (serve it now), or close_delay (end it now). */
+/* accept_delay is over (serve it now), close_delay (end it now), or
+ * handshake_delay (answer the ClientHello now). */
 void on_fx_wait(ev_loop *loop, ev_timer *t)
 {
     conn_fx *fx = CONTAINER_OF(t, conn_fx, wait);
@@ -236,6 +241,8 @@ void on_fx_wait(ev_loop *loop, ev_timer *t)
     fx->waiting = 0;
     if (was == CLOSE_WAIT)
         conn_done(c->srv, c, c->closing - 1);
+    else if (was == HANDSHAKE_WAIT)
+        tls_progress(c->srv, c);
     else
         fx_progress(c->srv, c);
 }
@@ -257,7 +264,7 @@ static int fx_unstall(echo_server *srv, conn *c)
     if (srv->faults != NULL)
         rc = fx_echo(srv, c, outbuf_begin(&kept), kept.len);
     else
-        rc = outbuf_append(&c->out, outbuf_begin(&kept), kept.len) == 0 ? fx_flush(srv, c) : -1;
+        rc = out_add(srv, c, outbuf_begin(&kept), kept.len) == 0 ? fx_flush(srv, c) : -1;
     outbuf_free(&kept);
     if (rc < 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
@@ -310,6 +317,12 @@ int fx_update(echo_server *srv, conn *c)
     }
     if (fx_progress(srv, c))
         return 1;
+    if (fx->waiting == HANDSHAKE_WAIT && (f == NULL || f->handshake_delay_ms == 0)) {
+        ev_timer_stop(srv->loop, &fx->wait);
+        fx->waiting = 0;
+        if (tls_progress(srv, c))
+            return 1;
+    }
     return fx_unstall(srv, c);
 }
 

@@ -23,6 +23,8 @@ from ._config import (
 from ._faults import Faults
 from ._native import NativeUnavailableError
 from ._native import available as native_available
+from ._native import tls_available as native_tls_available
+from ._tls import TLS, ServerTLS
 from .api import EchoClient, EchoServer
 
 __version__ = "0.1.0"
@@ -42,6 +44,9 @@ __all__ = [
     "Faults",
     "NativeUnavailableError",
     "Stats",
+    "TLS",
+    "ServerTLS",
     "native_available",
+    "native_tls_available",
     "__version__",
 ]

@@ -25,7 +25,17 @@ ENGINES = ("native", "python")  # the engines that run
 ENGINE_CHOICES = ("auto", *ENGINES)
 DEFAULT_ENGINE = "auto"
 # index = enum echo_close_reason in csrc/pyecho.h
-CLOSE_REASONS = ("peer", "quit", "reset", "shutdown", "idle", "limit", "reset_after", "refused")
+CLOSE_REASONS = (
+    "peer",
+    "quit",
+    "reset",
+    "shutdown",
+    "idle",
+    "limit",
+    "reset_after",
+    "refused",
+    "handshake",
+)
 # index = enum echo_event_kind
 EVENT_KINDS = ("open", "close", "drop")
 # Why a UDP datagram was not echoed: index = enum echo_drop_reason.

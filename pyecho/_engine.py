@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ._config import Config, Event, Stats
 from ._faults import FaultsInts
+from ._tls import TlsFiles
 
 EventHandler = Callable[[Event], None]
 
@@ -49,6 +50,11 @@ class ServerEngine(Protocol):
     def free(self) -> None:
         """Close every socket (close events for open clients); not while
         run() runs. Safe to call twice."""
+        ...
+
+    def set_tls(self, files: TlsFiles) -> None:
+        """Serve TLS on every connection accepted from now on (before
+        serving); the files are loaded at once (ValueError if refused)."""
         ...
 
 

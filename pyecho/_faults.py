@@ -111,12 +111,25 @@ class Faults:
     refuse: float = _chance("chance a new connection is reset at once", ("tcp",))
     drop: float = _chance("chance a datagram is not echoed", ("udp",))
     duplicate: float = _chance("chance a datagram is echoed twice", ("udp",))
+    # TLS servers only (tls=...): what the handshake suffers.
+    handshake_delay: float = _delay("TLS: wait this long before answering the ClientHello")
+    handshake_stall: bool = _setting(
+        "flag",
+        False,
+        "server",
+        "TLS: never answer the ClientHello; the connection stays open (input is read and dropped)",
+        transports=("tcp",),
+    )
+    handshake_reset: float = _chance(
+        "TLS: chance the connection is reset when its ClientHello arrives", ("tcp",)
+    )
     seed: int | None = _setting(
         "count",
         None,
         "server",
-        "seed of the random choices (jitter, refuse, drop, duplicate); by default a random "
-        "one, shown by server.faults (and the command line) so a run can be repeated",
+        "seed of the random choices (jitter, refuse, drop, duplicate, handshake_reset); by "
+        "default a random one, shown by server.faults (and the command line) so a run can be "
+        "repeated",
         lower=0,
         upper=(1 << 64) - 1,
         off="random",
@@ -132,6 +145,11 @@ class Faults:
         """self, or ValueError if a fault does not apply to the transport."""
         check_applies(self, FAULTS, transport)
         return self
+
+    @property
+    def handshake(self) -> bool:
+        """Does a handshake fault act (they need a TLS server)?"""
+        return bool(self.handshake_delay or self.handshake_stall or self.handshake_reset)
 
     @property
     def active(self) -> bool:
@@ -167,6 +185,9 @@ class FaultsInts(NamedTuple):
     drop_ppm: int
     duplicate_ppm: int
     seed: int
+    handshake_delay_ms: int
+    handshake_stall: int
+    handshake_reset_ppm: int
 
 
 def faults_ints(f: Faults) -> FaultsInts:
@@ -191,4 +212,7 @@ def faults_ints(f: Faults) -> FaultsInts:
         drop_ppm=round(f.drop * PPM),
         duplicate_ppm=round(f.duplicate * PPM),
         seed=f.seed,
+        handshake_delay_ms=to_ms(f.handshake_delay),
+        handshake_stall=int(f.handshake_stall),
+        handshake_reset_ppm=round(f.handshake_reset * PPM),
     )

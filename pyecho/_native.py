@@ -32,6 +32,7 @@ from ._config import (
 from ._errors import UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
 from ._faults import FaultsInts
 from ._signals import SignalsDeferred
+from ._tls import TlsFiles, alpn_wire
 
 
 def library_name(platform: str = sys.platform, stem: str = "libpyecho_core") -> str:
@@ -122,6 +123,7 @@ ABI_STRUCTS = (
     "echo_stats",
     "echo_event",
     "echo_faults",
+    "echo_tls_config",
 )
 
 
@@ -173,6 +175,27 @@ def available() -> bool:
     except NativeUnavailableError:
         return False
     return True
+
+
+def tls_available() -> bool:
+    """Was the C core built with OpenSSL (TLS)?"""
+    try:
+        _, lib = load()
+    except NativeUnavailableError:
+        return False
+    return bool(lib.echo_tls_available())
+
+
+def check_tls() -> None:
+    """NativeUnavailableError, saying why and what to do, if the C core
+    cannot serve TLS."""
+    ffi, lib = load()
+    if not lib.echo_tls_available():
+        raise NativeUnavailableError(
+            "the native engine cannot serve TLS: its library was "
+            f"{ffi.string(lib.echo_tls_version()).decode()}. Install OpenSSL's headers "
+            "(libssl-dev, openssl-devel) and reinstall pyecho, or use engine='python'."
+        )
 
 
 def _check(rc: int) -> int:
@@ -337,6 +360,30 @@ class NativeServer:
             for name, value in faults._asdict().items():
                 setattr(f, name, value)
         _check(self._lib.echo_server_set_faults(self._srv, f))
+
+    def set_tls(self, files: TlsFiles) -> None:
+        check_tls()
+        ffi, lib = self._ffi, self._lib
+        keep = [
+            ffi.new("char[]", files.certfile.encode()),
+            ffi.new("char[]", files.keyfile.encode()),
+            ffi.new("char[]", (files.cafile or "").encode()),
+            ffi.new("uint8_t[]", alpn_wire(files.alpn) or b"\0"),
+        ]
+        t = ffi.new("echo_tls_config *")
+        t.certfile, t.keyfile = keep[0], keep[1]
+        t.cafile = keep[2] if files.cafile is not None else ffi.NULL
+        t.client_cert = files.client_cert
+        t.min_version = files.min_version
+        t.max_version = files.max_version
+        t.alpn = keep[3] if files.alpn else ffi.NULL
+        t.alpn_len = len(alpn_wire(files.alpn))
+        rc = lib.echo_server_set_tls(self._srv, t)
+        if rc < 0:
+            reason = ffi.string(lib.echo_server_tls_error(self._srv)).decode()
+            if rc == -errno.EINVAL:
+                raise ValueError(f"the native engine refused the TLS settings: {reason}")
+            raise OSError(-rc, f"{os.strerror(-rc)}: {reason}" if reason else os.strerror(-rc))
 
     def free(self) -> None:
         if self._srv is not None:

@@ -23,7 +23,7 @@ MAX_BYTES = 1 << 50
 CHUNK_COST = 64
 
 # All off (the seed alone does nothing).
-OFF = FaultsInts(0, 0, 0, 0, 0, -1, -1, -1, 0, 0, 0, 0, 0, 0)
+OFF = FaultsInts(0, 0, 0, 0, 0, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 def faults_check(f: FaultsInts, transport: str) -> None:
@@ -33,13 +33,18 @@ def faults_check(f: FaultsInts, transport: str) -> None:
         or any(v > MAX_MS for v in (f.close_delay_ms, f.accept_delay_ms))
         or any(v < 0 for v in (f.latency_ms, f.jitter_ms, f.slice_delay_ms, f.rate, f.slice))
         or any(v < 0 for v in (f.close_delay_ms, f.accept_delay_ms, f.seed))
+        or not 0 <= f.handshake_delay_ms <= MAX_MS
+        or f.handshake_stall not in (0, 1)
         or not -1 <= f.limit <= MAX_BYTES
         or not -1 <= f.stall_after <= MAX_BYTES
         or not -1 <= f.reset_after_ms <= MAX_MS
         or f.rate > MAX_BYTES
         or f.slice > 0xFFFFFFFF
         or f.seed > MASK
-        or any(not 0 <= p <= PPM for p in (f.refuse_ppm, f.drop_ppm, f.duplicate_ppm))
+        or any(
+            not 0 <= p <= PPM
+            for p in (f.refuse_ppm, f.drop_ppm, f.duplicate_ppm, f.handshake_reset_ppm)
+        )
         or (f.slice == 0 and f.slice_delay_ms != 0)
     )
     tcp_only = (
@@ -51,6 +56,9 @@ def faults_check(f: FaultsInts, transport: str) -> None:
         or f.close_delay_ms
         or f.accept_delay_ms
         or f.refuse_ppm
+        or f.handshake_delay_ms
+        or f.handshake_stall
+        or f.handshake_reset_ppm
     )
     udp_only = f.drop_ppm or f.duplicate_ppm
     if bad or (transport == "udp" and tcp_only) or (transport == "tcp" and udp_only):

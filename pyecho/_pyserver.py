@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,8 +35,10 @@ from ._framing import scanner
 from ._pycompat import LINGER_RESET, MSG_NOSIGNAL, reuse_address, udp_no_connreset
 from ._pyfaults import FxQueue, Rng, chance, delay, faults_check, faults_off
 from ._pyloop import READ, WRITE, Loop, Timer
+from ._pytls import TlsConn
 from ._pyudp import UdpEcho
 from ._signals import SignalsDeferred
+from ._tls import TlsFiles, server_context
 
 READ_CHUNK = 64 * 1024  # bytes read at once in raw and line mode
 ACCEPT_BURST = 64  # connections accepted per readiness event
@@ -44,9 +47,10 @@ LINGER_MS = 2000  # longest wait for the peer's EOF after quit
 MAKE_ROOM_READS = 16  # reads that drain a lingering connection closed early
 RATE_BURST_MS = 10  # faults: a rate-limited send waits for this much
 
-ACCEPT_WAIT, CLOSE_WAIT = 1, 2  # what a connection's fault `wait` timer ends
+# What a connection's fault `wait` timer ends.
+ACCEPT_WAIT, CLOSE_WAIT, HANDSHAKE_WAIT = 1, 2, 3
 
-PEER, QUIT, RESET, SHUTDOWN, IDLE, LIMIT, RESET_AFTER, REFUSED = CLOSE_REASONS
+PEER, QUIT, RESET, SHUTDOWN, IDLE, LIMIT, RESET_AFTER, REFUSED, HANDSHAKE = CLOSE_REASONS
 
 # What the C core treats as "try again later" rather than a failed connection.
 _RETRY = (BlockingIOError, InterruptedError)
@@ -66,6 +70,7 @@ class _Conn:
         "peer",
         "opened_ms",
         "fx",
+        "tls",
     )
 
     def __init__(self, sock: socket.socket, conn_id: int, peer: tuple[Any, ...], now: int):
@@ -81,6 +86,7 @@ class _Conn:
         self.peer = peer_of(peer)
         self.opened_ms = now
         self.fx: _ConnFx | None = None  # fault state; None until faults apply to it
+        self.tls: TlsConn | None = None  # TLS state (_pytls.py); None on a plain server
 
 
 def peer_of(addr: tuple[Any, ...]) -> tuple[str, int]:
@@ -167,6 +173,7 @@ class PyServer:
         self._pending_faults: tuple[FaultsInts | None] | None = None
         self._faults_lock = threading.Lock()
         self._udp: UdpEcho | None = None
+        self._tls: ssl.SSLContext | None = None  # TLS for new connections
         self._udp_release = Timer(self._on_udp_release)  # the next held datagram is due
         self._freed = False  # free() was called: the loop and listener are closed
         self._loop = loop = Loop()
@@ -202,7 +209,8 @@ class PyServer:
     # ---- connection lists (oldest first, for timeouts) ----
 
     def _touch(self, c: _Conn) -> None:
-        if self._idle_ms and not c.lingering:
+        # A TLS handshake is not activity: it must end within idle_timeout.
+        if self._idle_ms and not c.lingering and (c.tls is None or c.tls.ready):
             c.last_active_ms = self._loop.now
             self._active.move_to_end(c.id)
 
@@ -273,6 +281,18 @@ class PyServer:
             self._loop.timer_start(fx.wait, self._loop.now + f.close_delay_ms)
             self._update_interest(c)
             return
+        # TLS: a close the server decides sends close_notify first (it ends
+        # once that is out too).
+        t = c.tls
+        if t is not None and t.ready and not t.notified and reason in (PEER, QUIT, LIMIT):
+            t.notified = True
+            c.out += t.close_notify()
+            if not self._flush_out(c):
+                self._conn_close(c, RESET)
+                return
+            if c.out:
+                self._update_interest(c)
+                return
         if reason not in (QUIT, LIMIT):
             self._conn_close(c, reason)
             return
@@ -402,7 +422,7 @@ class PyServer:
         assert fx is not None
         delayed = fx.delayed
         while delayed and delayed.head.due_ms <= now:
-            c.out += delayed.pop().data
+            self._out_add(c, delayed.pop().data)
         if delayed:
             self._loop.timer_start(fx.release, delayed.head.due_ms)
 
@@ -454,7 +474,7 @@ class PyServer:
             if not fx.release.pending:
                 self._loop.timer_start(fx.release, fx.delayed.head.due_ms)
         else:
-            c.out += data
+            self._out_add(c, data)
         if not self._fx_flush(c):
             return -1
         return limit_reached
@@ -466,6 +486,8 @@ class PyServer:
         was, fx.waiting = fx.waiting, 0
         if was == CLOSE_WAIT:
             self._conn_done(c, _reason(c))
+        elif was == HANDSHAKE_WAIT:
+            self._tls_progress(c)
         else:
             self._fx_progress(c)
 
@@ -496,6 +518,11 @@ class PyServer:
             fx.waiting = 0
         if self._fx_progress(c):
             return True
+        if fx.waiting == HANDSHAKE_WAIT and (f is None or f.handshake_delay_ms == 0):
+            loop.timer_stop(fx.wait)
+            fx.waiting = 0
+            if self._tls_progress(c):
+                return True
         return self._fx_unstall(c)
 
     def _fx_unstall(self, c: _Conn) -> bool:
@@ -510,7 +537,7 @@ class PyServer:
         if self._faults is not None:
             rc = self._fx_echo(c, kept)
         else:
-            c.out += kept
+            self._out_add(c, kept)
             rc = 0 if self._fx_flush(c) else -1
         if rc < 0:
             self._conn_close(c, RESET)
@@ -522,6 +549,14 @@ class PyServer:
 
     # ---- the echo path ----
 
+    def _out_add(self, c: _Conn, data: bytes | bytearray) -> None:
+        """Echo data into the output queue (as TLS records on a TLS connection)."""
+        if c.tls is None:
+            c.out += data
+        else:
+            self._counts["bytes_out"] += len(data)  # TLS: the echo, not its records
+            c.out += c.tls.seal(data)
+
     def _send(self, c: _Conn, data: bytes | bytearray) -> int | None:
         """Bytes sent now (0 if the socket is full), or None if it failed."""
         try:
@@ -530,7 +565,8 @@ class PyServer:
             return 0
         except OSError:
             return None
-        self._counts["bytes_out"] += n
+        if c.tls is None:
+            self._counts["bytes_out"] += n
         return n
 
     def _flush_out(self, c: _Conn) -> bool:
@@ -552,8 +588,11 @@ class PyServer:
         if c.fx is not None:
             if self._faults is not None:
                 return self._fx_echo(c, data)
-            c.out += data
+            self._out_add(c, data)
             return 0 if self._fx_flush(c) else -1
+        if c.tls is not None:
+            self._out_add(c, data)
+            return 0 if self._flush_out(c) else -1
         if not c.out and data:
             n = self._send(c, data)
             if n is None:
@@ -564,14 +603,9 @@ class PyServer:
         c.out += data
         return 0
 
-    def _on_readable(self, c: _Conn) -> None:
-        try:
-            chunk = c.sock.recv(self._want)
-        except _RETRY:
-            return
-        except OSError:
-            self._conn_close(c, RESET)
-            return
+    def _on_input(self, c: _Conn, chunk: bytes) -> bool:
+        """chunk came (b"": the peer's EOF): echo what the framing releases.
+        True if the connection was closed or is ending (no more input for it)."""
         if not chunk:
             # Half-close: a partial line is still echoed, nothing is lost,
             # and it is forgotten.
@@ -581,7 +615,7 @@ class PyServer:
                 self._conn_close(c, RESET)
             else:
                 self._finish(c, LIMIT if rc else PEER)
-            return
+            return True
         self._counts["bytes_in"] += len(chunk)
         if self._idle_ms:
             self._touch(c)
@@ -590,14 +624,111 @@ class PyServer:
         rc = self._echo_out(c, buf if emit == len(buf) else buf[:emit])
         if rc < 0:
             self._conn_close(c, RESET)
-            return
+            return True
         if rc or quit_:
             self._finish(c, LIMIT if rc else QUIT)
-            return
+            return True
         if self._line:
             c.held = buf[emit:] if emit < len(buf) else b""
         if c.events != READ or c.out or c.fx is not None:
             self._update_interest(c)
+        return False
+
+    def _on_readable(self, c: _Conn) -> None:
+        try:
+            chunk = c.sock.recv(self._want)
+        except _RETRY:
+            return
+        except OSError:
+            self._conn_close(c, RESET)
+            return
+        self._on_input(c, chunk)
+
+    # ---- TLS (_pytls.py): between the socket's bytes and the echo ----
+
+    def _handshake_faults(self, c: _Conn) -> bool:
+        """The handshake faults, decided when the first bytes of the handshake
+        (the ClientHello) come: True if the connection was reset, stalls or
+        waits."""
+        f = self._faults
+        if f is None:
+            return False
+        fx = c.fx if c.fx is not None else self._fx_attach(c)
+        assert c.tls is not None
+        if chance(fx.rng, f.handshake_reset_ppm):
+            self._conn_reset(c, HANDSHAKE)
+            return True
+        if f.handshake_stall:
+            c.tls.stalled = True
+            return True
+        if f.handshake_delay_ms > 0:
+            fx.waiting = HANDSHAKE_WAIT
+            self._loop.timer_start(fx.wait, self._loop.now + f.handshake_delay_ms)
+            self._update_interest(c)
+            return True
+        return False
+
+    def _tls_progress(self, c: _Conn) -> bool:
+        """Move the handshake on, then decrypt and echo what came. True if
+        the connection was closed or ended."""
+        t = c.tls
+        assert t is not None
+        if not t.ready:
+            try:
+                done = t.handshake()
+            except ssl.SSLError:
+                c.out += t.take()
+                self._flush_out(c)  # its alert, if it can go at once
+                self._conn_close(c, HANDSHAKE)
+                return True
+            c.out += t.take()
+            if not self._flush_out(c):
+                self._conn_close(c, RESET)
+                return True
+            if not done:
+                return self._conn_settle(c)
+            self._touch(c)
+        while True:
+            try:
+                chunk = t.read(self._want)
+            except ssl.SSLError:
+                self._conn_close(c, RESET)
+                return True
+            if chunk is None:
+                break
+            if self._on_input(c, chunk):
+                return True
+        # Tickets, key updates: whatever reading made OpenSSL write.
+        c.out += t.take()
+        if not self._flush_out(c):
+            self._conn_close(c, RESET)
+            return True
+        return self._conn_settle(c)
+
+    def _on_tls_readable(self, c: _Conn) -> None:
+        t = c.tls
+        assert t is not None
+        try:
+            raw = c.sock.recv(READ_CHUNK)
+        except _RETRY:
+            return
+        except OSError:
+            self._conn_close(c, RESET)
+            return
+        if not raw:
+            if t.ready:
+                self._on_input(c, b"")
+            else:
+                self._conn_close(c, HANDSHAKE)  # given up before its end
+            return
+        if t.stalled:
+            return  # handshake_stall: dropped
+        t.feed(raw)
+        if not t.started:
+            t.started = True
+            if self._handshake_faults(c):
+                return
+        self._tls_progress(c)
 
     def _on_writable(self, c: _Conn) -> bool:
         """Returns True if the connection was closed."""
@@ -616,6 +747,8 @@ class PyServer:
         if ready & READ and c.events & READ:
             if c.lingering:
                 self._on_lingering_readable(c)
+            elif c.tls is not None:
+                self._on_tls_readable(c)
             else:
                 self._on_readable(c)
 
@@ -636,6 +769,8 @@ class PyServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._next_id += 1
         c = _Conn(sock, self._next_id, peer, self._loop.now)
+        if self._tls is not None:
+            c.tls = TlsConn(self._tls)
         self._active[c.id] = c
         self._counts["accepted"] += 1
         self._counts["open"] += 1
@@ -860,6 +995,12 @@ class PyServer:
             self._pending_faults = (faults,)  # a newer one wins
         if not self._freed:
             self._loop.wake()
+
+    def set_tls(self, files: TlsFiles) -> None:
+        """Serve TLS on every connection accepted from now on."""
+        if self.cfg.transport != "tcp":
+            raise ValueError("TLS is for TCP servers")
+        self._tls = server_context(files)
 
     def free(self) -> None:
         if self._freed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -39,6 +40,7 @@ from ._config import (
 )
 from ._engine import ClientEngine, ClientFactory, EventHandler, ServerEngine, ServerFactory
 from ._faults import Faults, faults_ints
+from ._tls import TLS, ServerTLS, check_tls
 
 # Longest a signal (Ctrl+C) can wait while the server is busy; an idle
 # server handles it at once.
@@ -53,7 +55,7 @@ def _at(error: OSError, host: str, port: int) -> OSError:
     class, errno and strerror (pyecho.cli explains it by those)."""
     if error.errno is None or error.filename is not None:
         return error
-    if isinstance(error, (TimeoutError, socket.gaierror)):
+    if isinstance(error, (TimeoutError, socket.gaierror, ssl.SSLError)):
         return error  # a message of its own, naming the server or the host
     named = OSError(error.errno, error.strerror, hostport(host, port))
     return named.with_traceback(error.__traceback__)
@@ -113,6 +115,7 @@ class EchoServer:
         udp_loop_limit: int | None = DEFAULTS.udp_loop_limit,
         faults: Faults | None = None,
         on_event: EventHandler | None = None,
+        tls: bool | TLS | None = None,
     ) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError("on_event must be callable or None")
@@ -131,8 +134,17 @@ class EchoServer:
             udp_rate_per_source=udp_rate_per_source,
             udp_loop_limit=udp_loop_limit,
         )
+        tls_settings = check_tls(tls)
+        if tls_settings is not None and transport != "tcp":
+            raise ValueError("tls does not apply to UDP: TLS runs over TCP (DTLS is not served)")
+        self._tls_on = tls_settings is not None
         faults = self._check_faults(faults)
         running, server_cls, _ = _engine_classes(engine)
+        if tls_settings is not None and running == "native" and not _native.tls_available():
+            if check_engine(engine) == "native" or _auto._from_env() == "native":
+                _native.check_tls()  # NativeUnavailableError saying why, and what to do
+            # "auto" on a native engine without TLS: the Python one serves it.
+            running, server_cls, _ = _engine_classes("python")
         family, host, port = resolve(server_address, server=True)[0]
         self.engine = running  # the engine actually running ("auto" resolved)
         self.transport = transport
@@ -151,12 +163,22 @@ class EchoServer:
         self._done = threading.Event()
         self._done.set()
         self._thread: threading.Thread | None = None
+        # What a client needs to trust the server (server.tls), or None.
+        self.tls: ServerTLS | None = None
+        if tls_settings is not None:
+            self.tls = ServerTLS(tls_settings)
         try:
             self._core: ServerEngine | None = server_cls(
                 self.config, family, host, port, None if on_event is None else self._on_event
             )
+            if self.tls is not None:
+                self._core.set_tls(self.tls.files)
         except OSError as e:
+            self._free_tls()
             raise _at(e, host, port) from None
+        except BaseException:
+            self._free_tls()
+            raise
         self.server_address: tuple[str, int] = self._core.address()
         if faults is not None:
             self.set_faults(faults)
@@ -166,6 +188,11 @@ class EchoServer:
             raise TypeError(f"faults must be a pyecho.Faults or None, not {type(faults).__name__}")
         if faults is None or not faults.active:
             return None
+        if faults.handshake and not self._tls_on:
+            raise ValueError(
+                "handshake_delay, handshake_stall and handshake_reset act on a TLS "
+                "handshake: they need a TLS server (tls=True or tls=pyecho.TLS(...))"
+            )
         return faults.check_for(self.config.transport).seeded()
 
     @property
@@ -315,10 +342,16 @@ class EchoServer:
                 if core is not None:
                     core.free()
                 self._failed = False
+                self._free_tls()
                 break
         self._raise_error()  # from on_event, for a close event, say
 
     server_close = close  # socketserver's name
+
+    def _free_tls(self) -> None:
+        """Remove the throwaway CA and keys (the private folder they are in)."""
+        if self.tls is not None:
+            self.tls.close()
 
     @property
     def stats(self) -> Stats:
@@ -347,6 +380,21 @@ class EchoServer:
         )
 
 
+def check_client_tls(tls: Any) -> ssl.SSLContext | None:
+    """A client's tls=: an ssl.SSLContext, True (the system's trusted CAs:
+    ssl.create_default_context()), or None/False."""
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return ssl.create_default_context()
+    if not isinstance(tls, ssl.SSLContext):
+        raise TypeError(
+            f"tls must be an ssl.SSLContext (server.tls.client_context(), say), True or None, "
+            f"not {type(tls).__name__}"
+        )
+    return tls
+
+
 class EchoClient:
     """A blocking client for an echo server.
 
@@ -372,11 +420,26 @@ class EchoClient:
         bufsize: int = DEFAULTS.bufsize,
         max_line: int = DEFAULTS.max_line,
         timeout: float | None = TIMEOUT.default,
+        tls: ssl.SSLContext | bool | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.config = make_config(
             transport=transport, mode=mode, quit_word=quit_word, bufsize=bufsize, max_line=max_line
         )
         running, _, client_cls = _engine_classes(engine)
+        tls_context = check_client_tls(tls)
+        if tls_context is not None:
+            if transport != "tcp":
+                raise ValueError("tls does not apply to UDP: TLS runs over TCP")
+            # The client's TLS is Python's ssl, with the very context given,
+            # whatever the engine: the Python client speaks it.
+            running = "python"
+            client_cls = functools.partial(
+                _pyengine.PyTlsClient,
+                context=tls_context,
+                server_hostname=server_hostname or server_address[0] or DEFAULT_HOST,
+            )
+        self.tls = tls_context
         timeout = check_timeout(timeout)
         self.engine = running  # the engine actually running ("auto" resolved)
         self.transport = transport

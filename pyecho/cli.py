@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import pyecho
 
-from . import _auto, _units
+from . import _auto, _tlscli, _units
 from ._config import (
     DEFAULT_ENGINE,
     DEFAULT_HOST,
@@ -433,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in FAULTS:
         _add_option(faults, setting, negatable=False)
+    _tlscli.add_serve_options(serve)
 
     client = sub.add_parser(
         "client",
@@ -444,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(client, "client", "server address")
     _add_option(client, TIMEOUT)
+    _tlscli.add_client_options(client)
 
     # Listed for --help; main() hands `pyecho bench ...` to pyecho.bench whole.
     sub.add_parser("bench", help="benchmark the engines against C, asyncio and uvloop")
@@ -492,6 +494,8 @@ class _ServeLog:
             say(f"INFO :: Connection reset by client... BYE ({peer})")
         elif event.reason == "idle":
             say(f"INFO :: Client idle too long, closing... BYE ({peer})")
+        elif event.reason == "handshake":
+            say(f"INFO :: TLS handshake failed or given up... BYE ({peer})")
         elif event.reason == "shutdown":  # summed up once, at Ctrl+C
             self.closed_at_shutdown += 1
         else:  # the faults' closes: limit, reset_after, refused
@@ -537,7 +541,11 @@ def serve(args: argparse.Namespace) -> int:
     log = _ServeLog()
     try:
         server = EchoServer(
-            (args.host, args.port), **_settings(args, "server"), faults=args.faults, on_event=log
+            (args.host, args.port),
+            **_settings(args, "server"),
+            faults=args.faults,
+            on_event=log,
+            tls=args.tls_settings,
         )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "listen")) from None
@@ -554,6 +562,9 @@ def serve(args: argparse.Namespace) -> int:
                 say(f"pyecho: the Python engine runs because {why}")
             if server.faults is not None:
                 say(f"pyecho: faults: {_describe(server.faults)}")
+            if server.tls is not None:
+                for line in _tlscli.banner(server.tls, args.host):
+                    say(line)
             server.serve_forever()
         except OSError as e:  # from printing a log line: stdout went away, say
             if e.errno == errno.EPIPE:
@@ -640,6 +651,17 @@ def _stdin_reader(stdin: int, chunks: queue.Queue[bytes]) -> None:
             return
 
 
+def _unasked(client: EchoClient, out: Callable[[bytes], None]) -> None:
+    """The connection is readable while we wait for input: show what came
+    (an echo nobody waited for: lose nothing), or say the server closed."""
+    data = _tlscli.recv_nowait(client, PIECE)
+    if data is None:  # TLS records that carried no data (session tickets)
+        return
+    if not data:
+        raise ConnectionClosedError(b"")
+    out(data)
+
+
 def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[bytes]:
     """Read stdin as it comes, while watching the connection: if the server
     closes it while we wait for input, say so at once."""
@@ -653,10 +675,7 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
     while STDIN_THREAD:
         if chunks.empty():
             if select.select([sock], [], [], _STDIN_WAIT)[0]:
-                data = client.recv(PIECE)
-                if not data:
-                    raise ConnectionClosedError(b"")
-                out(data)  # an echo nobody waited for: show it, lose nothing
+                _unasked(client, out)
             continue
         chunk = chunks.get()  # only this thread takes: not empty, so no wait
         if not chunk:
@@ -665,10 +684,7 @@ def _stdin_chunks(client: EchoClient, out: Callable[[bytes], None]) -> Iterator[
     while True:
         ready, _, _ = select.select([stdin, sock], [], [])
         if sock in ready:
-            data = client.recv(PIECE)
-            if not data:
-                raise ConnectionClosedError(b"")
-            out(data)  # an echo nobody waited for: show it, lose nothing
+            _unasked(client, out)
             continue
         chunk = os.read(stdin, PIECE)
         if not chunk:
@@ -743,7 +759,12 @@ def _udp_session(conn: EchoClient, args: argparse.Namespace, out: Callable[[byte
 
 def client(args: argparse.Namespace) -> int:
     try:
-        conn = EchoClient((args.host, args.port), **_settings(args, "client"), timeout=args.timeout)
+        conn = EchoClient(
+            (args.host, args.port),
+            **_settings(args, "client"),
+            timeout=args.timeout,
+            **_tlscli.context_kw(args.tls_context, args),
+        )
     except OSError as e:
         raise CliError(_explain(e, args.host, args.port, "connect")) from None
     where = hostport(args.host, args.port)
@@ -823,7 +844,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # what argparse cannot check alone: the transport, rules between faults
         _check_transport(args, "server" if args.command == "serve" else "client")
         args.faults = _faults(args) if args.command == "serve" else None
-    except ValueError as e:
+        args.tls_settings = _tlscli.server_tls(args) if args.command == "serve" else None
+        args.tls_context = _tlscli.client_context(args) if args.command == "client" else None
+    except (ValueError, OSError) as e:
         parser.error(str(e))
     try:
         if args.command == "serve":

@@ -13,6 +13,11 @@ Installed with pyecho, loaded by pytest through the ``pytest11`` entry point:
   library loads, else the Python engine; ``both`` runs each test once per
   engine).
 
+``tls=True`` (or ``tls=pyecho.TLS(...)``) serves TLS: ``echo_server.tls``
+has ``client_context()``, ``ca_file`` and ``ca_pem``. The recording relay
+would see only encrypted records, so a TLS server is bare (``record=False``)
+and ``record=True`` with it is refused.
+
 Every server is closed when its test ends, pass or fail. A server whose
 ``on_event`` raised, or that still has connections open when the test asked
 for ``check_leaks=True``, fails the test.
@@ -65,7 +70,9 @@ class EchoServerFixture(EchoServer):
     the client's own address. ``record=False`` connects clients straight to
     the engine (``engine_address``) when a test must see it bare. The relay
     is TCP only: a UDP server (``transport="udp"``) is always bare, and its
-    events are drops (``kind="drop"``).
+    events are drops (``kind="drop"``). So is a TLS server (``tls=``): the
+    relay would record encrypted records, never the plaintext, so
+    ``record=True`` with TLS is refused.
     """
 
     def __init__(
@@ -90,6 +97,14 @@ class EchoServerFixture(EchoServer):
             record = False
         else:
             settings.setdefault("mode", "raw")
+        if settings.get("tls") not in (None, False):
+            if record:
+                raise ValueError(
+                    "record=True with tls: the recording relay would see only encrypted TLS "
+                    "records, never what the client sent, so received is not available over "
+                    "TLS; leave record out (a TLS server is bare)"
+                )
+            record = False
         self.check_leaks = bool(check_leaks)
         # (what failed, its exception): on_event raising, the relay failing
         self._failures: list[tuple[str, BaseException]] = []

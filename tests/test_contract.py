@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import pyecho
-from pyecho import _engine, _native, cli
+from pyecho import _engine, _native, _tlscli, cli
 from pyecho._config import (
     DEFAULTS,
     RESOLUTION,
@@ -172,6 +172,9 @@ def test_the_api_takes_the_tables_settings_with_its_defaults(cls: type, side: st
     taken.pop("engine")
     taken.pop("on_event", None)
     taken.pop("faults", None)
+    # TLS has its own settings object (pyecho.TLS; a client's ssl.SSLContext).
+    taken.pop("tls")
+    taken.pop("server_hostname", None)
     assert taken == {s.name: s.default for s in wanted}
 
 
@@ -240,8 +243,10 @@ def test_the_command_line_offers_every_setting_with_its_default(command: str, si
     for s in FAULTS if side == "server" else ():  # off by default: no --no- flags
         action = actions.pop(s.flag)
         assert (action.dest, action.default) == (s.name, s.default)
-        assert f"(default: {s.show(s.default)})" in (action.help or "")
-    assert set(actions) == {"-h", "--host", "--port", "--engine"}
+        shown = ("on" if s.default else "off") if s.kind == "flag" else s.show(s.default)
+        assert f"(default: {shown})" in (action.help or "")
+    tls = set(_tlscli.SERVE_FLAGS if side == "server" else _tlscli.CLIENT_FLAGS)
+    assert set(actions) == {"-h", "--host", "--port", "--engine"} | tls
     args = parser.parse_args([command])
     assert cli._settings(args, side) == {  # type: ignore[arg-type]
         "engine": "auto",

@@ -1087,3 +1087,56 @@ def test_the_plugins_own_connection_is_not_in_received(engine: str) -> None:
         server.assert_connections_closed()
         (closed,) = server.wait_for_events("close")
         assert server.received == {closed.conn_id: b"x"}
+
+
+# ---- TLS ----
+
+
+def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytester) -> None:
+    """@pytest.mark.echo_server(tls=True) with --echo-engine=both, the
+    factory with TLS(cert="expired"), and record=True refused with the reason."""
+    pytest.importorskip("trustme")
+    # In a subprocess: an in-process inner session may import cryptography
+    # (under trustme) afresh, which its Rust half refuses to mix with the first.
+    pytester.makepyfile(
+        test_inner=textwrap.dedent(
+            """
+        import socket, ssl
+        import pytest
+        import pyecho
+
+        @pytest.mark.echo_server(tls=True)
+        def test_tls_roundtrip(echo_server, echo_engine):
+            assert echo_server.engine == echo_engine
+            ctx = echo_server.tls.client_context()
+            assert echo_server.tls.ca_file.endswith(".pem")
+            with socket.create_connection(echo_server.server_address) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                    s.sendall(b"over tls")
+                    assert s.recv(100) == b"over tls"
+            echo_server.wait_for_events("close", reason="peer")
+
+        def test_factory_with_an_expired_certificate(echo_server_factory):
+            server = echo_server_factory(tls=pyecho.TLS(cert="expired"))
+            with socket.create_connection(server.server_address) as raw:
+                with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+                    server.tls.client_context().wrap_socket(raw, server_hostname="localhost")
+
+        @pytest.mark.echo_server(tls=True, record=True)
+        def test_record_is_refused(echo_server):
+            pass
+        """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--echo-engine=both")
+    result.assert_outcomes(passed=4, errors=2)
+    result.stdout.fnmatch_lines(["*record=True with tls: the recording relay would see only*"])
+
+
+def test_the_readmes_tls_example(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("trustme")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Use it in your tests\n")[1].split("\n### TLS\n")[1]
+    pytester.makepyfile(test_my_tls=section.split("```python\n")[1].split("```")[0])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--echo-engine=both")
+    result.assert_outcomes(passed=4)

@@ -8,8 +8,9 @@
 #      a file missing from the sdist breaks here, not on a user's machine);
 #   2. `twine check --strict` on both (metadata, long description);
 #   3. `auditwheel repair`: the wheel comes out of CMake tagged
-#      py3-none-linux_x86_64, which PyPI refuses; the library links only libc,
-#      so repair only retags it manylinux (nothing is grafted in);
+#      py3-none-linux_x86_64, which PyPI refuses; repair retags it manylinux
+#      and grafts in the OpenSSL (libssl, libcrypto) the C core's TLS links
+#      (csrc/tls.c), as cryptography and grpcio ship theirs;
 #   4. checks what must ship (py.typed, LICENSE, the library and its header)
 #      and installs the repaired wheel into a throwaway venv, outside this
 #      checkout, to import pyecho and echo once through the native engine.

@@ -1,0 +1,248 @@
+/*
+ * test_tls.c - csrc/tls.c alone: the context's argument checks and file
+ * errors, then a whole handshake, echo and close_notify between an OpenSSL
+ * client and a server tls_conn over a socketpair (tls.c's socket BIO), under
+ * LeakSanitizer in tools/sanitize.sh. Without OpenSSL at build
+ * time it checks the refusals instead.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "tls.h"
+
+static void test_bad_arguments(void)
+{
+    echo_tls_config cfg;
+    tls_ctx *ctx = NULL;
+    char err[256];
+
+    memset(&cfg, 0, sizeof cfg);
+    CHECK(tls_ctx_new(NULL, &ctx, err, sizeof err) < 0);
+    cfg.certfile = "/nonexistent/cert.pem";
+    cfg.keyfile = "/nonexistent/key.pem";
+    cfg.min_version = 0x0303;
+#ifdef PYECHO_HAVE_OPENSSL
+    CHECK(echo_tls_available() == 1);
+    cfg.min_version = 0x0301; /* TLS 1.0: refused */
+    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), -EINVAL);
+    cfg.min_version = 0x0304;
+    cfg.max_version = 0x0303; /* below the minimum */
+    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), -EINVAL);
+    cfg.max_version = 0;
+    cfg.client_cert = 2; /* required, with no CA file */
+    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), -EINVAL);
+    cfg.client_cert = 0;
+    CHECK(tls_ctx_new(&cfg, &ctx, err, sizeof err) < 0); /* no such file */
+    CHECK(strstr(err, "certfile") != NULL);
+    CHECK(ctx == NULL);
+#else
+    CHECK(echo_tls_available() == 0);
+    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), -EPROTONOSUPPORT);
+    CHECK(strstr(err, "without OpenSSL") != NULL);
+#endif
+}
+
+#ifdef PYECHO_HAVE_OPENSSL
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <sys/socket.h>
+
+/* A self-signed certificate for "localhost" and its key, as PEM files in
+ * dir; 0 or -1. */
+static int make_cert(const char *cert, const char *key)
+{
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    X509_NAME *name;
+    X509_EXTENSION *san;
+    X509V3_CTX v3;
+    FILE *f;
+    int ok = pkey != NULL && x != NULL;
+
+    if (ok) {
+        X509_set_version(x, 2);
+        ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+        X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+        X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+        X509_set_pubkey(x, pkey);
+        name = X509_get_subject_name(x);
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost",
+                                   -1, -1, 0);
+        X509_set_issuer_name(x, name);
+        X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+        san = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost");
+        ok = san != NULL && X509_add_ext(x, san, -1) == 1 && X509_sign(x, pkey, EVP_sha256()) > 0;
+        X509_EXTENSION_free(san);
+    }
+    if (ok && (f = fopen(cert, "w")) != NULL) {
+        ok = PEM_write_X509(f, x) == 1;
+        fclose(f);
+    } else {
+        ok = 0;
+    }
+    if (ok && (f = fopen(key, "w")) != NULL) {
+        ok = PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL) == 1;
+        fclose(f);
+    } else {
+        ok = 0;
+    }
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+    return ok ? 0 : -1;
+}
+
+/* Move the handshake on from both sides until both are done. */
+static int handshake(SSL *cli, tls_conn *srv)
+{
+    int done = 0;
+
+    for (int i = 0; i < 100 && !(done && SSL_is_init_finished(cli)); i++) {
+        (void)SSL_do_handshake(cli);
+        if (!done) {
+            int rc = tls_handshake(srv);
+
+            CHECK(rc >= 0);
+            if (rc < 0)
+                return 0;
+            done = rc == 1;
+        }
+        usleep(1000);
+    }
+    return done && SSL_is_init_finished(cli);
+}
+
+/* Read from srv until n bytes of plaintext came (a few tries). */
+static ssize_t read_some(tls_conn *srv, uint8_t *buf, size_t cap)
+{
+    for (int i = 0; i < 100; i++) {
+        ssize_t n = tls_read(srv, buf, cap);
+
+        if (n != 0)
+            return n;
+        usleep(1000);
+    }
+    return 0;
+}
+
+static void test_handshake_echo_and_close(void)
+{
+    char dir[] = "/tmp/pyecho-test-tls-XXXXXX";
+    char cert[64], key[64], err[256];
+    echo_tls_config cfg;
+    tls_ctx *ctx = NULL;
+    tls_conn *srv;
+    SSL_CTX *cctx;
+    SSL *cli;
+    outbuf out = {0};
+    uint8_t plain[64];
+    const uint8_t alpn[] = "\x04" "echo";
+    const unsigned char *chosen = NULL;
+    unsigned int chosen_len = 0;
+    int sv[2];
+
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+    snprintf(key, sizeof key, "%s/key.pem", dir);
+    CHECK_EQ(make_cert(cert, key), 0);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.certfile = cert;
+    cfg.keyfile = key;
+    cfg.min_version = 0x0303;
+    cfg.alpn = alpn;
+    cfg.alpn_len = sizeof alpn - 1;
+    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), 0);
+    if (ctx == NULL)
+        return;
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(ctx, sv[0], &out);
+    CHECK(srv != NULL);
+
+    cctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_load_verify_locations(cctx, cert, NULL);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_PEER, NULL);
+    cli = SSL_new(cctx);
+    SSL_set_fd(cli, sv[1]);
+    SSL_set_connect_state(cli);
+    SSL_set1_host(cli, "localhost");
+    SSL_set_alpn_protos(cli, alpn, sizeof alpn - 1);
+
+    CHECK(handshake(cli, srv));
+    CHECK(srv->ready);
+    SSL_get0_alpn_selected(cli, &chosen, &chosen_len);
+    CHECK(chosen_len == 4 && memcmp(chosen, "echo", 4) == 0);
+
+    /* The client's data in; the server reads it and seals its echo, sent
+     * at once (direct: nothing queued). */
+    CHECK_EQ(SSL_write(cli, "hello", 5), 5);
+    CHECK_EQ(read_some(srv, plain, sizeof plain), 5);
+    CHECK(memcmp(plain, "hello", 5) == 0);
+    CHECK_EQ(tls_read(srv, plain, sizeof plain), 0); /* nothing more yet */
+    CHECK_EQ(tls_seal(srv, plain, 5), 0);
+    CHECK_EQ(out.len, 0);
+    memset(plain, 0, sizeof plain);
+    for (int i = 0; i < 100 && SSL_read(cli, plain, sizeof plain) <= 0; i++)
+        usleep(1000);
+    CHECK(memcmp(plain, "hello", 5) == 0);
+
+    /* Not direct (faults): records wait in the queue. */
+    srv->direct = 0;
+    CHECK_EQ(tls_seal(srv, (const uint8_t *)"queued", 6), 0);
+    CHECK(out.len > 6);
+    outbuf_consume(&out, out.len);
+    srv->direct = 1;
+
+    /* The client's close_notify is the end of input; ours follows. */
+    (void)SSL_shutdown(cli);
+    CHECK_EQ(read_some(srv, plain, sizeof plain), -1);
+    CHECK_EQ(tls_close_notify(srv), 0);
+    CHECK(srv->notified);
+    SSL_free(cli);
+    SSL_CTX_free(cctx);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+
+    /* A garbage record is a failed handshake, not a hang; a FIN before the
+     * handshake's end too. */
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(ctx, sv[0], &out);
+    CHECK_EQ(write(sv[1], "GET / HTTP/1.1\r\n\r\n", 18), 18);
+    CHECK_EQ(tls_handshake(srv), -1);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(ctx, sv[0], &out);
+    CHECK_EQ(tls_handshake(srv), 0); /* nothing yet */
+    close(sv[1]);
+    CHECK_EQ(tls_handshake(srv), -1);
+    CHECK(srv->eof && !srv->failed);
+    tls_conn_free(srv);
+    close(sv[0]);
+
+    tls_ctx_free(ctx);
+    outbuf_free(&out);
+    unlink(cert);
+    unlink(key);
+    rmdir(dir);
+}
+
+#endif
+
+int main(void)
+{
+    RUN(test_bad_arguments);
+#ifdef PYECHO_HAVE_OPENSSL
+    RUN(test_handshake_echo_and_close);
+#endif
+    return check_summary("tls");
+}

@@ -1,0 +1,681 @@
+"""TLS echo (issue 18): both engines, proven alike, against clients nobody
+here wrote (Python's ssl, asyncio, openssl s_client, socat)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+import pyecho
+from conftest import LOOPBACK, Recorder, wait_for
+from differential import run_matrix
+
+pytest.importorskip("trustme", reason="the TLS tests need trustme: pip install 'pyecho[tls]'")
+
+HOST = "127.0.0.1"
+
+# What Python's ssl says for each bad certificate of badssl.com.
+BAD_CERTS = [
+    ("expired", "certificate has expired"),
+    ("not_yet_valid", "certificate is not yet valid"),
+    ("wrong_host", "Hostname mismatch, certificate is not valid for 'localhost'"),
+    ("self_signed", "self-signed certificate"),
+]
+
+
+def tls_server(engine: str, tls: Any = True, **kw: Any) -> pyecho.EchoServer:
+    kw.setdefault("mode", "raw")
+    return pyecho.EchoServer((HOST, 0), engine=engine, tls=tls, **kw)
+
+
+def tls_connect(
+    server: pyecho.EchoServer,
+    ctx: ssl.SSLContext | None = None,
+    timeout: float = 10,
+    hostname: str = HOST,
+) -> ssl.SSLSocket:
+    """A blocking ssl socket of Python's own, handshake done."""
+    assert server.tls is not None
+    raw = socket.create_connection(server.server_address, timeout=timeout)
+    try:
+        return (ctx or server.tls.client_context()).wrap_socket(raw, server_hostname=hostname)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def recv_exactly(sock: ssl.SSLSocket, n: int) -> bytes:
+    got = bytearray()
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def read_line(stream: Any, timeout: float) -> bytes:
+    """One line from a pipe, or what came within timeout seconds."""
+    import selectors
+
+    got = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while not got.endswith(b"\n") and time.monotonic() < deadline:
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                chunk = os.read(stream.fileno(), 4096)
+                if not chunk:
+                    break
+                got += chunk
+    return got
+
+
+# ---- the settings -----------------------------------------------------------------
+
+
+def test_tls_settings_are_checked_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match="^cert must be one of valid, expired"):
+        pyecho.TLS(cert="bad")
+    with pytest.raises(ValueError, match="^client_cert must be"):
+        pyecho.TLS(client_cert="yes")
+    with pytest.raises(ValueError, match="^min_version must be one of 1.2, 1.3"):
+        pyecho.TLS(min_version="1.1")
+    with pytest.raises(ValueError, match="^max_version 1.2 is below min_version 1.3"):
+        pyecho.TLS(min_version="1.3", max_version="1.2")
+    with pytest.raises(ValueError, match="^certfile '/nonexistent' is not a file"):
+        pyecho.TLS(certfile="/nonexistent")
+    with pytest.raises(ValueError, match="^cafile verifies client certificates"):
+        pyecho.TLS(cafile=__file__)
+    with pytest.raises(ValueError, match="^alpn protocols must be"):
+        pyecho.TLS(alpn=[""])
+    with pytest.raises(TypeError, match="^tls must be True, False, None or a pyecho.TLS"):
+        pyecho.EchoServer((HOST, 0), tls="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tls does not apply to UDP"):
+        pyecho.EchoServer((HOST, 0), transport="udp", tls=True)
+    with pytest.raises(ValueError, match="need a TLS server"):
+        pyecho.EchoServer((HOST, 0), faults=pyecho.Faults(handshake_delay=1))
+    assert pyecho.TLS().min_version == "1.2"  # TLS 1.2 or newer by default
+
+
+def test_without_trustme_tls_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "trustme", None)
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "pyecho\[tls\]"'):
+        pyecho.EchoServer((HOST, 0), engine="python", tls=True)
+
+
+def test_the_throwaway_keys_are_private_and_removed_at_close(engine: str) -> None:
+    server = tls_server(engine)
+    assert server.tls is not None and server.tls.ca_file is not None
+    folder = os.path.dirname(server.tls.ca_file)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(server.tls.files.keyfile).st_mode) == 0o600
+    assert server.tls.ca_pem is not None and server.tls.ca_pem.startswith("-----BEGIN CERT")
+    server.close()
+    assert not os.path.exists(folder)
+
+
+def test_own_certificate_files(engine: str, tmp_path: Any) -> None:
+    """certfile/keyfile of one's own; cafile for client certificates."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, cafile = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(cafile))
+    client_leaf = ca.issue_cert("client.example.invalid")
+    settings = pyecho.TLS(certfile=cert, keyfile=key, client_cert="required", cafile=cafile)
+    with tls_server(engine, settings).start() as server:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        client_leaf.configure_cert(ctx)
+        with tls_connect(server, ctx) as s:
+            s.sendall(b"mine")
+            assert recv_exactly(s, 4) == b"mine"
+        assert server.tls is not None and server.tls.ca_file is None  # nothing thrown away
+
+
+def test_unusable_files_are_refused_at_once(engine: str, tmp_path: Any) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ValueError, match="cannot use certfile"):
+        tls_server(engine, pyecho.TLS(certfile=bad))
+
+
+# ---- the echo ---------------------------------------------------------------------
+
+
+def test_one_mebibyte_raw_is_echoed_byte_identical(engine: str) -> None:
+    data = os.urandom(1 << 20)
+    with tls_server(engine).start() as server:
+        assert server.tls is not None
+        ctx = server.tls.client_context()
+        with pyecho.EchoClient(server.server_address, mode="raw", tls=ctx, timeout=20) as c:
+            assert c.echo(data) == data
+        wait_for(lambda: server.stats.closed["peer"] == 1, 10, "the close")
+        stats = server.stats
+        assert (stats.bytes_in, stats.bytes_out) == (len(data), len(data))  # the plaintext
+
+
+def test_the_differential_scenarios_over_tls() -> None:
+    """Seed mode with its quit word, and line mode with a half-close (TLS
+    close_notify), over both engines: the same transcript, events and stats."""
+
+    def seed(server: pyecho.EchoServer, client: Any) -> Any:
+        assert server.tls is not None
+        with client(tls=server.tls.client_context()) as c:
+            return [c.echo(b"hello"), c.echo(b"x" * 250), c.echo(b"exit"), c.server_closed]
+
+    def line(server: pyecho.EchoServer, client: Any) -> Any:
+        assert server.tls is not None
+        with client(tls=server.tls.client_context()) as c:
+            c.send(b"one\ntw")
+            first = c.recv(4)
+            c.shutdown_write()
+            rest = b""
+            while chunk := c.recv(100):
+                rest += chunk
+            return first, rest
+
+    assert run_matrix(seed, tls=True, mode="seed")["transcript"] == [
+        b"hello",
+        b"x" * 250,
+        b"",  # the quit word is not echoed
+        True,
+    ]
+    assert run_matrix(line, tls=True, mode="line")["transcript"] == (b"one\n", b"tw")
+
+
+def test_the_faults_act_alike_over_tls() -> None:
+    """slice cuts the records on the wire into 3-byte segments (the client
+    reassembles them), latency and limit act on the echo: both engines alike."""
+
+    def scenario(server: pyecho.EchoServer, client: Any) -> Any:
+        assert server.tls is not None
+        with client(tls=server.tls.client_context()) as c:
+            first = c.echo(b"a" * 100)
+            try:
+                c.echo(b"b" * 100)
+            except pyecho.ConnectionClosedError as e:
+                return first, e.partial
+            return first, None
+
+    faults = pyecho.Faults(slice=3, latency=0.01, limit=150, seed=7)
+    result = run_matrix(scenario, tls=True, mode="raw", faults=faults)
+    assert result["transcript"] == (b"a" * 100, b"b" * 50)
+    assert result["stats"]["closed"]["limit"] == 1
+
+
+# ---- real clients -----------------------------------------------------------------
+
+
+def test_python_ssl_and_asyncio_clients(engine: str) -> None:
+    with tls_server(engine, mode="line").start() as server:
+        with tls_connect(server) as s:
+            s.sendall(b"plain ssl\n")
+            assert recv_exactly(s, 10) == b"plain ssl\n"
+            assert s.version() in ("TLSv1.2", "TLSv1.3")
+
+        async def talk() -> bytes:
+            assert server.tls is not None
+            reader, writer = await asyncio.open_connection(
+                *server.server_address, ssl=server.tls.client_context()
+            )
+            writer.write(b"asyncio\n")
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.close()
+            await writer.wait_closed()
+            return line
+
+        assert asyncio.run(talk()) == b"asyncio\n"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_openssl_s_client_verifies_and_gets_its_line_back(engine: str) -> None:
+    with tls_server(engine, mode="line").start() as server:
+        assert server.tls is not None and server.tls.ca_file is not None
+        host, port = server.server_address
+        command = ["openssl", "s_client", "-connect", f"{host}:{port}"]
+        command += ["-CAfile", server.tls.ca_file, "-verify_return_error", "-verify_ip", host]
+        # -no_ign_eof: it closes at the end of its input, which comes once
+        # the echo is back (before, it would close without waiting for it).
+        with subprocess.Popen(
+            [*command, "-quiet", "-no_ign_eof"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(b"hello from s_client\n")
+                proc.stdin.flush()
+                line = read_line(proc.stdout, 20)
+                proc.stdin.close()
+                assert proc.wait(20) == 0
+            finally:
+                proc.kill()
+            assert line == b"hello from s_client\n"
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat (apt-get install socat)")
+def test_socat_openssl_client(engine: str) -> None:
+    with tls_server(engine, mode="line").start() as server:
+        assert server.tls is not None and server.tls.ca_file is not None
+        host, port = server.server_address
+        run = subprocess.run(
+            ["socat", "-t", "2", "-", f"OPENSSL:{host}:{port},cafile={server.tls.ca_file}"],
+            input=b"hello from socat\n",
+            capture_output=True,
+            timeout=20,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == b"hello from socat\n"
+
+
+@pytest.mark.parametrize("cert, message", BAD_CERTS, ids=[c for c, _ in BAD_CERTS])
+def test_bad_certificates_fail_in_the_client(engine: str, cert: str, message: str) -> None:
+    # The name a user connects to: the one the certificate must be for.
+    name = "localhost"
+    with tls_server(engine, pyecho.TLS(cert=cert)).start() as server:
+        with pytest.raises(ssl.SSLCertVerificationError, match=message):
+            tls_connect(server, hostname=name)
+
+        async def talk() -> None:
+            assert server.tls is not None
+            await asyncio.open_connection(
+                *server.server_address, ssl=server.tls.client_context(), server_hostname=name
+            )
+
+        with pytest.raises(ssl.SSLCertVerificationError, match=message):
+            asyncio.run(talk())
+        # And through pyecho's own client.
+        assert server.tls is not None
+        with pytest.raises(ssl.SSLCertVerificationError, match=message):
+            pyecho.EchoClient(
+                server.server_address, tls=server.tls.client_context(), server_hostname=name
+            )
+        wait_for(lambda: server.stats.closed["handshake"] == 3, 10, "three failed handshakes")
+        assert server.stats.bytes_in == 0
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_openssl_s_client_refuses_an_expired_certificate(engine: str) -> None:
+    with tls_server(engine, pyecho.TLS(cert="expired")).start() as server:
+        assert server.tls is not None and server.tls.ca_file is not None
+        host, port = server.server_address
+        run = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"{host}:{port}",
+                "-CAfile",
+                server.tls.ca_file,
+                "-verify_return_error",
+            ],
+            input=b"",
+            capture_output=True,
+            timeout=20,
+        )
+        assert run.returncode != 0
+        assert b"certificate has expired" in run.stdout + run.stderr
+
+
+# ---- mutual TLS, ALPN, versions ---------------------------------------------------
+
+
+def test_client_cert_required(engine: str) -> None:
+    with tls_server(engine, pyecho.TLS(client_cert="required")).start() as server:
+        assert server.tls is not None
+        with tls_connect(server) as s:  # client_context() presents the certificate
+            s.sendall(b"mutual")
+            assert recv_exactly(s, 6) == b"mutual"
+        anonymous = ssl.create_default_context(cafile=server.tls.ca_file)
+        # TLS 1.3: the client's side of the handshake ends first; the
+        # server's refusal arrives as an alert on the first read.
+        with pytest.raises(ssl.SSLError, match="certificate required|CERTIFICATE_REQUIRED"):
+            with tls_connect(server, anonymous) as s:
+                s.sendall(b"anyone?")
+                s.recv(10)
+        wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the refusal")
+
+
+def test_client_cert_optional(engine: str) -> None:
+    with tls_server(engine, pyecho.TLS(client_cert="optional")).start() as server:
+        assert server.tls is not None
+        anonymous = ssl.create_default_context(cafile=server.tls.ca_file)
+        for ctx in (anonymous, server.tls.client_context()):
+            with tls_connect(server, ctx) as s:
+                s.sendall(b"either")
+                assert recv_exactly(s, 6) == b"either"
+
+
+def test_alpn_and_versions(engine: str) -> None:
+    settings = pyecho.TLS(alpn=["h2", "echo"], min_version="1.3")
+    with tls_server(engine, settings).start() as server:
+        assert server.tls is not None
+        ctx = server.tls.client_context()
+        ctx.set_alpn_protocols(["echo"])
+        with tls_connect(server, ctx) as s:
+            assert (s.selected_alpn_protocol(), s.version()) == ("echo", "TLSv1.3")
+        old = server.tls.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError, match="(?i)protocol version"):
+            tls_connect(server, old)
+    with tls_server(engine, pyecho.TLS(max_version="1.2")).start() as server:
+        with tls_connect(server) as s:
+            assert s.version() == "TLSv1.2"
+            s.sendall(b"twelve")
+            assert recv_exactly(s, 6) == b"twelve"
+
+
+# ---- the handshake faults ---------------------------------------------------------
+
+
+def test_handshake_delay(engine: str) -> None:
+    faults = pyecho.Faults(handshake_delay=0.3)
+    with tls_server(engine, faults=faults).start() as server:
+        start = time.monotonic()
+        with tls_connect(server) as s:
+            took = time.monotonic() - start
+            s.sendall(b"late")
+            assert recv_exactly(s, 4) == b"late"
+        assert 0.3 <= took < 3, took
+        server.set_faults(None)
+        start = time.monotonic()
+        with tls_connect(server):
+            assert time.monotonic() - start < 0.25
+
+
+def test_handshake_stall_times_out_the_client(engine: str) -> None:
+    with tls_server(engine, faults=pyecho.Faults(handshake_stall=True)).start() as server:
+        with pytest.raises((TimeoutError, socket.timeout)):
+            tls_connect(server, timeout=1)
+        assert server.tls is not None
+        with pytest.raises(TimeoutError):
+            pyecho.EchoClient(server.server_address, tls=server.tls.client_context(), timeout=1)
+        wait_for(lambda: server.stats.closed["handshake"] == 2, 10, "the clients to leave")
+
+
+def test_handshake_reset(engine: str) -> None:
+    with tls_server(engine, faults=pyecho.Faults(handshake_reset=1.0)).start() as server:
+        with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
+            tls_connect(server)
+        wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the reset")
+
+
+def test_handshake_reset_draws_the_same_in_both_engines() -> None:
+    """A chance of 1/2 with a seed: the same connections are reset."""
+
+    def outcomes(engine: str) -> list[bool]:
+        faults = pyecho.Faults(handshake_reset=0.5, seed=12345)
+        results = []
+        with tls_server(engine, faults=faults).start() as server:
+            for _ in range(12):
+                try:
+                    with tls_connect(server) as s:
+                        s.sendall(b"?")
+                        results.append(recv_exactly(s, 1) == b"?")
+                except (ConnectionResetError, ssl.SSLEOFError):
+                    results.append(False)
+        return results
+
+    native, python = outcomes("native"), outcomes("python")
+    assert native == python and True in native and False in native
+
+
+# ---- safety -----------------------------------------------------------------------
+
+
+def test_max_clients_counts_tls_connections(engine: str) -> None:
+    with tls_server(engine, max_clients=1).start() as server:
+        with tls_connect(server) as s:
+            s.sendall(b"1")
+            assert recv_exactly(s, 1) == b"1"
+            with pytest.raises((ConnectionResetError, ssl.SSLError, BrokenPipeError, OSError)):
+                with tls_connect(server, timeout=5) as t:
+                    t.sendall(b"2")
+                    if not t.recv(1):
+                        raise ConnectionResetError("closed")
+            wait_for(lambda: server.stats.rejected == 1, 10, "the rejection")
+
+
+def test_idle_timeout_ends_a_handshake_that_never_finishes(engine: str) -> None:
+    """A client trickling a ClientHello never counts as active: the
+    handshake must end within idle_timeout."""
+    with tls_server(engine, idle_timeout=0.3).start() as server:
+        with socket.create_connection(server.server_address) as raw:
+            start = time.monotonic()
+            raw.sendall(b"\x16\x03\x01")  # the start of a record, no more
+            time.sleep(0.1)
+            raw.sendall(b"\x00")
+            raw.settimeout(5)
+            assert raw.recv(10) == b""
+            assert time.monotonic() - start < 2
+        wait_for(lambda: server.stats.closed["idle"] == 1, 10, "the idle close")
+
+
+def test_native_reports_tls(engine: str) -> None:
+    if engine == "native":
+        assert pyecho.native_tls_available()
+        _, lib = pyecho._native.load()
+        assert b"OpenSSL" in pyecho._native.load()[0].string(lib.echo_tls_version())
+
+
+def test_stats_and_events_of_a_tls_session(engine: str) -> None:
+    rec = Recorder()
+    with tls_server(engine, mode="line", on_event=rec).start() as server:
+        assert server.tls is not None
+        with pyecho.EchoClient(
+            server.server_address, mode="line", tls=server.tls.client_context()
+        ) as c:
+            assert c.echo(b"a line\n") == b"a line\n"
+            assert c.echo(b"exit\n") == b""
+        wait_for(lambda: server.stats.closed["quit"] == 1, 10, "the quit")
+        assert rec.summary() == [("open", 1, LOOPBACK, None), ("close", 1, LOOPBACK, "quit")]
+        assert asdict(server.stats)["bytes_out"] == len(b"a line\n")
+
+
+# ---- the command line -------------------------------------------------------------
+
+
+def test_cli_serve_tls_and_client_tls(engine: str) -> None:
+    """pyecho serve --tls prints where its throwaway CA is; pyecho client
+    --tls --tls-ca FILE trusts it; at exit the CA is gone."""
+    import re
+    import signal
+
+    serve = [sys.executable, "-m", "pyecho", "serve", "--engine", engine, "--port", "0"]
+    with subprocess.Popen(
+        [*serve, "--mode", "line", "--tls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            banner = read_line(proc.stdout, 20)
+            banner += read_line(proc.stdout, 20)
+            port = re.search(rb"serving on 127\.0\.0\.1:(\d+)", banner)
+            ca = re.search(rb"openssl s_client -CAfile FILE\): (\S+)", banner)
+            assert port and ca, banner
+            assert b"throwaway" in banner and b"warning" not in banner  # loopback: no warning
+            client = [sys.executable, "-m", "pyecho", "client", "--port", port[1].decode()]
+            run = subprocess.run(
+                [*client, "--mode", "line", "--tls", "--tls-ca", ca[1].decode()],
+                input=b"over tls\n",
+                capture_output=True,
+                timeout=30,
+            )
+            assert run.returncode == 0, run.stderr
+            assert b"over tls" in run.stdout
+            # Without the CA, the system's CAs do not know the throwaway one.
+            run = subprocess.run(
+                [*client, "--mode", "line", "--tls"], input=b"x\n", capture_output=True, timeout=30
+            )
+            assert run.returncode != 0 and b"certificate verify failed" in run.stderr
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(20)
+    assert not os.path.exists(ca[1].decode())
+
+
+# ---- a build without OpenSSL ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_a_build_without_openssl_refuses_tls_saying_why(tmp_path: Any) -> None:
+    """-DPYECHO_TLS=OFF (as without OpenSSL's headers): the library builds,
+    native_tls_available() is False, the native engine refuses tls= saying
+    why, plain TCP still works and the Python engine serves TLS."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    build = tmp_path / "build"
+    for step in (
+        ["cmake", "-S", root, "-B", str(build), "-DPYECHO_TLS=OFF", "-DPYECHO_WERROR=ON"],
+        ["cmake", "--build", str(build), "--target", "pyecho_core", "-j2"],
+    ):
+        run = subprocess.run(step, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+    code = """
+import pyecho
+print("available", pyecho.native_tls_available())
+try:
+    pyecho.EchoServer(("127.0.0.1", 0), engine="native", tls=True)
+except pyecho.NativeUnavailableError as e:
+    print("refused", e)
+with pyecho.EchoServer(("127.0.0.1", 0), engine="native", mode="raw").start() as s:
+    with pyecho.EchoClient(s.server_address, mode="raw") as c:
+        print("plain", c.echo(b"ok"))
+with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw", tls=True).start() as s:
+    with pyecho.EchoClient(s.server_address, mode="raw", tls=s.tls.client_context()) as c:
+        print("python tls", c.echo(b"ok"))
+with pyecho.EchoServer(("127.0.0.1", 0), engine="auto", tls=True) as s:
+    print("auto tls", s.engine)
+with pyecho.EchoServer(("127.0.0.1", 0), engine="auto") as s:
+    print("auto plain", s.engine)
+"""
+    env = {**os.environ, "PYECHO_LIBRARY": str(build / "libpyecho_core.so")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "available False"
+    assert lines[1].startswith("refused the native engine cannot serve TLS: its library was built")
+    assert "without OpenSSL" in lines[1] and "engine='python'" in lines[1]
+    assert lines[2:] == [
+        "plain b'ok'",
+        "python tls b'ok'",
+        "auto tls python",  # "auto": the Python engine serves TLS
+        "auto plain native",
+    ]
+
+
+# ---- every TCP fault over TLS -----------------------------------------------------
+
+
+def test_set_faults_releases_a_delayed_handshake(engine: str) -> None:
+    """handshake_delay changed by set_faults(): a handshake waiting for it
+    goes on at once when it is removed."""
+    import threading
+
+    with tls_server(engine, faults=pyecho.Faults(handshake_delay=30)).start() as server:
+        took: list[float] = []
+
+        def connect() -> None:
+            start = time.monotonic()
+            with tls_connect(server, timeout=20) as s:
+                s.sendall(b"x")
+                assert recv_exactly(s, 1) == b"x"
+            took.append(time.monotonic() - start)
+
+        t = threading.Thread(target=connect)
+        t.start()
+        time.sleep(0.3)
+        server.set_faults(None)
+        t.join(20)
+        assert took and 0.25 < took[0] < 5, took
+
+
+FAULT_CASES = {
+    "rate": pyecho.Faults(rate=20_000),
+    "slice_delay": pyecho.Faults(slice=100, slice_delay=0.01),
+    "stall_after": pyecho.Faults(stall_after=10),
+    "close_delay": pyecho.Faults(close_delay=0.2),
+    "accept_delay": pyecho.Faults(accept_delay=0.2),
+    "reset_after": pyecho.Faults(reset_after=0.3),
+    "refuse": pyecho.Faults(refuse=1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FAULT_CASES))
+def test_each_tcp_fault_over_tls(engine: str, name: str) -> None:
+    faults = FAULT_CASES[name]
+    data = bytes(range(256)) * 8  # 2 KiB
+    with tls_server(engine, faults=faults).start() as server:
+        start = time.monotonic()
+        if name == "refuse":
+            with pytest.raises((ConnectionResetError, ssl.SSLError)):
+                tls_connect(server)
+            wait_for(lambda: server.stats.closed["refused"] == 1, 10, "the refusal")
+            return
+        with tls_connect(server) as s:
+            handshake = time.monotonic() - start
+            s.sendall(data)
+            if name == "stall_after":
+                assert recv_exactly(s, 10) == data[:10]
+                s.settimeout(0.3)
+                with pytest.raises((TimeoutError, socket.timeout)):
+                    s.recv(1)
+                return
+            if name == "reset_after":
+                # Python's ssl reports the reset as a ragged EOF (b"") or an error.
+                with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+                    while s.recv(4096):
+                        pass
+                assert time.monotonic() - start >= 0.3
+                wait_for(lambda: server.stats.closed["reset_after"] == 1, 10, "the reset")
+                return
+            assert recv_exactly(s, len(data)) == data
+            took = time.monotonic() - start
+            if name == "close_delay":
+                s.unwrap()  # our close_notify; the server's comes 0.2 s later
+                assert time.monotonic() - start - took >= 0.15
+        if name == "rate":
+            assert took >= 0.05  # 2 KiB at 20 kB/s, records and all
+        elif name == "accept_delay":
+            assert handshake >= 0.2
+        elif name == "slice_delay":
+            assert took >= 0.1  # 2 KiB of records in 100-byte pieces, 10 ms apart
+
+
+@pytest.mark.slow
+def test_the_tls_benchmark_runs(tmp_path: Any) -> None:
+    """python -m pyecho.bench.tls, briefly: every server answers every row,
+    and the report states the targets."""
+    out = tmp_path / "tls.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "pyecho.bench.tls", "--seconds", "0.3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    import json
+
+    rows = json.loads(out.read_text())
+    servers = {r["server"] for r in rows}
+    assert {"native", "python", "asyncio", "floor"} <= servers
+    assert all(r["round_trips_per_s"] > 0 for r in rows)
+    assert "native CPU per round trip / floor's" in run.stdout
