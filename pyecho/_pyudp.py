@@ -270,7 +270,8 @@ class Source:
         the argument."""
         if now_ms - self.seen_ms >= LOOP_GAP_MS:
             self.loop_reset()
-        if fp >> (64 - self.level):  # not sampled
+        level = self.level
+        if fp >> (64 - level):  # not sampled
             self.run += 1
             self.dry += 1
         elif fp in self.fps:
@@ -280,12 +281,14 @@ class Source:
         else:
             if self.tripped:
                 self.loop_reset()  # the loop is over: start again
+                level = 0
             self.run = self.hits = 0
             self.dry += 1
-        level = self.level
         if self.dry >= LOOP_DRY << level:
             self.loop_reset()  # a level too high to see what comes back
-            level = 0
+            return False
+        if self.run < limit:
+            return False  # not tripped either: its run was longer
         need = max(limit, LOOP_SPAN << level) if level else limit
         if self.run >= need and self.hits >= min(limit, LOOP_HITS):
             self.tripped = True
@@ -328,11 +331,14 @@ class UdpEcho:
         )
         self.overflow = Source(b"", 0, Bucket())  # the sources that find their slot held
         self._key = os.urandom(16)  # random, per server: where a source's slot is
-        # Random, per server: which payloads the loop detector samples
-        # (fingerprint()).
-        fk = os.urandom(16)
-        self._fp_xor = int.from_bytes(fk[:8], "little")
-        self._fp_mul = int.from_bytes(fk[8:], "little") | 1
+        # A datagram's fingerprint, to tell whether a source sends back what
+        # it was sent: Python's hash of the whole payload (keyed per
+        # process), times this random odd key, modulo 2^64 (a bijection: no
+        # more collisions than the hash's). Its top bits, which the loop
+        # detector samples, hang on all of the hash's bits and on the key
+        # (multiply-shift hashing): which payloads are sampled cannot be
+        # predicted, even by one who knows PYTHONHASHSEED.
+        self._fp_mul = int.from_bytes(os.urandom(8), "little") | 1
         self.family = socket.AF_INET
         self.port = -1  # the socket's own port
         self.wildcard = False  # bound to 0.0.0.0 or ::: answers name their source
@@ -408,14 +414,6 @@ class UdpEcho:
             s.reset(key, now_ms)  # its bucket is shared: kept
         return s
 
-    def fingerprint(self, data: Any) -> int:
-        """A datagram's fingerprint, to tell whether a source sends back what
-        it was sent: Python's hash of the whole payload (keyed per process),
-        then multiplied with this server's random odd key, whose top bits
-        depend on all of the hash's: which payloads the loop detector
-        samples cannot be predicted, even knowing PYTHONHASHSEED."""
-        return ((hash(bytes(data)) ^ self._fp_xor) * self._fp_mul) & MASK64
-
     # ---- dropping ----
 
     def drop(self, reason: int, src: Any, n: int, now_ms: int) -> None:
@@ -467,7 +465,7 @@ class UdpEcho:
             s = self._source_of(key, slot, now_ms)
             loop = False
             if limit:
-                fp = self.fingerprint(data)
+                fp = (hash(bytes(data)) * self._fp_mul) & MASK64  # its fingerprint
                 loop = s.loop_seen(fp, limit, now_ms)
             s.seen_ms = now_ms
             if loop:
@@ -475,8 +473,8 @@ class UdpEcho:
                 return False, None
         if not self.charge(s, src, now_ms, True):
             return False, None
-        if s is not None and limit:
-            s.loop_echoed(fp)
+        if s is not None and limit and not fp >> (64 - s.level) and fp not in s.fps:
+            s.loop_echoed(fp)  # sampled and not kept yet
         return True, s
 
     # ---- echoing ----
