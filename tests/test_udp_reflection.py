@@ -18,6 +18,7 @@ import pytest
 
 import pyecho
 from conftest import ENGINES, LOOPBACK, wait_for
+from pyecho import _pyudp
 
 # A loop started by one forged datagram must cost fewer than this in all.
 LOOP_BUDGET = 10_000
@@ -280,6 +281,69 @@ def test_a_client_sending_distinct_payloads_is_never_taken_for_a_loop(engine: st
         stats = server.stats
     assert (got, stats.datagrams_out, stats.dropped["loop"]) == (count, count, 0)
     assert sum(stats.dropped.values()) == 0
+
+
+# ---- the detector alone (the Python twin, fed random fingerprints) -----------
+
+
+def _first_drop(fps: list[int], limit: int = 4000) -> tuple[int | None, int]:
+    """Feed one source's datagrams (their fingerprints) to the detector, all
+    at once: the index of the first one taken for a loop (None: none), and
+    the sampling level at the end."""
+    s = _pyudp.Source(b"src", 0, _pyudp.Bucket())
+    for i, fp in enumerate(fps):
+        if s.loop_seen(fp, limit, 0):
+            return i, s.level
+        s.loop_echoed(fp)
+    return None, s.level
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 100, 500, 1000])
+def test_the_detector_stops_a_loop_of_n_payloads(n: int) -> None:
+    """A loop of n payloads seen by one server, for 10 random keys: dropped
+    after the first n and a run of max(4,000, 32 x 2^L) datagrams; 2^L
+    stays below n (L goes up only when more than 8 are sampled)."""
+    for seed in range(10):
+        rng = random.Random(seed)
+        payloads = [rng.getrandbits(64) for _ in range(n)]
+        first, level = _first_drop([payloads[i % n] for i in range(n + max(4000, 32 * n) + 1)])
+        assert first is not None, (seed, level)
+        assert first <= n + max(4000, 32 << level), (seed, first, level)
+        assert (1 << level) <= n, (seed, level)
+
+
+def test_the_detector_never_drops_a_keepalive_among_new_payloads() -> None:
+    """A client sending new payloads with a keep-alive every 10th datagram
+    (a return, 2,000 times): 20 random keys, 20,000 datagrams each, nothing
+    dropped (docs/SECURITY.md: e^-29 per run)."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        ping = rng.getrandbits(64)
+        fps = [ping if i % 10 == 0 else rng.getrandbits(64) for i in range(20_000)]
+        first, level = _first_drop(fps)
+        assert first is None, (seed, first, level)
+
+
+def test_the_detector_stops_a_loop_after_its_level_was_raised() -> None:
+    """20,000 new payloads first (L about 11), then a loop of 3: no return
+    is seen while they are not sampled, so after 32 x 2^L datagrams the
+    detector starts again at L = 0 and the loop stops 4,000 + 3 later."""
+    for seed in range(5):
+        rng = random.Random(seed)
+        pump = [rng.getrandbits(64) for _ in range(20_000)]
+        s = _pyudp.Source(b"src", 0, _pyudp.Bucket())
+        for fp in pump:
+            assert not s.loop_seen(fp, 4000, 0)
+            s.loop_echoed(fp)
+        level = s.level
+        loop = [rng.getrandbits(64) for _ in range(3)]
+        for i in range((32 << level) + 4000 + 10):
+            if s.loop_seen(loop[i % 3], 4000, 0):
+                break
+            s.loop_echoed(loop[i % 3])
+        else:
+            pytest.fail(f"seed {seed}: level {level}, the loop did not stop")
+        assert level >= 8 and i <= (32 << level) + 4000 + 3, (seed, level, i)
 
 
 @pytest.mark.parametrize("repeats", [3000])
