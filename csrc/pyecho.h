@@ -96,9 +96,10 @@ typedef struct echo_config {
                                   that could answer (echo loops, reflection) */
     uint32_t udp_rate;         /* datagrams echoed per second in all; 0: no limit */
     uint32_t udp_rate_per_source; /* ... to one address and port; 0: no limit */
-    uint32_t udp_loop_limit;   /* echoes of the same datagram in a row to one
-                                  source before it is taken for a loop; 0: no
-                                  limit */
+    uint32_t udp_loop_limit;   /* datagrams in a row from one source that
+                                  bring nothing new (only payloads echoed to
+                                  it before) before it is taken for a loop;
+                                  0: no limit */
 } echo_config;
 
 /* Fill cfg with the documented defaults (TCP, seed mode, quit word "exit"). */

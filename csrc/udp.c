@@ -21,7 +21,15 @@
 #define MILLI 1000u         /* bucket tokens are thousandths of a datagram */
 #define REPORT_EVERY_MS 1000
 #define QUIET_MS 1000       /* a source silent this long gives its slot up */
-#define LOOP_GAP_MS 500     /* repeats further apart than this are no loop */
+#define LOOP_GAP_MS 500     /* returns further apart than this are no loop */
+/* The loop detector (docs/SECURITY.md, "Loops"): per source, up to LOOP_K
+ * fingerprints of echoes sent to it, those whose top `level` bits are zero
+ * ("sampled"). */
+#define LOOP_K 8
+#define LOOP_LEVEL_MAX 48   /* sampling stops halving here */
+#define LOOP_SPAN 32        /* sampled: a run of LOOP_SPAN << level at least */
+#define LOOP_HITS 16        /* sampled returns in a run before it is a loop */
+#define LOOP_DRY 32         /* 4 x LOOP_K: no return for LOOP_DRY << level: restart */
 
 /* Source ports never answered. Every port below 512, as OpenBSD's inetd
  * refuses them: the small services that answer anything (echo 7, discard 9,
@@ -43,10 +51,14 @@ typedef struct bucket {
 typedef struct source {
     uint8_t key[18];  /* IPv6 (or IPv4-mapped) address, then the port */
     uint8_t used;
-    uint8_t fp_set;   /* fp holds the last datagram echoed to it */
-    uint32_t repeats; /* datagrams in a row equal to that one */
+    uint8_t level;    /* fingerprints kept: those with `level` top bits zero */
+    uint8_t nfp;      /* how many in fps */
+    uint8_t tripped;  /* taken for a loop: dropped until the run ends */
+    uint32_t hits;    /* sampled returns in the run */
+    uint64_t run;     /* datagrams since the last sampled one that was new */
+    uint64_t dry;     /* datagrams since the last sampled return */
     uint64_t seen_ms; /* its last datagram */
-    uint64_t fp;      /* fingerprint of the last datagram echoed to it */
+    uint64_t fps[LOOP_K]; /* sampled fingerprints of echoes sent to it */
     bucket b;
     uint64_t contended_ms; /* the slot's: when a source last found it held */
 } source;
@@ -146,8 +158,9 @@ static uint64_t mix64(uint64_t h)
 
 /* A datagram's fingerprint, to tell whether a source sends back what it was
  * sent: the whole payload, 32 bytes a step in four lanes (cheap next to the
- * copies in and out of the kernel). Not a secret: a loop cannot choose its
- * bytes, and only a source's own datagrams are compared. */
+ * copies in and out of the kernel), keyed with the server's random key:
+ * which payloads the loop detector samples cannot be predicted, so an
+ * attacker cannot pick loop payloads it never looks at. */
 static uint64_t fingerprint(const udp_echo *u, const uint8_t *p, size_t len)
 {
     uint64_t h[4] = {u->key[0], u->key[1], ~u->key[0], ~u->key[1]};
@@ -259,12 +272,22 @@ static void source_key(const net_addr *src, uint8_t key[18])
     }
 }
 
+/* The loop detector starts again, as for a new source. */
+static void loop_reset(source *s)
+{
+    s->level = 0;
+    s->nfp = 0;
+    s->tripped = 0;
+    s->hits = 0;
+    s->run = 0;
+    s->dry = 0;
+}
+
 static void source_reset(source *s, const uint8_t key[18], uint64_t now_ms)
 {
     memcpy(s->key, key, sizeof s->key);
     s->used = 1;
-    s->fp_set = 0;
-    s->repeats = 0;
+    loop_reset(s);
     s->seen_ms = now_ms;
 }
 
@@ -343,12 +366,91 @@ static int charge(udp_echo *u, source *s, const net_addr *src, uint64_t now_ms, 
     return 1;
 }
 
+/* ---- loops ------------------------------------------------------------------ */
+
+/* Is a fingerprint sampled at this level (its top `level` bits zero)? */
+static int sampled(uint64_t fp, unsigned level)
+{
+    return level == 0 || fp >> (64 - level) == 0;
+}
+
+static int kept(const source *s, uint64_t fp)
+{
+    for (unsigned i = 0; i < s->nfp; i++) {
+        if (s->fps[i] == fp)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * A datagram from s with fingerprint fp: is it part of a loop? A sampled
+ * fingerprint kept in the table is a return (the datagram was echoed to s
+ * before); a sampled one not kept is new, and ends the run; one not sampled
+ * tells nothing, and the run goes on. A loop is a run of udp_loop_limit
+ * datagrams (and of LOOP_SPAN << level when sampling, so that new payloads
+ * cannot all have escaped the sample) with LOOP_HITS sampled returns in it.
+ * docs/SECURITY.md has the argument.
+ */
+static int loop_seen(source *s, uint64_t fp, uint32_t limit, uint64_t now_ms)
+{
+    uint64_t need = limit;
+
+    if (now_ms - s->seen_ms >= LOOP_GAP_MS)
+        loop_reset(s);
+    if (!sampled(fp, s->level)) {
+        s->run++;
+        s->dry++;
+    } else if (kept(s, fp)) {
+        s->run++;
+        s->hits += s->hits < UINT32_MAX;
+        s->dry = 0;
+    } else {
+        if (s->tripped)
+            loop_reset(s); /* the loop is over: start again */
+        s->run = 0;
+        s->hits = 0;
+        s->dry++;
+    }
+    if (s->dry >= (uint64_t)LOOP_DRY << s->level)
+        loop_reset(s); /* a level too high to see what comes back */
+    if (s->level > 0 && need < (uint64_t)LOOP_SPAN << s->level)
+        need = (uint64_t)LOOP_SPAN << s->level;
+    if (s->run >= need && s->hits >= (limit < LOOP_HITS ? limit : LOOP_HITS))
+        s->tripped = 1;
+    return s->tripped;
+}
+
+/* An echo with fingerprint fp goes to s: kept if sampled; a full table
+ * halves the sample (level + 1) until there is room or fp is not sampled. */
+static void loop_echoed(source *s, uint64_t fp)
+{
+    if (!sampled(fp, s->level) || kept(s, fp))
+        return;
+    while (s->nfp == LOOP_K) {
+        unsigned n = 0;
+
+        if (s->level == LOOP_LEVEL_MAX)
+            return;
+        s->level++;
+        for (unsigned i = 0; i < s->nfp; i++) {
+            if (sampled(s->fps[i], s->level))
+                s->fps[n++] = s->fps[i];
+        }
+        s->nfp = (uint8_t)n;
+        if (!sampled(fp, s->level))
+            return;
+    }
+    s->fps[s->nfp++] = fp;
+}
+
+/* ---- admitting -------------------------------------------------------------- */
+
 /*
  * Should this datagram be echoed? The guard first (its source, then its
  * destination), then the loop checks (a datagram from the server's own port;
- * one that repeats the last one echoed to its source more than
- * udp_loop_limit times in a row), then the source's limit, then the global
- * one. *sp: the source's state, for the faults.
+ * a source sending back what it was sent: loop_seen()), then the source's
+ * limit, then the global one. *sp: the source's state, for the faults.
  */
 static int admit(udp_echo *u, const net_addr *src, const net_pktinfo *dst, const uint8_t *data,
                  size_t len, uint64_t now_ms, source **sp)
@@ -367,28 +469,22 @@ static int admit(udp_echo *u, const net_addr *src, const net_pktinfo *dst, const
         return 0;
     }
     if (u->sources != NULL) {
+        int loop;
+
         s = source_of(u, src, now_ms);
-        if (limit != 0) {
+        if (limit != 0)
             fp = fingerprint(u, data, len);
-            if (s->fp_set && s->fp == fp && now_ms - s->seen_ms < LOOP_GAP_MS) {
-                if (s->repeats < UINT32_MAX)
-                    s->repeats++;
-            } else {
-                s->repeats = 0;
-            }
-        }
+        loop = limit != 0 && loop_seen(s, fp, limit, now_ms);
         s->seen_ms = now_ms;
-        if (limit != 0 && s->repeats >= limit) {
+        if (loop) {
             drop(u, ECHO_DROP_LOOP, src, 1, now_ms);
             return 0;
         }
     }
     if (!charge(u, s, src, now_ms, 1))
         return 0;
-    if (s != NULL) {
-        s->fp = fp;
-        s->fp_set = limit != 0;
-    }
+    if (s != NULL && limit != 0)
+        loop_echoed(s, fp);
     *sp = s;
     return 1;
 }

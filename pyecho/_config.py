@@ -298,8 +298,9 @@ class Config:
         "count",
         4000,
         "server",
-        "echoes of the same datagram in a row to one source before it is taken for an "
-        "echo loop and not answered (datagrams from the server's own port never are)",
+        "datagrams in a row from one source that bring it nothing new (only payloads "
+        "echoed to it before) before it is taken for an echo loop and not answered "
+        "(datagrams from the server's own port never are)",
         lower=0,
         upper=1_000_000_000,
         off="no limit",

@@ -31,7 +31,16 @@ SOURCES = 4096  # per-source state: a fixed table
 MILLI = 1000  # bucket tokens are thousandths of a datagram
 REPORT_EVERY_MS = 1000
 QUIET_MS = 1000  # a source silent this long gives its slot up
-LOOP_GAP_MS = 500  # repeats further apart than this are no loop
+LOOP_GAP_MS = 500  # returns further apart than this are no loop
+# The loop detector (docs/SECURITY.md, "Loops"): per source, up to LOOP_K
+# fingerprints of echoes sent to it, those whose top `level` bits are zero
+# ("sampled").
+LOOP_K = 8
+LOOP_LEVEL_MAX = 48  # sampling stops halving here
+LOOP_SPAN = 32  # sampled: a run of LOOP_SPAN << level at least
+LOOP_HITS = 16  # sampled returns in a run before it is a loop
+LOOP_DRY = 32  # 4 x LOOP_K: no return for LOOP_DRY << level: restart
+MASK64 = (1 << 64) - 1
 KNOWN_MAX = 4096  # sources whose guard verdict and slot are remembered
 
 GUARD, RATE_SOURCE, RATE_GLOBAL, FULL, ERROR, FAULT, LOOP, SHUTDOWN = range(len(DROP_REASONS))
@@ -221,28 +230,94 @@ def take(b: Bucket, rate: int, now_ms: int) -> bool:
 class Source:
     """What the server knows of one source (address and port)."""
 
-    __slots__ = ("key", "fp", "repeats", "seen_ms", "bucket", "contended_ms")
+    __slots__ = (
+        "key",
+        "level",
+        "fps",
+        "tripped",
+        "hits",
+        "run",
+        "dry",
+        "seen_ms",
+        "bucket",
+        "contended_ms",
+    )
 
     def __init__(self, key: bytes, now_ms: int, bucket: Bucket) -> None:
         self.key = key
-        self.fp: int | None = None  # fingerprint of the last datagram echoed to it
-        self.repeats = 0  # datagrams in a row equal to that one
+        self.level = 0  # fingerprints kept: those with `level` top bits zero
+        self.fps: list[int] = []  # sampled fingerprints of echoes sent to it
+        self.tripped = False  # taken for a loop: dropped until the run ends
+        self.hits = 0  # sampled returns in the run
+        self.run = 0  # datagrams since the last sampled one that was new
+        self.dry = 0  # datagrams since the last sampled return
         self.seen_ms = now_ms  # its last datagram
         self.bucket = bucket
         self.contended_ms = 0  # the slot's: when a source last found it held
 
+    def loop_reset(self) -> None:
+        """The loop detector starts again, as for a new source."""
+        self.level = 0
+        self.fps.clear()
+        self.tripped = False
+        self.hits = self.run = self.dry = 0
+
     def reset(self, key: bytes, now_ms: int) -> None:
         self.key = key
-        self.fp = None
-        self.repeats = 0
+        self.loop_reset()
         self.seen_ms = now_ms
 
+    def loop_seen(self, fp: int, limit: int, now_ms: int) -> bool:
+        """A datagram from this source with fingerprint fp: is it part of a
+        loop? A sampled fingerprint kept in the table is a return (the
+        datagram was echoed here before); a sampled one not kept is new, and
+        ends the run; one not sampled tells nothing, and the run goes on. A
+        loop is a run of udp_loop_limit datagrams (and of LOOP_SPAN << level
+        when sampling, so that new payloads cannot all have escaped the
+        sample) with LOOP_HITS sampled returns in it. docs/SECURITY.md has
+        the argument."""
+        if now_ms - self.seen_ms >= LOOP_GAP_MS:
+            self.loop_reset()
+        level = self.level
+        if fp >> (64 - level):  # not sampled
+            self.run += 1
+            self.dry += 1
+        elif fp in self.fps:
+            self.run += 1
+            self.hits += 1
+            self.dry = 0
+        else:
+            if self.tripped:
+                self.loop_reset()  # the loop is over: start again
+                level = 0
+            self.run = self.hits = 0
+            self.dry += 1
+        if self.dry >= LOOP_DRY << level:
+            self.loop_reset()  # a level too high to see what comes back
+            return False
+        if self.run < limit:
+            return False  # not tripped either: its run was longer
+        need = max(limit, LOOP_SPAN << level) if level else limit
+        if self.run >= need and self.hits >= min(limit, LOOP_HITS):
+            self.tripped = True
+        return self.tripped
 
-def fingerprint(data: Any) -> int:
-    """A datagram's fingerprint (the whole payload, and its length): not a
-    secret, as a loop cannot choose its bytes and only a source's own
-    datagrams are compared."""
-    return hash(bytes(data)) ^ len(data)
+    def loop_echoed(self, fp: int) -> None:
+        """An echo with fingerprint fp goes to this source: kept if sampled;
+        a full table halves the sample (level + 1) until there is room or fp
+        is not sampled."""
+        fps = self.fps
+        if fp >> (64 - self.level) or fp in fps:
+            return
+        while len(fps) == LOOP_K:
+            if self.level == LOOP_LEVEL_MAX:
+                return
+            self.level += 1
+            shift = 64 - self.level
+            fps[:] = [f for f in fps if not f >> shift]
+            if fp >> shift:
+                return
+        fps.append(fp)
 
 
 # An echo to send: (data, to, its destination, the second copy of a duplicate).
@@ -264,6 +339,14 @@ class UdpEcho:
         )
         self.overflow = Source(b"", 0, Bucket())  # the sources that find their slot held
         self._key = os.urandom(16)  # random, per server: where a source's slot is
+        # A datagram's fingerprint, to tell whether a source sends back what
+        # it was sent: Python's hash of the whole payload (keyed per
+        # process), times this random odd key, modulo 2^64 (a bijection: no
+        # more collisions than the hash's). Its top bits, which the loop
+        # detector samples, hang on all of the hash's bits and on the key
+        # (multiply-shift hashing): which payloads are sampled cannot be
+        # predicted, even by one who knows PYTHONHASHSEED.
+        self._fp_mul = int.from_bytes(os.urandom(8), "little") | 1
         self.family = socket.AF_INET
         self.port = -1  # the socket's own port
         self.wildcard = False  # bound to 0.0.0.0 or ::: answers name their source
@@ -372,9 +455,9 @@ class UdpEcho:
     ) -> tuple[bool, Source | None]:
         """Should this datagram be echoed? The guard first (its source, then
         its destination), then the loop checks (a datagram from the server's
-        own port; one that repeats the last one echoed to its source more
-        than udp_loop_limit times in a row), then the source's limit, then
-        the global one. Also the source's state, for the faults."""
+        own port; a source sending back what it was sent: Source.loop_seen),
+        then the source's limit, then the global one. Also the source's
+        state, for the faults."""
         cfg = self.cfg
         limit = cfg.udp_loop_limit
         key, is_guarded, slot = self._source(src)
@@ -385,23 +468,21 @@ class UdpEcho:
             self.drop(LOOP, src, 1, now_ms)
             return False, None
         s = None
-        fp = None
+        fp = 0
         if self.sources is not None:
             s = self._source_of(key, slot, now_ms)
+            loop = False
             if limit:
-                fp = fingerprint(data)
-                if s.fp == fp and now_ms - s.seen_ms < LOOP_GAP_MS:
-                    s.repeats += 1
-                else:
-                    s.repeats = 0
+                fp = (hash(bytes(data)) * self._fp_mul) & MASK64  # its fingerprint
+                loop = s.loop_seen(fp, limit, now_ms)
             s.seen_ms = now_ms
-            if limit and s.repeats >= limit:
+            if loop:
                 self.drop(LOOP, src, 1, now_ms)
                 return False, None
         if not self.charge(s, src, now_ms, True):
             return False, None
-        if s is not None:
-            s.fp = fp
+        if s is not None and limit and not fp >> (64 - s.level) and fp not in s.fps:
+            s.loop_echoed(fp)  # sampled and not kept yet
         return True, s
 
     # ---- echoing ----
