@@ -10,13 +10,12 @@ it, echo is encrypted as it enters the output queue.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 
 from ._config import Config
 from ._errors import tcp_surplus
-from ._pyclient import PyClient
+from ._pyclient import IN, OUT, PyClient
 
 
 class TlsConn:
@@ -103,9 +102,9 @@ class PyTlsClient(PyClient):
                     self._sock.do_handshake()
                     break
                 except ssl.SSLWantReadError:
-                    self._wait(select.POLLIN)
+                    self._wait(IN)
                 except ssl.SSLWantWriteError:
-                    self._wait(select.POLLOUT)
+                    self._wait(OUT)
         except BaseException:
             self._sock.close()
             raise
@@ -116,8 +115,8 @@ class PyTlsClient(PyClient):
         return self._sock
 
     def _wait(self, events: int, deadline: float | None = None) -> int:
-        if events & select.POLLIN and self.tls_socket.pending():
-            return select.POLLIN
+        if events & IN and self.tls_socket.pending():
+            return IN
         return super()._wait(events, deadline)
 
     def _send_some(self, view: memoryview) -> int:
@@ -133,7 +132,7 @@ class PyTlsClient(PyClient):
         except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
             return None
         except ssl.SSLWantWriteError:
-            self._wait(select.POLLOUT)
+            self._wait(OUT)
             return None
 
     def recv_nowait(self, bufsize: int) -> bytes | None:
@@ -146,7 +145,7 @@ class PyTlsClient(PyClient):
 
     def recv(self, bufsize: int) -> bytes:
         while True:
-            self._wait(select.POLLIN)
+            self._wait(IN)
             data = self._recv_tls(bufsize)
             if data is None:
                 continue
