@@ -52,6 +52,7 @@ def _proc_figures(pid: int) -> tuple[float, int, int]:
 
 
 @needs_proc
+@pytest.mark.native  # the load generator is built with the C core
 def test_a_server_reports_what_proc_says(engine: str) -> None:
     with servers.ServerProcess(engine, use_proc=False) as srv:
         assert _load(srv, 0.3) > 0
@@ -95,6 +96,7 @@ def test_the_floor_rows_say_why_they_are_missing(monkeypatch: pytest.MonkeyPatch
 # ---- native variants ----------------------------------------------------------
 
 
+@pytest.mark.native
 def test_a_native_variant_runs_the_core_it_is_given(engine: str) -> None:
     # engine: the variant beside each engine's server; only native takes a core.
     name = "native-same" if engine == "native" else engine
@@ -137,6 +139,7 @@ def test_a_bad_native_library_option_is_a_usage_error(tmp_path: Path) -> None:
         assert info.value.code == 2
 
 
+@pytest.mark.native
 def test_a_variant_is_measured_beside_native(tmp_path: Path) -> None:
     start = time.monotonic()
     status = runner.main(

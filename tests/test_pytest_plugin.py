@@ -966,6 +966,7 @@ def test_fixture_class_checks_its_own_settings() -> None:
 # ---- rough edges (issue 15, item 17) ----
 
 
+@pytest.mark.native  # both engines, whichever is the default
 @pytest.mark.parametrize("default", ["native", "python"])
 def test_echo_engine_is_the_markers_engine(pytester: pytest.Pytester, default: str) -> None:
     """echo_engine names the engine the test's servers run on: the marker's,

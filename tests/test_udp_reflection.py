@@ -203,9 +203,7 @@ def test_a_cycle_of_payloads_past_the_loop_limit_is_dropped_until_something_new(
     row is dropped, and so is every return after it. A new payload ends it."""
     with (
         udp_servers((engine, LOOPBACK), udp_loop_limit=5) as [server],
-        pyecho.EchoClient(
-            server.server_address, engine="native", transport="udp", timeout=0.3
-        ) as c,
+        pyecho.EchoClient(server.server_address, engine="auto", transport="udp", timeout=0.3) as c,
     ):
         assert [c.echo(p) for p in [b"x", b"y"] * 3] == [b"x", b"y"] * 3
         for p in [b"x", b"y"]:
@@ -224,9 +222,7 @@ def test_a_cycle_of_more_payloads_than_the_table_holds_is_dropped(engine: str) -
     payloads = [b"cycle %d" % i for i in range(20)]
     with (
         udp_servers((engine, LOOPBACK), udp_loop_limit=5) as [server],
-        pyecho.EchoClient(
-            server.server_address, engine="native", transport="udp", timeout=0.3
-        ) as c,
+        pyecho.EchoClient(server.server_address, engine="auto", transport="udp", timeout=0.3) as c,
     ):
         echoed = 0
         with pytest.raises(TimeoutError):
@@ -250,7 +246,7 @@ def test_a_client_cycling_a_few_payloads_is_not_dropped(engine: str, order: str)
         sends = [p for p in payloads for _ in range(500)]
     with udp_servers((engine, LOOPBACK)) as [server]:
         with pyecho.EchoClient(
-            server.server_address, engine="native", transport="udp", timeout=5
+            server.server_address, engine="auto", transport="udp", timeout=5
         ) as c:
             for p in sends:
                 assert c.echo(p) == p
@@ -352,7 +348,7 @@ def test_a_client_repeating_one_payload_is_not_dropped(engine: str, repeats: int
     payload thousands of times in a row: every one echoed."""
     with udp_servers((engine, LOOPBACK)) as [server]:
         with pyecho.EchoClient(
-            server.server_address, engine="native", transport="udp", timeout=5
+            server.server_address, engine="auto", transport="udp", timeout=5
         ) as c:
             for _ in range(repeats):
                 assert c.echo(b"same") == b"same"
@@ -365,9 +361,7 @@ def test_past_the_loop_limit_repeats_are_dropped_until_something_else(engine: st
     of it; another payload is echoed, and starts the count again."""
     with (
         udp_servers((engine, LOOPBACK), udp_loop_limit=5) as [server],
-        pyecho.EchoClient(
-            server.server_address, engine="native", transport="udp", timeout=0.3
-        ) as c,
+        pyecho.EchoClient(server.server_address, engine="auto", transport="udp", timeout=0.3) as c,
     ):
         assert [c.echo(b"x") for _ in range(5)] == [b"x"] * 5
         with pytest.raises(TimeoutError):
@@ -380,7 +374,7 @@ def test_past_the_loop_limit_repeats_are_dropped_until_something_else(engine: st
 def test_the_loop_limit_can_be_turned_off(engine: str) -> None:
     with (
         udp_servers((engine, LOOPBACK), udp_loop_limit=None) as [server],
-        pyecho.EchoClient(server.server_address, engine="native", transport="udp", timeout=5) as c,
+        pyecho.EchoClient(server.server_address, engine="auto", transport="udp", timeout=5) as c,
     ):
         assert [c.echo(b"x") for _ in range(20)] == [b"x"] * 20
         assert server.config.udp_loop_limit == 0
