@@ -341,6 +341,9 @@ class ServerProcess:
                 capture_output=True,
                 text=True,
                 timeout=30,
+                # Not the servers' preloads (tools/sanitize.sh preloads ASan,
+                # under which ps hung for the whole timeout).
+                env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
             )
             if out.returncode != 0 or not out.stdout.strip().isdigit():
                 raise RuntimeError(f"ps gave no resident size for {self.pid}: {out.stderr}")
