@@ -16,6 +16,12 @@ COLORS = {
     "asyncio": "#2ca02c",
     "uvloop": "#9467bd",
 }
+# Native variants (--poller, --native-library: "native-poll"...).
+VARIANT_COLOR = "#17becf"
+
+
+def _color(server: str) -> str:
+    return COLORS.get(server) or (VARIANT_COLOR if server.startswith("native-") else "#bcbd22")
 
 
 # One connection: the figures are the machine's wake-up latency more than the
@@ -358,7 +364,7 @@ def figure(result: dict[str, Any]) -> Any:
                 if m is not None and m.get(metric):
                     xs.append(j + (i - (len(servers) - 1) / 2) * width)
                     ys.append(m[metric])
-            bars = ax.bar(xs, ys, width, label=server, color=COLORS.get(server))
+            bars = ax.bar(xs, ys, width, label=server, color=_color(server))
             ax.bar_label(bars, [_short(y) for y in ys], rotation=90, fontsize=6, padding=2)
         ax.set_yscale("log")
         low, high = ax.get_ylim()
@@ -380,7 +386,7 @@ def figure(result: dict[str, Any]) -> Any:
     servers = [s for s in _servers(result) if s in idle]
     if servers:
         ys = [idle[s]["rss_per_conn_bytes"] for s in servers]
-        bars = ax.bar(servers, ys, color=[COLORS.get(s) for s in servers])
+        bars = ax.bar(servers, ys, color=[_color(s) for s in servers])
         # A value of 0 B draws no bar: the label says it was measured.
         ax.bar_label(bars, [f"{y:,.0f} B" for y in ys], fontsize=8, padding=2)
         n = idle[servers[0]]["connections"]
