@@ -495,6 +495,7 @@ def test_stats_and_events_of_a_tls_session(engine: str) -> None:
 # ---- the command line -------------------------------------------------------------
 
 
+@pytest.mark.slow  # three interpreters, each loading the certificates: seconds
 def test_cli_serve_tls_and_client_tls(engine: str, tmp_path: Any) -> None:
     """pyecho serve --tls prints where its throwaway CA is; pyecho client
     --tls --tls-ca FILE trusts it; at exit the CA is gone."""

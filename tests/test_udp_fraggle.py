@@ -179,6 +179,7 @@ def received(victim: Host, until: float) -> list[tuple[str, str]]:
         got.append((line["got"], line["from"]))
 
 
+@pytest.mark.slow  # five namespaces and three server processes: about 6 s each
 @pytest.mark.parametrize("engines", MIXES, ids="-".join)
 @pytest.mark.parametrize("wildcard", list(GROUPS), ids=["ipv4", "ipv6"])
 def test_one_forged_datagram_to_a_group_brings_the_victim_nothing(
