@@ -104,16 +104,24 @@ def _load() -> tuple[Any, Any]:
             + (hint or "Install the package with `pip install .` (it compiles csrc/)")
             + ", or use engine='python'."
         )
+    ffi, lib = open_library(FFI(), header_file, library, NativeUnavailableError)
+    check_abi(
+        ffi, lib, library, "echo", "core", ABI_STRUCTS, "PYECHO_LIBRARY", NativeUnavailableError
+    )
+    return ffi, lib
+
+
+def open_library(
+    ffi: Any, header_file: Path, library: Path, error: type[ImportError]
+) -> tuple[Any, Any]:
+    """(ffi, lib): the header's declarations, the library opened (ABI mode)."""
     header = header_file.read_text()
-    ffi = FFI()
     # cffi takes plain declarations: drop the include guard and #includes.
     ffi.cdef("\n".join(ln for ln in header.splitlines() if not ln.lstrip().startswith("#")))
     try:
-        lib = ffi.dlopen(str(library))
+        return ffi, ffi.dlopen(str(library))
     except OSError as e:
-        raise NativeUnavailableError(f"cannot load {library}: {e}") from e
-    _check_abi(ffi, lib, library, header)
-    return ffi, lib
+        raise error(f"cannot load {library}: {e}") from e
 
 
 # The structs csrc/abi.c reports on: their layout is what a mismatched
@@ -127,25 +135,40 @@ ABI_STRUCTS = (
 )
 
 
-def _check_abi(ffi: Any, lib: Any, library: Path, header: str) -> None:
-    """Refuse a library built from another pyecho.h than the one read."""
-    rebuild = "rebuild it (pip install .) or unset PYECHO_LIBRARY"
+def check_abi(
+    ffi: Any,
+    lib: Any,
+    library: Path,
+    prefix: str,
+    what: str,
+    structs: tuple[str, ...],
+    env: str,
+    error: type[ImportError],
+) -> None:
+    """Refuse a library built from another header than the one read: its
+    {prefix}_abi_version() must be the header's {PREFIX}_ABI_VERSION, and
+    {prefix}_abi_sizeof() must agree with the header on every struct. what:
+    the library's name in messages ("core", "load generator")."""
+    built_for = "ABI version" if prefix == "echo" else f"{what} ABI version"
+    rebuild = f"rebuild it (pip install .) or unset {env}"
     try:
-        version = lib.echo_abi_version()
+        version = getattr(lib, f"{prefix}_abi_version")()
     except AttributeError:
-        raise NativeUnavailableError(
-            f"{library} is not a pyecho core library of this version "
-            f"(it has no echo_abi_version); {rebuild}"
+        raise error(
+            f"{library} is not a pyecho {what} library of this version "
+            f"(it has no {prefix}_abi_version); {rebuild}"
         ) from None
-    if version != lib.ECHO_ABI_VERSION:
-        raise NativeUnavailableError(
-            f"{library} was built for ABI version {version}, this pyecho needs "
-            f"{lib.ECHO_ABI_VERSION}; {rebuild}"
+    expected_version = getattr(lib, f"{prefix.upper()}_ABI_VERSION")
+    if version != expected_version:
+        raise error(
+            f"{library} was built for {built_for} {version}, this pyecho needs "
+            f"{expected_version}; {rebuild}"
         )
-    for name in ABI_STRUCTS:
-        built, expected = lib.echo_abi_sizeof(name.encode()), ffi.sizeof(name)
+    sizeof = getattr(lib, f"{prefix}_abi_sizeof")
+    for name in structs:
+        built, expected = sizeof(name.encode()), ffi.sizeof(name)
         if built != expected:
-            raise NativeUnavailableError(
+            raise error(
                 f"{library} disagrees with its header on {name} ({built} bytes, the header "
                 f"says {expected}); {rebuild}"
             )

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .._native import NativeUnavailableError, library_name
+from .._native import NativeUnavailableError, check_abi, library_name, open_library
 
 LIBRARY_NAME = library_name(stem="libpyecho_loadgen")
 HEADER_NAME = "pyecho_loadgen.h"
@@ -59,34 +59,17 @@ def _load() -> tuple[Any, Any]:
             "Install pyecho with `pip install .` (or `pip install -e .` from a clone): "
             "it compiles csrc/ into the core and the load generator."
         )
-    ffi = FFI()
-    # cffi takes plain declarations: drop the include guard and #includes.
-    text = header_file.read_text()
-    ffi.cdef("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
-    try:
-        lib = ffi.dlopen(str(library))
-    except OSError as e:
-        raise LoadGenUnavailableError(f"cannot load {library}: {e}") from e
-    rebuild = f"rebuild it (pip install .) or unset {LIBRARY_ENV}"
-    try:
-        version = lib.echo_loadgen_abi_version()
-    except AttributeError:
-        raise LoadGenUnavailableError(
-            f"{library} is not a pyecho load generator library of this version "
-            f"(it has no echo_loadgen_abi_version); {rebuild}"
-        ) from None
-    if version != lib.ECHO_LOADGEN_ABI_VERSION:
-        raise LoadGenUnavailableError(
-            f"{library} was built for load generator ABI version {version}, this pyecho "
-            f"needs {lib.ECHO_LOADGEN_ABI_VERSION}; {rebuild}"
-        )
-    for name in ABI_STRUCTS:
-        built, expected = lib.echo_loadgen_abi_sizeof(name.encode()), ffi.sizeof(name)
-        if built != expected:
-            raise LoadGenUnavailableError(
-                f"{library} disagrees with its header on {name} ({built} bytes, the header "
-                f"says {expected}); {rebuild}"
-            )
+    ffi, lib = open_library(FFI(), header_file, library, LoadGenUnavailableError)
+    check_abi(
+        ffi,
+        lib,
+        library,
+        "echo_loadgen",
+        "load generator",
+        ABI_STRUCTS,
+        LIBRARY_ENV,
+        LoadGenUnavailableError,
+    )
     return ffi, lib
 
 
