@@ -45,10 +45,11 @@ LIBRARY_NAME = library_name()
 HEADER_NAME = "pyecho.h"
 
 
-def _installed(name: str) -> Path:
-    """A file installed into the package. An editable install keeps the built
-    files apart from the sources, both on the package's __path__."""
-    package = sys.modules[__package__]
+def _installed(name: str, package_name: str = __package__) -> Path:
+    """A file installed into the package (pyecho, or pyecho.bench). An
+    editable install keeps the built files apart from the sources, both on
+    the package's __path__."""
+    package = sys.modules[package_name]
     for folder in package.__path__:
         path = Path(folder) / name
         if path.exists():

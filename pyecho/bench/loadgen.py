@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .._native import NativeUnavailableError, check_abi, library_name, open_library
+from .._native import _installed as _native_installed
 
 LIBRARY_NAME = library_name(stem="libpyecho_loadgen")
 HEADER_NAME = "pyecho_loadgen.h"
@@ -37,13 +37,8 @@ class LoadGenUnavailableError(NativeUnavailableError):
 
 
 def _installed(name: str) -> Path:
-    """A file installed into pyecho.bench (an editable install keeps the
-    built files apart from the sources, both on the package's __path__)."""
-    folders = [Path(f) for f in sys.modules[__package__].__path__]
-    for folder in folders:
-        if (folder / name).exists():
-            return folder / name
-    return folders[0] / name
+    """A file installed into pyecho.bench."""
+    return _native_installed(name, __package__)
 
 
 def _load() -> tuple[Any, Any]:
