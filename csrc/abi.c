@@ -22,6 +22,8 @@ size_t echo_abi_sizeof(const char *name)
         {"echo_event", sizeof(echo_event)},
         {"echo_faults", sizeof(echo_faults)},
         {"echo_tls_config", sizeof(echo_tls_config)},
+        {"echo_tls_client_config", sizeof(echo_tls_client_config)},
+        {"echo_tls_error", sizeof(echo_tls_error)},
     };
 
     if (name == NULL)

@@ -17,11 +17,15 @@
 
 #include "compat.h"
 #include "net.h"
+#include "outbuf.h"
 #include "pyecho.h"
+#include "tls.h"
 
 #define TRACK_CHUNK (64 * 1024)
 #define UDP_MAX (64 * 1024) /* more than any datagram's payload */
 #define UDP_RECENT 16       /* datagrams sent whose late echo is recognised */
+#define TLS_CHUNK (64 * 1024) /* plaintext sealed at a time: bounds the queue */
+#define SURPLUS_SHOWN 40      /* TLS: surplus bytes kept for the error */
 
 enum op { OP_NONE, OP_SEND, OP_ECHO };
 
@@ -49,6 +53,14 @@ struct echo_client {
     uint64_t recent[UDP_RECENT];
     unsigned recent_n;   /* how many were sent, all told */
     uint8_t *dgram;      /* UDP: room for any datagram that comes */
+    /* TLS (echo_client_start_tls); tls is NULL over plain TCP */
+    tls_ctx *tls_ctx;
+    tls_conn *tls;
+    outbuf tls_out;          /* records the socket did not take yet */
+    echo_tls_error tls_err;  /* the last TLS failure */
+    int tls_failed;
+    uint8_t surplus[SURPLUS_SHOWN]; /* bytes beyond the echo, taken to be seen */
+    size_t surplus_len;
 };
 
 /* FNV-1a over the length and the bytes: a datagram's fingerprint. */
@@ -226,12 +238,87 @@ int echo_client_fileno(const echo_client *cli)
     return cli == NULL ? -1 : cli->fd;
 }
 
-/* One non-blocking send of the rest of the operation's buffer. */
+/* ---- the stream: TCP, or TLS over it ------------------------------------ */
+
+/* A failed TLS call as an error code: the socket's own (ECONNRESET...), or
+ * -EBADMSG, its reason kept for echo_client_tls_error(). */
+static int tls_failure(echo_client *cli)
+{
+    if (cli->tls->error != 0)
+        return -cli->tls->error;
+    tls_conn_why(cli->tls, &cli->tls_err);
+    cli->tls_failed = 1;
+    return -EBADMSG;
+}
+
+/* Records waiting to go: the operation is still sending. */
+static int queued(const echo_client *cli)
+{
+    return cli->tls != NULL && cli->tls_out.len > 0;
+}
+
+/* Send queued records, without blocking; 0 or a negative errno. */
+static int tls_flush(echo_client *cli)
+{
+    while (cli->tls_out.len > 0) {
+        ssize_t n = send(cli->fd, outbuf_begin(&cli->tls_out), cli->tls_out.len,
+                         COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+        outbuf_consume(&cli->tls_out, (size_t)n);
+    }
+    return 0;
+}
+
+/* Wait for the stream: plaintext TLS already decrypted is readable now. */
+static int stream_wait(echo_client *cli, short events, int timeout_ms)
+{
+    if ((events & POLLIN) && cli->tls != NULL && tls_pending(cli->tls) > 0)
+        return POLLIN;
+    return net_wait(cli->fd, events, timeout_ms);
+}
+
+/* Up to cap bytes of the stream: how many, 0 at its end, -EAGAIN when none
+ * came yet, or a negative errno. */
+static ssize_t stream_recv(echo_client *cli, uint8_t *buf, size_t cap)
+{
+    ssize_t n;
+
+    if (cli->tls != NULL) {
+        n = tls_read(cli->tls, buf, cap);
+        if (n > 0)
+            return n;
+        if (n == 0)
+            return -EAGAIN; /* a record without data (a session ticket), or none */
+        return n == -1 ? 0 : tls_failure(cli);
+    }
+    n = recv(cli->fd, buf, cap, 0);
+    if (n >= 0)
+        return n;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EAGAIN : -errno;
+}
+
+/* One non-blocking send of more of the operation's buffer (over TLS: the
+ * queued records first, then the next chunk sealed). */
 static int send_some(echo_client *cli)
 {
-    ssize_t n = send(cli->fd, cli->op_buf + cli->sent, cli->tracked - cli->sent,
-                     COMPAT_MSG_NOSIGNAL);
+    size_t len = cli->tracked - cli->sent;
+    ssize_t n;
 
+    if (cli->tls != NULL) {
+        int rc = tls_flush(cli);
+
+        if (rc != 0 || cli->tls_out.len > 0 || len == 0)
+            return rc;
+        if (len > TLS_CHUNK)
+            len = TLS_CHUNK;
+        if (tls_seal(cli->tls, cli->op_buf + cli->sent, len) != 0)
+            return tls_failure(cli);
+        cli->sent += len;
+        return 0;
+    }
+    n = send(cli->fd, cli->op_buf + cli->sent, len, COMPAT_MSG_NOSIGNAL);
     if (n >= 0) {
         cli->sent += (size_t)n;
         return 0;
@@ -346,7 +433,7 @@ int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
         if (rc != 0)
             return rc;
     }
-    while (cli->sent < len) {
+    while (cli->sent < len || queued(cli)) {
         int rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
 
         if (rc > 0)
@@ -372,30 +459,41 @@ int echo_client_recv(echo_client *cli, uint8_t *buf, size_t cap, size_t *got)
         return rc;
     }
     for (;;) {
-        rc = net_wait(cli->fd, POLLIN, cli->timeout_ms);
+        rc = stream_wait(cli, POLLIN, cli->timeout_ms);
         if (rc < 0)
             return rc;
-        n = recv(cli->fd, buf, cap, 0);
+        n = stream_recv(cli, buf, cap);
         if (n >= 0) {
             *got = (size_t)n;
             cli->owed -= (size_t)n < cli->owed ? (size_t)n : cli->owed;
             return 0;
         }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            return -errno;
+        if (n != -EAGAIN)
+            return (int)n;
     }
 }
 
 /* One non-blocking receive into the reply, never of more than is still
- * expected (once all is in, a peek at one byte: any is too many, and stays
- * in the socket for the caller to see); sets cli->eof at end of stream. */
+ * expected (once all is in, one byte: any is too many; over TCP it is
+ * peeked at and stays in the socket for the caller to see, over TLS taken
+ * into cli->surplus); sets cli->eof at end of stream. */
 static int recv_some(echo_client *cli, uint8_t *reply)
 {
-    uint8_t extra;
     int more = cli->got < cli->expect;
-    ssize_t n = recv(cli->fd, more ? reply + cli->got : &extra,
-                     more ? cli->expect - cli->got : 1, more ? 0 : MSG_PEEK);
+    ssize_t n;
 
+    if (more) {
+        n = stream_recv(cli, reply + cli->got, cli->expect - cli->got);
+    } else if (cli->tls != NULL) {
+        n = stream_recv(cli, cli->surplus, 1);
+        cli->surplus_len = n > 0 ? (size_t)n : 0;
+    } else {
+        uint8_t extra;
+
+        n = recv(cli->fd, &extra, 1, MSG_PEEK);
+        if (n < 0)
+            n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EAGAIN : -errno;
+    }
     if (n > 0) {
         if (!more)
             return -EPROTO; /* more than the framing said the server would send */
@@ -407,24 +505,36 @@ static int recv_some(echo_client *cli, uint8_t *reply)
         cli->eof = 1;
         return 0;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
+    if (n == -EAGAIN)
         return 0;
     /* After the quit word the server may reset instead of closing cleanly
      * if it had unread input: the connection is over either way. */
-    if (cli->quit_sent && cli->got == cli->expect && errno == ECONNRESET) {
+    if (cli->quit_sent && cli->got == cli->expect && n == -ECONNRESET) {
         cli->eof = 1;
         return 0;
     }
-    return -errno;
+    return (int)n;
 }
 
 /* The whole echo is in: bytes already waiting are more than the framing
- * allows (a banner, a trailer, another mode). */
+ * allows (a banner, a trailer, another mode). Over TLS, the plaintext
+ * already decrypted (up to SURPLUS_SHOWN bytes of it taken, to be shown). */
 static int check_surplus(echo_client *cli)
 {
     uint8_t byte;
-    ssize_t n = recv(cli->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n;
 
+    if (cli->tls != NULL) {
+        size_t pending = tls_pending(cli->tls);
+
+        if (pending == 0)
+            return 0;
+        n = tls_read(cli->tls, cli->surplus,
+                     pending < sizeof cli->surplus ? pending : sizeof cli->surplus);
+        cli->surplus_len = n > 0 ? (size_t)n : 0;
+        return -EPROTO;
+    }
+    n = recv(cli->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n > 0 ? -EPROTO : 0;
 }
 
@@ -442,8 +552,9 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
         if (rc != 0)
             return rc;
     }
+    cli->surplus_len = 0;
     for (;;) {
-        int sending = cli->sent < cli->tracked;
+        int sending = cli->sent < cli->tracked || queued(cli);
         int receiving = !cli->eof && (cli->got < cli->expect || cli->quit_sent);
         short events = (short)((sending ? POLLOUT : 0) | (receiving ? POLLIN : 0));
         int ready, rc = 0;
@@ -462,7 +573,7 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             track_more(cli); /* seed mode: the next piece */
             continue;
         }
-        ready = net_wait(cli->fd, events, cli->timeout_ms);
+        ready = stream_wait(cli, events, cli->timeout_ms);
         if (ready < 0)
             return op_end(cli, ready);
         /* Errors and hang-ups show up through send() and recv(). */
@@ -473,6 +584,8 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             /* The server may close on the quit word before taking the rest. */
             if ((rc == -EPIPE || rc == -ECONNRESET) && cli->quit_sent) {
                 cli->sent = cli->tracked;
+                if (cli->tls != NULL)
+                    outbuf_consume(&cli->tls_out, cli->tls_out.len);
                 rc = 0;
             }
         }
@@ -509,9 +622,87 @@ void echo_client_free(echo_client *cli)
 {
     if (cli == NULL)
         return;
+    /* No close_notify, as Python's SSLSocket.close(): the FIN ends it. */
+    tls_conn_free(cli->tls);
+    tls_ctx_free(cli->tls_ctx);
+    outbuf_free(&cli->tls_out);
     if (cli->fd >= 0)
         close(cli->fd);
     free(cli->scratch);
     free(cli->dgram);
     free(cli);
+}
+
+/* ---- TLS ------------------------------------------------------------------ */
+
+int echo_client_start_tls(echo_client *cli, const echo_tls_client_config *tls)
+{
+    int rc;
+
+    if (cli == NULL || tls == NULL || cli->fd < 0 || cli->cfg.transport != ECHO_TCP ||
+        cli->tls_ctx != NULL || cli->op != OP_NONE || cli->owed > 0 || cli->quit_sent)
+        return -EINVAL;
+    memset(&cli->tls_err, 0, sizeof cli->tls_err);
+    cli->tls_failed = 0;
+    rc = tls_client_ctx_new(tls, &cli->tls_ctx, cli->tls_err.reason, sizeof cli->tls_err.reason);
+    if (rc != 0) {
+        cli->tls_failed = cli->tls_err.reason[0] != '\0';
+        return rc;
+    }
+    cli->tls = tls_client_conn_new(cli->tls_ctx, tls, cli->fd, &cli->tls_out);
+    if (cli->tls == NULL) {
+        tls_ctx_free(cli->tls_ctx);
+        cli->tls_ctx = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int echo_client_handshake(echo_client *cli)
+{
+    if (cli == NULL || cli->tls == NULL)
+        return -EINVAL;
+    for (;;) {
+        int done = cli->tls->ready ? 1 : tls_handshake(cli->tls);
+        int rc = tls_flush(cli); /* our flight, or the alert that ends it */
+        short events;
+
+        if (done < 0)
+            return tls_failure(cli);
+        if (rc != 0)
+            return rc;
+        if (done == 1 && cli->tls_out.len == 0)
+            return 0;
+        events = (short)((cli->tls_out.len > 0 ? POLLOUT : 0) | (done == 0 ? POLLIN : 0));
+        rc = net_wait(cli->fd, events, cli->timeout_ms);
+        if (rc < 0)
+            return rc; /* -EINTR: the handshake's state is kept; call again */
+    }
+}
+
+int echo_client_tls_error(const echo_client *cli, echo_tls_error *out)
+{
+    if (cli == NULL || out == NULL || !cli->tls_failed)
+        return -EINVAL;
+    *out = cli->tls_err;
+    return 0;
+}
+
+size_t echo_client_surplus(const echo_client *cli, uint8_t *buf, size_t cap)
+{
+    size_t n;
+
+    if (cli == NULL || buf == NULL)
+        return 0;
+    n = cli->surplus_len < cap ? cli->surplus_len : cap;
+    memcpy(buf, cli->surplus, n);
+    return n;
+}
+
+int echo_client_tls_info(const echo_client *cli, char *version, size_t vlen, char *alpn,
+                         size_t alen)
+{
+    if (cli == NULL || cli->tls == NULL || version == NULL || alpn == NULL)
+        return -EINVAL;
+    return tls_conn_info(cli->tls, version, vlen, alpn, alen) == 0 ? 0 : -EINVAL;
 }

@@ -32,7 +32,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 7 };
+enum { ECHO_ABI_VERSION = 8 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -311,6 +311,68 @@ size_t echo_client_reply_room(const echo_client *cli, size_t len);
 int echo_client_shutdown_write(echo_client *cli);
 int echo_client_fileno(const echo_client *cli);
 void echo_client_free(echo_client *cli);
+
+/* ---- client over TLS ---------------------------------------------------- */
+
+/*
+ * What a TLS client trusts and presents: pyecho/_tls.py fills it from an
+ * ssl.SSLContext (the numbers are the ones Python's ssl shows, which are
+ * OpenSSL's), so the C client's context is the one Python's ssl would build.
+ */
+typedef struct echo_tls_client_config {
+    const char *server_hostname; /* SNI (not for an IP address), the name checked */
+    int verify;                  /* 1: the server's certificate must verify */
+    int check_hostname;          /* 1: ... and be for server_hostname */
+    int check_common_name;       /* 1: the subject's CN counts as a name too */
+    const char *ca_pem;          /* trusted CA certificates, PEM; NULL: none */
+    size_t ca_pem_len;
+    const char *capath;          /* a hashed folder of CA certificates; NULL: none */
+    int default_paths;           /* 1: also OpenSSL's default CA file and folder */
+    const char *certfile;        /* the client's certificate chain (PEM); NULL: none */
+    const char *keyfile;         /* its private key; NULL: in certfile */
+    const char *ciphers;         /* OpenSSL cipher list; NULL: CPython's default */
+    int min_version;             /* 0x0303 (TLS 1.2), 0x0304 (TLS 1.3); 0: any */
+    int max_version;             /* 0: no maximum */
+    uint64_t options;            /* SSL_OP_* (ssl.SSLContext.options) */
+    uint64_t verify_flags;       /* X509_V_FLAG_* (ssl.SSLContext.verify_flags) */
+    const uint8_t *alpn;         /* ALPN protocols, wire format; NULL: none */
+    size_t alpn_len;
+} echo_tls_client_config;
+
+/* Why a TLS client call failed with -EBADMSG (echo_client_tls_error()). */
+typedef struct echo_tls_error {
+    char library[32];   /* "SSL", "X509"...: OpenSSL's library ("" if none) */
+    char reason[160];   /* OpenSSL's reason, e.g. "certificate verify failed" */
+    char verify[160];   /* the certificate check's message, if it failed */
+    long verify_code;   /* X509_V_OK (0), or the X509_V_ERR_* that failed */
+    int eof;            /* 1: the server closed in the middle of the handshake */
+} echo_tls_error;
+
+/*
+ * Speak TLS on a connected TCP client, before any send or receive: builds
+ * the context (-EINVAL, -ENOENT...: echo_client_tls_error() says why) and
+ * starts the handshake, which echo_client_handshake() completes. A library
+ * without OpenSSL fails with -EPROTONOSUPPORT.
+ */
+int echo_client_start_tls(echo_client *cli, const echo_tls_client_config *tls);
+/*
+ * Complete the handshake, each wait bounded by the timeout: 0, -ETIMEDOUT,
+ * -ECONNRESET..., or -EBADMSG (a TLS failure: echo_client_tls_error()). A
+ * signal returns -EINTR; calling it again resumes the handshake. Later
+ * calls fail with -EBADMSG too when TLS does (a bad record, an alert).
+ */
+int echo_client_handshake(echo_client *cli);
+/* The last TLS failure; 0, or -EINVAL if there was none. */
+int echo_client_tls_error(const echo_client *cli, echo_tls_error *out);
+/*
+ * Over TLS, the bytes beyond the echo that made echo() return -EPROTO were
+ * decrypted and taken (they cannot be left in the socket): up to cap of
+ * them into buf; how many. 0 over plain TCP (they wait in the socket).
+ */
+size_t echo_client_surplus(const echo_client *cli, uint8_t *buf, size_t cap);
+/* The negotiated protocol ("TLSv1.3") and ALPN protocol ("" if none). */
+int echo_client_tls_info(const echo_client *cli, char *version, size_t vlen, char *alpn,
+                         size_t alen);
 
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC visibility pop

@@ -21,8 +21,12 @@
 
 #include "compat.h"
 
+#include <limits.h>
+
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 /* CPython's PY_SSL_DEFAULT_CIPHER_STRING (Modules/_ssl.c, 3.10 on). */
 #define CIPHERS "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
@@ -96,6 +100,26 @@ static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes);
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr);
 static int bio_create(BIO *b);
 
+/* A context of method's, with our socket BIO; 0 or -1 (out of memory). */
+static int ctx_alloc(const SSL_METHOD *method, tls_ctx **out)
+{
+    tls_ctx *t = calloc(1, sizeof *t);
+
+    *out = NULL;
+    if (t == NULL)
+        return -1;
+    t->ctx = SSL_CTX_new(method);
+    t->bio = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pyecho socket");
+    if (t->ctx == NULL || t->bio == NULL || BIO_meth_set_write_ex(t->bio, bio_write) != 1 ||
+        BIO_meth_set_read_ex(t->bio, bio_read) != 1 || BIO_meth_set_ctrl(t->bio, bio_ctrl) != 1 ||
+        BIO_meth_set_create(t->bio, bio_create) != 1) {
+        tls_ctx_free(t);
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
 int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t errlen)
 {
     tls_ctx *t;
@@ -112,17 +136,9 @@ int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t err
         (cfg->max_version != 0 && cfg->max_version < cfg->min_version) ||
         cfg->alpn_len > sizeof t->alpn || (cfg->alpn_len > 0 && cfg->alpn == NULL))
         return -EINVAL;
-    t = calloc(1, sizeof *t);
-    if (t == NULL)
-        return -ENOMEM;
-    ctx = t->ctx = SSL_CTX_new(TLS_server_method());
-    t->bio = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pyecho socket");
-    if (ctx == NULL || t->bio == NULL || BIO_meth_set_write_ex(t->bio, bio_write) != 1 ||
-        BIO_meth_set_read_ex(t->bio, bio_read) != 1 || BIO_meth_set_ctrl(t->bio, bio_ctrl) != 1 ||
-        BIO_meth_set_create(t->bio, bio_create) != 1) {
-        tls_ctx_free(t);
+    if (ctx_alloc(TLS_server_method(), &t) != 0)
         return fail(err, errlen, "cannot set up TLS", -ENOMEM);
-    }
+    ctx = t->ctx;
     SSL_CTX_clear_options(ctx, SSL_CTX_get_options(ctx));
     SSL_CTX_set_options(ctx, SSL_OP_ALL | SSL_OP_NO_SSLv3 | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE |
@@ -188,6 +204,7 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 t->failed = 1;
+                t->error = errno;
                 return 1;
             }
             n = 0;
@@ -195,8 +212,10 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
         data += n;
         len -= (size_t)n;
     }
-    if (len > 0 && outbuf_append(t->out, (const uint8_t *)data, len) != 0)
+    if (len > 0 && outbuf_append(t->out, (const uint8_t *)data, len) != 0) {
         t->failed = 1;
+        t->error = ENOMEM;
+    }
     return 1;
 }
 
@@ -218,8 +237,10 @@ static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
         t->eof = 1;
     else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         BIO_set_retry_read(b);
-    else
+    else {
         t->failed = 1;
+        t->error = errno;
+    }
     return 0;
 }
 
@@ -283,6 +304,7 @@ int tls_handshake(tls_conn *t)
     }
     if (SSL_get_error(t->ssl, rc) == SSL_ERROR_WANT_READ && !t->eof && !t->failed)
         return 0;
+    t->why = ERR_peek_last_error();
     ERR_clear_error();
     return -1;
 }
@@ -303,6 +325,7 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
     default:
         break;
     }
+    t->why = ERR_peek_last_error();
     ERR_clear_error();
     if (t->failed)
         return -2;
@@ -338,6 +361,181 @@ int tls_close_notify(tls_conn *t)
     ERR_clear_error();
     t->notified = 1;
     return tls_take(t);
+}
+
+/* ---- the client's side ------------------------------------------------------ */
+
+/* Trust the CA certificates of a PEM text; 0 or -1. */
+static int load_ca_pem(SSL_CTX *ctx, const char *pem, size_t len)
+{
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    BIO *in;
+    X509 *cert;
+    int loaded = 0;
+
+    if (len > INT_MAX || (in = BIO_new_mem_buf(pem, (int)len)) == NULL)
+        return -1;
+    while ((cert = PEM_read_bio_X509(in, NULL, NULL, NULL)) != NULL) {
+        int ok = X509_STORE_add_cert(store, cert);
+
+        X509_free(cert);
+        if (ok != 1) {
+            BIO_free(in);
+            return -1;
+        }
+        loaded++;
+    }
+    BIO_free(in);
+    if (loaded == 0)
+        return -1;
+    ERR_clear_error(); /* the end of the text, read as an error */
+    return 0;
+}
+
+int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *err,
+                       size_t errlen)
+{
+    tls_ctx *t;
+    SSL_CTX *ctx;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (cfg == NULL || out == NULL || (cfg->ca_pem == NULL && cfg->ca_pem_len > 0) ||
+        (cfg->keyfile != NULL && cfg->certfile == NULL) || cfg->min_version < 0 ||
+        cfg->max_version < 0 || (cfg->check_hostname && !cfg->verify) ||
+        cfg->alpn_len > 65535 || (cfg->alpn_len > 0 && cfg->alpn == NULL))
+        return -EINVAL;
+    if (ctx_alloc(TLS_client_method(), &t) != 0)
+        return fail(err, errlen, "cannot set up TLS", -ENOMEM);
+    ctx = t->ctx;
+    /* What ssl.SSLContext(PROTOCOL_TLS_CLIENT) sets, then the caller's. */
+    SSL_CTX_clear_options(ctx, SSL_CTX_get_options(ctx));
+    SSL_CTX_set_options(ctx, cfg->options);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    if (SSL_CTX_set_cipher_list(ctx, cfg->ciphers != NULL ? cfg->ciphers : CIPHERS) != 1 ||
+        SSL_CTX_set_min_proto_version(ctx, cfg->min_version) != 1 ||
+        SSL_CTX_set_max_proto_version(ctx, cfg->max_version) != 1) {
+        tls_ctx_free(t);
+        return fail(err, errlen, "cannot set up TLS", -EINVAL);
+    }
+    X509_VERIFY_PARAM_clear_flags(SSL_CTX_get0_param(ctx), ~0UL);
+    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), (unsigned long)cfg->verify_flags);
+    X509_VERIFY_PARAM_set_hostflags(SSL_CTX_get0_param(ctx),
+                                    X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+                                        (cfg->check_common_name
+                                             ? 0
+                                             : X509_CHECK_FLAG_NEVER_CHECK_SUBJECT));
+    SSL_CTX_set_verify(ctx, cfg->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    if (cfg->ca_pem_len > 0 && load_ca_pem(ctx, cfg->ca_pem, cfg->ca_pem_len) != 0) {
+        tls_ctx_free(t);
+        return fail(err, errlen, "cannot load the CA certificates", -EINVAL);
+    }
+    if ((cfg->capath != NULL && SSL_CTX_load_verify_locations(ctx, NULL, cfg->capath) != 1) ||
+        (cfg->default_paths && SSL_CTX_set_default_verify_paths(ctx) != 1)) {
+        tls_ctx_free(t);
+        return fail(err, errlen, "cannot load the CA folder", -EINVAL);
+    }
+    if (cfg->certfile != NULL) {
+        const char *key = cfg->keyfile != NULL ? cfg->keyfile : cfg->certfile;
+
+        if (SSL_CTX_use_certificate_chain_file(ctx, cfg->certfile) != 1) {
+            tls_ctx_free(t);
+            return fail(err, errlen, "cannot load certfile", -EINVAL);
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+            SSL_CTX_check_private_key(ctx) != 1) {
+            tls_ctx_free(t);
+            return fail(err, errlen, "cannot load keyfile", -EINVAL);
+        }
+    }
+    /* 0 on success, unlike the rest of OpenSSL. */
+    if (cfg->alpn_len > 0 &&
+        SSL_CTX_set_alpn_protos(ctx, cfg->alpn, (unsigned int)cfg->alpn_len) != 0) {
+        tls_ctx_free(t);
+        return fail(err, errlen, "cannot set the ALPN protocols", -EINVAL);
+    }
+    *out = t;
+    return 0;
+}
+
+tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, int fd,
+                              outbuf *out)
+{
+    tls_conn *t = tls_conn_new(ctx, fd, out);
+    const char *name = cfg->server_hostname;
+    SSL *ssl;
+    ASN1_OCTET_STRING *ip;
+
+    if (t == NULL)
+        return NULL;
+    ssl = t->ssl;
+    SSL_set_connect_state(ssl);
+    if (name != NULL && name[0] != '\0') {
+        /* As CPython: an IP address is checked as one and sent as no SNI. */
+        ip = a2i_IPADDRESS(name);
+        ERR_clear_error();
+        if ((ip == NULL && SSL_set_tlsext_host_name(ssl, name) != 1) ||
+            (cfg->check_hostname &&
+             (ip == NULL ? X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), name, 0)
+                         : X509_VERIFY_PARAM_set1_ip(SSL_get0_param(ssl),
+                                                     ASN1_STRING_get0_data(ip),
+                                                     (size_t)ASN1_STRING_length(ip))) != 1)) {
+            ASN1_OCTET_STRING_free(ip);
+            tls_conn_free(t);
+            return NULL;
+        }
+        ASN1_OCTET_STRING_free(ip);
+    }
+    return t;
+}
+
+static void copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = src == NULL ? 0 : strlen(src);
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src == NULL ? "" : src, n);
+    dst[n] = '\0';
+}
+
+void tls_conn_why(const tls_conn *t, echo_tls_error *out)
+{
+    long code = SSL_get_verify_result(t->ssl);
+    int lib = ERR_GET_LIB(t->why);
+
+    memset(out, 0, sizeof *out);
+    if (t->why != 0) {
+        copy(out->library, sizeof out->library,
+             lib == ERR_LIB_SSL    ? "SSL"
+             : lib == ERR_LIB_X509 ? "X509"
+             : lib == ERR_LIB_PEM  ? "PEM"
+             : lib == ERR_LIB_SYS  ? "SYS"
+                                   : ERR_lib_error_string(t->why));
+        copy(out->reason, sizeof out->reason, ERR_reason_error_string(t->why));
+    }
+    if (code != X509_V_OK) {
+        out->verify_code = code;
+        copy(out->verify, sizeof out->verify, X509_verify_cert_error_string(code));
+    }
+    out->eof = t->eof && t->why == 0;
+}
+
+int tls_conn_info(const tls_conn *t, char *version, size_t vlen, char *alpn, size_t alen)
+{
+    const unsigned char *proto = NULL;
+    unsigned int len = 0;
+
+    if (vlen == 0 || alen == 0)
+        return -1;
+    copy(version, vlen, t->ready ? SSL_get_version(t->ssl) : "");
+    SSL_get0_alpn_selected(t->ssl, &proto, &len);
+    if (len >= alen)
+        len = (unsigned int)alen - 1;
+    if (len > 0)
+        memcpy(alpn, proto, len);
+    alpn[len] = '\0';
+    return 0;
 }
 
 #else /* no OpenSSL at build time */
@@ -418,6 +616,36 @@ int tls_take(tls_conn *t)
 int tls_close_notify(tls_conn *t)
 {
     (void)t;
+    return -1;
+}
+
+int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *err,
+                       size_t errlen)
+{
+    (void)cfg;
+    return tls_ctx_new(NULL, out, err, errlen);
+}
+
+tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, int fd,
+                              outbuf *out)
+{
+    (void)cfg;
+    return tls_conn_new(ctx, fd, out);
+}
+
+void tls_conn_why(const tls_conn *t, echo_tls_error *out)
+{
+    (void)t;
+    memset(out, 0, sizeof *out);
+}
+
+int tls_conn_info(const tls_conn *t, char *version, size_t vlen, char *alpn, size_t alen)
+{
+    (void)t;
+    (void)version;
+    (void)vlen;
+    (void)alpn;
+    (void)alen;
     return -1;
 }
 

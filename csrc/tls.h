@@ -32,6 +32,8 @@ typedef struct tls_conn {
     int started;   /* its first bytes came (the handshake faults were decided) */
     int stalled;   /* handshake_stall: input is dropped, nothing answered */
     int notified;  /* our close_notify is queued */
+    int error;     /* the errno of the recv() or send() that failed */
+    unsigned long why; /* OpenSSL's error at a failed handshake or read */
 } tls_conn;
 
 /* A server context; 0, or a negative errno (the reason in err). */
@@ -57,5 +59,20 @@ int tls_seal(tls_conn *t, const uint8_t *data, size_t len);
 int tls_take(tls_conn *t);
 /* Send (or queue) our close_notify; 0 or -1. */
 int tls_close_notify(tls_conn *t);
+
+/* ---- the client's side (csrc/client.c) ---- */
+
+/* A client context, as Python's ssl would build it from the same settings;
+ * 0, or a negative errno (the reason in err). */
+int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *err,
+                       size_t errlen);
+/* A client connection over fd: SNI and the name checked come from cfg;
+ * NULL when out of memory. */
+tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, int fd,
+                              outbuf *out);
+/* Why the handshake or a read failed, in OpenSSL's words. */
+void tls_conn_why(const tls_conn *t, echo_tls_error *out);
+/* The protocol version and ALPN protocol negotiated; 0 or -1. */
+int tls_conn_info(const tls_conn *t, char *version, size_t vlen, char *alpn, size_t alen);
 
 #endif

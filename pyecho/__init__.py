@@ -25,12 +25,14 @@ from ._native import NativeUnavailableError
 from ._native import available as native_available
 from ._native import tls_available as native_tls_available
 from ._tls import TLS, ServerTLS
+from ._tlsclient import ClientContext, client_context
 from .api import EchoClient, EchoServer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CLOSE_REASONS",
+    "ClientContext",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DROP_REASONS",
@@ -48,5 +50,6 @@ __all__ = [
     "ServerTLS",
     "native_available",
     "native_tls_available",
+    "client_context",
     "__version__",
 ]

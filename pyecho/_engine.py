@@ -97,6 +97,11 @@ class ClientEngine(Protocol):
 
     def shutdown_write(self) -> None: ...
 
+    def tls_session(self) -> tuple[str, str | None] | None:
+        """Over TLS, the protocol version and ALPN protocol negotiated
+        ("TLSv1.3", None); None over plain TCP or UDP."""
+        ...
+
     def fileno(self) -> int: ...
 
     def close(self) -> None:

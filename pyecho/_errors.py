@@ -13,15 +13,15 @@ from ._pycompat import MSG_DONTWAIT
 UDP_RECENT = 16
 # The largest datagram payload a client can receive, with room to spare.
 UDP_MAX = 64 * 1024
-_SHOWN = 40  # bytes of data shown in a message
+SHOWN = 40  # bytes of data shown in a message
 
 
 def preview(data: bytes | bytearray | memoryview) -> str:
-    """data for a message: its repr, cut after _SHOWN bytes."""
+    """data for a message: its repr, cut after SHOWN bytes."""
     data = bytes(data)
-    if len(data) <= _SHOWN:
+    if len(data) <= SHOWN:
         return repr(data)
-    return f"{bytes(data[:_SHOWN])!r}... ({len(data)} bytes)"
+    return f"{bytes(data[:SHOWN])!r}... ({len(data)} bytes)"
 
 
 def udp_mismatch(sent: bytes, got: bytes | bytearray | memoryview) -> OSError:
@@ -40,7 +40,7 @@ def peek_surplus(fd: int) -> bytes:
     client that found it), without taking it; b"" if nothing can be seen."""
     sock = socket.socket(fileno=fd)
     try:
-        return sock.recv(_SHOWN, socket.MSG_PEEK | MSG_DONTWAIT)
+        return sock.recv(SHOWN, socket.MSG_PEEK | MSG_DONTWAIT)
     except OSError:
         return b""
     finally:
@@ -49,7 +49,7 @@ def peek_surplus(fd: int) -> bytes:
 
 def tcp_surplus(expected: int, reply: bytes | bytearray, surplus: bytes) -> OSError:
     """The server sent more than the framing says it would."""
-    more = f"then {surplus!r}{'...' * (len(surplus) >= _SHOWN)}" if surplus else "then more"
+    more = f"then {surplus!r}{'...' * (len(surplus) >= SHOWN)}" if surplus else "then more"
     return OSError(
         errno.EPROTO,
         f"protocol error: the server sent more than its framing allows: expected "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import ssl
 import sys
 import weakref
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from ._errors import UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
 from ._faults import FaultsInts
 from ._signals import SignalsDeferred
 from ._tls import TlsFiles, alpn_wire
+from ._tlsclient import NativeTlsSpec, tls_error
 
 
 def library_name(platform: str = sys.platform, stem: str = "libpyecho_core") -> str:
@@ -59,6 +61,7 @@ def _installed(name: str, package_name: str = __package__) -> Path:
 
 EINTR = errno.EINTR
 EPROTO = errno.EPROTO
+EBADMSG = errno.EBADMSG  # a TLS failure (echo_client_tls_error says which)
 
 
 class NativeUnavailableError(ImportError):
@@ -133,6 +136,8 @@ ABI_STRUCTS = (
     "echo_event",
     "echo_faults",
     "echo_tls_config",
+    "echo_tls_client_config",
+    "echo_tls_error",
 )
 
 
@@ -420,7 +425,14 @@ class NativeClient:
     """Same interface as _pyengine.PyClient, over echo_client."""
 
     def __init__(
-        self, cfg: Config, family: int, host: str, port: int, timeout: float | None
+        self,
+        cfg: Config,
+        family: int,
+        host: str,
+        port: int,
+        timeout: float | None,
+        *,
+        tls: NativeTlsSpec | None = None,
     ) -> None:
         self._ffi, self._lib = ffi, lib = load()
         self.cfg = cfg
@@ -437,6 +449,62 @@ class NativeClient:
         self._finalizer.atexit = False  # the process is ending: the OS closes it
         self._got = ffi.new("size_t *")
         self._udp = cfg.transport == "udp"
+        self._tls = tls
+        if tls is not None:
+            try:
+                self._start_tls(tls)
+            except BaseException:
+                self.close()
+                raise
+
+    def _start_tls(self, spec: NativeTlsSpec) -> None:
+        """The TLS handshake, with the context Python's ssl would build."""
+        check_tls()
+        ffi, lib = self._ffi, self._lib
+        alpn = alpn_wire(spec.alpn)
+        keep = [
+            ffi.new("char[]", spec.server_hostname.encode("idna")),
+            ffi.new("char[]", spec.ca_pem or b"\0"),
+            ffi.new("uint8_t[]", alpn or b"\0"),
+        ]
+
+        def text(value: str | None) -> Any:
+            if value is None:
+                return ffi.NULL
+            keep.append(ffi.new("char[]", os.fsencode(value)))
+            return keep[-1]
+
+        t = ffi.new("echo_tls_client_config *")
+        t.server_hostname = keep[0]
+        t.verify, t.check_hostname = spec.verify, spec.check_hostname
+        t.check_common_name = spec.check_common_name
+        t.ca_pem, t.ca_pem_len = (keep[1], len(spec.ca_pem)) if spec.ca_pem else (ffi.NULL, 0)
+        t.capath, t.default_paths = text(spec.capath), spec.default_paths
+        t.certfile, t.keyfile = text(spec.certfile), text(spec.keyfile)
+        t.ciphers = text(spec.ciphers)
+        t.min_version, t.max_version = spec.min_version, spec.max_version
+        t.options, t.verify_flags = spec.options, spec.verify_flags
+        t.alpn, t.alpn_len = (keep[2], len(alpn)) if alpn else (ffi.NULL, 0)
+        rc = lib.echo_client_start_tls(self._cli, t)
+        if rc < 0:
+            reason = self._tls_failure().reason or os.strerror(-rc)
+            if rc == -errno.EINVAL:
+                raise ValueError(f"the native client refused the TLS settings: {reason}")
+            raise OSError(-rc, f"{os.strerror(-rc)}: {reason}")
+        self._call(lib.echo_client_handshake)
+
+    def _tls_failure(self) -> ssl.SSLError:
+        e = self._ffi.new("echo_tls_error *")
+        self._lib.echo_client_tls_error(self._cli, e)
+        assert self._tls is not None
+        return tls_error(
+            self._ffi.string(e.library).decode(errors="replace"),
+            self._ffi.string(e.reason).decode(errors="replace"),
+            self._ffi.string(e.verify).decode(errors="replace"),
+            int(e.verify_code),
+            bool(e.eof),
+            self._tls.server_hostname,
+        )
 
     @staticmethod
     def _ms(timeout: float | None) -> int:
@@ -453,7 +521,10 @@ class NativeClient:
 
     def _call(self, fn: Callable[..., int], *args: Any) -> int:
         """Call fn, resuming it after each signal once Python ran its handler."""
-        return _check(self._call_rc(fn, *args))
+        rc = self._call_rc(fn, *args)
+        if rc == -EBADMSG and self._tls is not None:
+            raise self._tls_failure()
+        return _check(rc)
 
     def _call_rc(self, fn: Callable[..., int], *args: Any) -> int:
         """fn's result, resuming it after each signal once Python ran its handler."""
@@ -487,8 +558,19 @@ class NativeClient:
         if rc == -EPROTO:  # say what was expected and what came
             if self._udp:
                 raise udp_mismatch(data, got)
-            raise tcp_surplus(len(got), got, peek_surplus(self.fileno()))
+            raise tcp_surplus(len(got), got, self._surplus())
+        if rc == -EBADMSG and self._tls is not None:
+            raise self._tls_failure()
         return got, _check(rc)
+
+    def _surplus(self) -> bytes:
+        """The bytes beyond the echo: over TLS the client took them (they
+        cannot be left in the socket), over TCP they wait there."""
+        if self._tls is None:
+            return peek_surplus(self.fileno())
+        buf = self._ffi.new("uint8_t[]", 64)
+        n = self._lib.echo_client_surplus(self._cli, buf, 64)
+        return bytes(self._ffi.buffer(buf, n))
 
     @property
     def quit_sent(self) -> bool:
@@ -496,6 +578,14 @@ class NativeClient:
 
     def shutdown_write(self) -> None:
         _check(self._lib.echo_client_shutdown_write(self._cli))
+
+    def tls_session(self) -> tuple[str, str | None] | None:
+        if self._tls is None:
+            return None
+        version, alpn = self._ffi.new("char[]", 32), self._ffi.new("char[]", 256)
+        _check(self._lib.echo_client_tls_info(self._cli, version, 32, alpn, 256))
+        protocol = self._ffi.string(alpn).decode("ascii", errors="replace")
+        return self._ffi.string(version).decode(), protocol or None
 
     def fileno(self) -> int:
         return int(self._lib.echo_client_fileno(self._cli))

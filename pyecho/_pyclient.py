@@ -309,6 +309,9 @@ class PyClient:
         self._owed += len(self._held)
         self._held = b""
 
+    def tls_session(self) -> tuple[str, str | None] | None:
+        return None
+
     def fileno(self) -> int:
         return self._sock.fileno()
 

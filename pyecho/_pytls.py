@@ -14,7 +14,7 @@ import socket
 import ssl
 
 from ._config import Config
-from ._errors import tcp_surplus
+from ._errors import SHOWN, tcp_surplus
 from ._pyclient import IN, OUT, PyClient
 
 
@@ -109,6 +109,9 @@ class PyTlsClient(PyClient):
             self._sock.close()
             raise
 
+    def tls_session(self) -> tuple[str, str | None] | None:
+        return self.tls_socket.version() or "", self.tls_socket.selected_alpn_protocol()
+
     @property
     def tls_socket(self) -> ssl.SSLSocket:
         assert isinstance(self._sock, ssl.SSLSocket)
@@ -175,8 +178,9 @@ class PyTlsClient(PyClient):
     def _check_surplus(self, reply: bytearray, expect: int) -> None:
         """The whole echo is in: plaintext already decrypted beyond it is
         more than the framing said the server would send."""
-        if self.tls_socket.pending():
-            raise tcp_surplus(expect, reply, self._sock.recv(self.tls_socket.pending()))
+        pending = self.tls_socket.pending()
+        if pending:  # as much as a message shows, as the C client takes
+            raise tcp_surplus(expect, reply, self._sock.recv(min(pending, SHOWN)))
 
     def shutdown_write(self) -> None:
         """Half-close: the TCP FIN alone. OpenSSL reads nothing more once it

@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ._tlsclient import client_context
+
 # The bad certificates of badssl.com, made locally.
 CERTS = ("valid", "expired", "not_yet_valid", "wrong_host", "self_signed")
 CLIENT_CERTS = (None, "optional", "required")
@@ -285,10 +287,11 @@ class ServerTLS:
         """An ``ssl.SSLContext`` for a client of this server: it trusts the
         throwaway CA (only it), checks the host name, and, for mutual TLS,
         presents a client certificate that CA issued."""
+        # A pyecho.client_context(): the native client can mirror it.
         if self.ca_file is None:
-            ctx = ssl.create_default_context()  # the server's own certificate: the system's CAs
+            ctx = client_context()  # the server's own certificate: the system's CAs
         else:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
+            ctx = client_context(cafile=self.ca_file)
         if self.client_certfile is not None:
             ctx.load_cert_chain(self.client_certfile)
         if self.settings.alpn:

@@ -40,7 +40,9 @@ from ._config import (
 )
 from ._engine import ClientEngine, ClientFactory, EventHandler, ServerEngine, ServerFactory
 from ._faults import Faults, faults_ints
+from ._native import NativeUnavailableError
 from ._tls import TLS, ServerTLS, check_tls
+from ._tlsclient import client_context, native_spec
 
 # Longest a signal (Ctrl+C) can wait while the server is busy; an idle
 # server handles it at once.
@@ -381,18 +383,38 @@ class EchoServer:
 
 
 def check_client_tls(tls: Any) -> ssl.SSLContext | None:
-    """A client's tls=: an ssl.SSLContext, True (the system's trusted CAs:
+    """A client's tls=: an ssl.SSLContext, True (the system's trusted CAs, as
     ssl.create_default_context()), or None/False."""
     if tls is None or tls is False:
         return None
     if tls is True:
-        return ssl.create_default_context()
+        return client_context()
     if not isinstance(tls, ssl.SSLContext):
         raise TypeError(
             f"tls must be an ssl.SSLContext (server.tls.client_context(), say), True or None, "
             f"not {type(tls).__name__}"
         )
     return tls
+
+
+def _tls_client(
+    engine: str, running: str, context: ssl.SSLContext, hostname: str
+) -> tuple[str, ClientFactory]:
+    """The engine and client class for a TLS client. The native client
+    builds the same context in C when it can read all of context (a
+    pyecho.client_context()); otherwise "auto" runs the Python client
+    (Python's ssl, with the very context given) and "native" says why not."""
+    if running == "native":
+        spec = native_spec(context, hostname)
+        if isinstance(spec, str) or not _native.tls_available():
+            if check_engine(engine) == "native" or _auto._from_env() == "native":
+                _native.check_tls()
+                raise NativeUnavailableError(f"{spec}, or use engine='python'")
+        else:
+            return running, functools.partial(_native.NativeClient, tls=spec)
+    return "python", functools.partial(
+        _pyengine.PyTlsClient, context=context, server_hostname=hostname
+    )
 
 
 class EchoClient:
@@ -407,6 +429,15 @@ class EchoClient:
     for). ``timeout`` bounds each wait for the server, in seconds (default
     10; None waits forever); when it runs out, TimeoutError says which
     server did not answer.
+
+    ``tls`` speaks TLS over TCP: an ``ssl.SSLContext`` (``server.tls.
+    client_context()``, say), or True for the system's trusted CAs;
+    ``server_hostname`` is the name checked (default: the host given). The
+    native client builds the same context in C when it can read all of it:
+    a ``pyecho.client_context()`` (``client_context()`` is one); with any
+    other context, "auto" runs the Python client. A failed handshake raises
+    what Python's ssl raises (``ssl.SSLCertVerificationError``...), from
+    either engine.
     """
 
     def __init__(
@@ -431,13 +462,8 @@ class EchoClient:
         if tls_context is not None:
             if transport != "tcp":
                 raise ValueError("tls does not apply to UDP: TLS runs over TCP")
-            # The client's TLS is Python's ssl, with the very context given,
-            # whatever the engine: the Python client speaks it.
-            running = "python"
-            client_cls = functools.partial(
-                _pyengine.PyTlsClient,
-                context=tls_context,
-                server_hostname=server_hostname or server_address[0] or DEFAULT_HOST,
+            running, client_cls = _tls_client(
+                engine, running, tls_context, server_hostname or server_address[0] or DEFAULT_HOST
             )
         self.tls = tls_context
         timeout = check_timeout(timeout)
@@ -561,6 +587,18 @@ class EchoClient:
         """Half-close: tell the server nothing more is coming; its remaining
         echo can still be received."""
         self._open().shutdown_write()
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version negotiated ("TLSv1.3"); None without TLS."""
+        session = self._open().tls_session()
+        return None if session is None else session[0]
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol the server chose; None if none (or no TLS)."""
+        session = self._open().tls_session()
+        return None if session is None else session[1]
 
     def fileno(self) -> int:
         return self._open().fileno()
