@@ -34,9 +34,7 @@ class ClientContext(ssl.SSLContext):
     _pyecho_default_paths = False
     _pyecho_unmirrored: str | None = None  # what the C client cannot do
 
-    def load_cert_chain(
-        self, certfile: Any, keyfile: Any = None, password: Any = None
-    ) -> None:
+    def load_cert_chain(self, certfile: Any, keyfile: Any = None, password: Any = None) -> None:
         super().load_cert_chain(certfile, keyfile, password)
         if password is not None:
             self._pyecho_unmirrored = "a password-protected client key"
@@ -69,7 +67,8 @@ class ClientContext(ssl.SSLContext):
         self._pyecho_unmirrored = "set_ecdh_curve()"
 
     def set_psk_client_callback(self, *args: Any, **kwargs: Any) -> None:
-        getattr(super(), "set_psk_client_callback")(*args, **kwargs)
+        # Python 3.13 on: the name alone, for the typeshed of older ones.
+        getattr(super(), "set_psk_client_callback")(*args, **kwargs)  # noqa: B009
         self._pyecho_unmirrored = "a PSK callback"
 
 
@@ -182,5 +181,5 @@ def tls_error(
         error = cert_error
     else:
         error = ssl.SSLError(ssl.SSL_ERROR_SSL, f"{text} {where}")
-    error.library, error.reason = library or None, mnemonic or None
+    error.library, error.reason = library, mnemonic
     return error

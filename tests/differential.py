@@ -48,6 +48,7 @@ def run_one(
         if to is not None:
             address = (to, server.server_address[1])
         c = pyecho.EchoClient(address or server.server_address, **opts)
+        assert c.engine == client_engine  # over TLS too: no silent fallback
         connected += 1
         return c
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import pyecho
-from conftest import LOOPBACK, Recorder, wait_for
+from conftest import ENGINES, LOOPBACK, Recorder, wait_for
 from differential import run_matrix
 
 pytest.importorskip("trustme", reason="the TLS tests need trustme: pip install 'pyecho[tls]'")
@@ -33,6 +33,29 @@ BAD_CERTS = [
     ("wrong_host", "Hostname mismatch, certificate is not valid for 'localhost'"),
     ("self_signed", "self-signed certificate"),
 ]
+
+
+# The X509_V_ERR_* code of each (ssl.SSLCertVerificationError.verify_code).
+VERIFY_CODES = {"expired": 10, "not_yet_valid": 9, "wrong_host": 62, "self_signed": 18}
+
+
+@pytest.fixture(params=ENGINES)
+def client_engine(request: pytest.FixtureRequest) -> str:
+    """The engine of pyecho's own TLS client (the server's is ``engine``)."""
+    return str(request.param)
+
+
+def tls_client(
+    server: pyecho.EchoServer, client_engine: str, ctx: ssl.SSLContext | None = None, **kw: Any
+) -> pyecho.EchoClient:
+    """pyecho's client on client_engine, trusting the server by default;
+    it must run on that engine (the native one speaks TLS in C)."""
+    assert server.tls is not None
+    kw.setdefault("timeout", 10)
+    tls = ctx or server.tls.client_context()
+    client = pyecho.EchoClient(server.server_address, engine=client_engine, tls=tls, **kw)
+    assert client.engine == client_engine
+    return client
 
 
 def tls_server(engine: str, tls: Any = True, **kw: Any) -> pyecho.EchoServer:
@@ -158,13 +181,12 @@ def test_unusable_files_are_refused_at_once(engine: str, tmp_path: Any) -> None:
 # ---- the echo ---------------------------------------------------------------------
 
 
-def test_one_mebibyte_raw_is_echoed_byte_identical(engine: str) -> None:
+def test_one_mebibyte_raw_is_echoed_byte_identical(engine: str, client_engine: str) -> None:
     data = os.urandom(1 << 20)
     with tls_server(engine).start() as server:
-        assert server.tls is not None
-        ctx = server.tls.client_context()
-        with pyecho.EchoClient(server.server_address, mode="raw", tls=ctx, timeout=20) as c:
+        with tls_client(server, client_engine, mode="raw", timeout=20) as c:
             assert c.echo(data) == data
+            assert c.tls_version == "TLSv1.3" and c.alpn_protocol is None
         wait_for(lambda: server.stats.closed["peer"] == 1, 10, "the close")
         stats = server.stats
         assert (stats.bytes_in, stats.bytes_out) == (len(data), len(data))  # the plaintext
@@ -382,6 +404,128 @@ def test_alpn_and_versions(engine: str) -> None:
             assert recv_exactly(s, 6) == b"twelve"
 
 
+# ---- pyecho's own client over TLS: both engines -------------------------------------
+
+
+@pytest.mark.parametrize("cert, message", BAD_CERTS, ids=[c for c, _ in BAD_CERTS])
+def test_pyecho_client_refuses_bad_certificates(
+    engine: str, client_engine: str, cert: str, message: str
+) -> None:
+    """The C client raises what Python's ssl raises: the class, the
+    verification code and the message."""
+    with tls_server(engine, pyecho.TLS(cert=cert)).start() as server:
+        with pytest.raises(ssl.SSLCertVerificationError, match=message) as caught:
+            tls_client(server, client_engine, server_hostname="localhost")
+        error = caught.value
+        assert (error.verify_code, error.library, error.reason) == (
+            VERIFY_CODES[cert],
+            "SSL",
+            "CERTIFICATE_VERIFY_FAILED",
+        )
+        assert str(error).startswith(
+            f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {error.verify_message}"
+        )
+        wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the failed handshake")
+
+
+def test_pyecho_client_alpn_versions_and_ciphers(engine: str, client_engine: str) -> None:
+    settings = pyecho.TLS(alpn=["h2", "echo"])
+    with tls_server(engine, settings, mode="line").start() as server:
+        assert server.tls is not None
+        ctx = server.tls.client_context()
+        ctx.set_alpn_protocols(["echo"])
+        with tls_client(server, client_engine, ctx, mode="line") as c:
+            assert (c.tls_version, c.alpn_protocol) == ("TLSv1.3", "echo")
+            assert c.echo(b"alpn\n") == b"alpn\n"
+        old = server.tls.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        old.set_ciphers("ECDHE+CHACHA20")
+        with tls_client(server, client_engine, old, mode="line") as c:
+            # client_context() offers the server's protocols: its first is chosen.
+            assert (c.tls_version, c.alpn_protocol) == ("TLSv1.2", "h2")
+            assert c.echo(b"twelve\n") == b"twelve\n"
+        wrong = server.tls.client_context()
+        wrong.set_ciphers("AES128-SHA")  # no such TLS 1.2 suite at security level 2
+        wrong.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError, match="(?i)handshake failure|no cipher"):
+            tls_client(server, client_engine, wrong)
+
+
+def test_pyecho_client_mutual_tls(engine: str, client_engine: str) -> None:
+    with tls_server(engine, pyecho.TLS(client_cert="required")).start() as server:
+        assert server.tls is not None
+        with tls_client(server, client_engine, mode="raw") as c:  # presents its certificate
+            assert c.echo(b"mutual") == b"mutual"
+        anonymous = pyecho.client_context(cafile=server.tls.ca_file)
+        # TLS 1.3: the client's side of the handshake ends first; the
+        # server's refusal comes as an alert on the first read.
+        with tls_client(server, client_engine, anonymous, mode="raw") as c:
+            with pytest.raises(ssl.SSLError, match="tlsv13 alert certificate required") as e:
+                c.echo(b"anyone?")
+            assert e.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the refusal")
+
+
+def test_pyecho_client_which_contexts_run_natively(client_engine: str) -> None:
+    """A plain ssl.SSLContext cannot be read back whole: "auto" runs the
+    Python client with it, "native" says why not. tls=True trusts the
+    system's CAs (not the throwaway one); a context that verifies nothing
+    accepts a self-signed certificate, in both clients."""
+    with tls_server("python", pyecho.TLS(cert="self_signed"), mode="raw").start() as server:
+        assert server.tls is not None
+        plain = ssl.create_default_context()
+        plain.check_hostname, plain.verify_mode = False, ssl.CERT_NONE
+        if client_engine == "native":
+            with pytest.raises(pyecho.NativeUnavailableError, match="pyecho.client_context"):
+                pyecho.EchoClient(server.server_address, engine="native", tls=plain)
+        with pyecho.EchoClient(server.server_address, tls=plain) as c:  # auto
+            assert c.engine == "python" and c.echo(b"plain") == b"plain"
+        with pytest.raises(ssl.SSLCertVerificationError, match="self-signed certificate"):
+            tls_client(server, client_engine, True)  # type: ignore[arg-type]
+        trusting = pyecho.client_context()
+        trusting.check_hostname, trusting.verify_mode = False, ssl.CERT_NONE
+        with tls_client(server, client_engine, trusting, mode="raw") as c:
+            assert c.echo(b"anyone") == b"anyone"
+    with tls_server("python", mode="raw").start() as server:
+        # The throwaway CA is not among the system's.
+        with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+            tls_client(server, client_engine, True)  # type: ignore[arg-type]
+
+
+def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) -> None:
+    """A raw server answers a line client with more than its framing allows:
+    both clients say so, naming the bytes beyond the echo (decrypted)."""
+    with tls_server(engine, mode="raw").start() as server:
+        with tls_client(server, client_engine, mode="line") as c:
+            with pytest.raises(OSError) as caught:
+                c.echo(b"hi\nthere")
+    assert str(caught.value) == (
+        "[Errno 71] protocol error: the server sent more than its framing allows: "
+        "expected 3 bytes of echo, got b'hi\\n', then b'there' "
+        "(is it in another mode, or not an echo server?)"
+    )
+
+
+def test_pyecho_client_handshake_resumes_after_a_signal(engine: str, client_engine: str) -> None:
+    """A signal while the handshake waits runs its Python handler; the
+    handshake then goes on (the native client resumes it in C)."""
+    import signal
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip(f"signal.setitimer is not available on {sys.platform}")
+    fired: list[int] = []
+    old = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        with tls_server(engine, faults=pyecho.Faults(handshake_delay=0.4)).start() as server:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with tls_client(server, client_engine, mode="raw") as c:
+                assert c.echo(b"after") == b"after"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert fired == [signal.SIGALRM]
+
+
 # ---- the handshake faults ---------------------------------------------------------
 
 
@@ -400,21 +544,24 @@ def test_handshake_delay(engine: str) -> None:
             assert time.monotonic() - start < 0.25
 
 
-def test_handshake_stall_times_out_the_client(engine: str) -> None:
+def test_handshake_stall_times_out_the_client(engine: str, client_engine: str) -> None:
     with tls_server(engine, faults=pyecho.Faults(handshake_stall=True)).start() as server:
         with pytest.raises((TimeoutError, socket.timeout)):
             tls_connect(server, timeout=1)
-        assert server.tls is not None
-        with pytest.raises(TimeoutError):
-            pyecho.EchoClient(server.server_address, tls=server.tls.client_context(), timeout=1)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not accept the connection within 1"):
+            tls_client(server, client_engine, timeout=1)
+        assert 0.9 < time.monotonic() - start < 5
         wait_for(lambda: server.stats.closed["handshake"] == 2, 10, "the clients to leave")
 
 
-def test_handshake_reset(engine: str) -> None:
+def test_handshake_reset(engine: str, client_engine: str) -> None:
     with tls_server(engine, faults=pyecho.Faults(handshake_reset=1.0)).start() as server:
         with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
             tls_connect(server)
-        wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the reset")
+        with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
+            tls_client(server, client_engine)
+        wait_for(lambda: server.stats.closed["handshake"] == 2, 10, "the resets")
 
 
 def test_handshake_reset_draws_the_same_in_both_engines() -> None:
