@@ -541,6 +541,17 @@ class NativeClient:
         self._call(self._lib.echo_client_recv, buf, bufsize, self._got)
         return bytes(self._ffi.buffer(buf, self._got[0]))
 
+    def recv_nowait(self, bufsize: int) -> bytes | None:
+        """Up to bufsize bytes if there are any now; None when what made the
+        socket readable carried no data (TLS session tickets, say)."""
+        timeout, self.timeout = self.timeout, 0
+        try:
+            return self.recv(bufsize)
+        except TimeoutError:
+            return None
+        finally:
+            self.timeout = timeout
+
     def echo(self, data: bytes) -> tuple[bytes, int]:
         cap = self._lib.echo_client_reply_room(self._cli, len(data))
         if self._udp:

@@ -9,6 +9,7 @@ import ssl
 from typing import Any
 
 from ._tls import CERTS, TLS, VERSIONS, ServerTLS
+from ._tlsclient import client_context as client_context_for
 
 SERVE_FLAGS = (
     "--tls",
@@ -105,7 +106,7 @@ def server_tls(args: argparse.Namespace) -> TLS | None:
 def client_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not (args.tls or args.tls_ca or args.tls_certfile or args.tls_servername):
         return None
-    ctx = ssl.create_default_context(cafile=args.tls_ca)
+    ctx = client_context_for(cafile=args.tls_ca)  # one the native client can speak
     if args.tls_certfile:
         ctx.load_cert_chain(args.tls_certfile)
     return ctx

@@ -482,6 +482,11 @@ def test_pyecho_client_which_contexts_run_natively(client_engine: str) -> None:
             assert c.engine == "python" and c.echo(b"plain") == b"plain"
         with pytest.raises(ssl.SSLCertVerificationError, match="self-signed certificate"):
             tls_client(server, client_engine, True)  # type: ignore[arg-type]
+        logging = server.tls.client_context()
+        logging.keylog_filename = os.devnull  # the C client keeps no key log
+        if client_engine == "native":
+            with pytest.raises(pyecho.NativeUnavailableError, match="keylog_filename"):
+                pyecho.EchoClient(server.server_address, engine="native", tls=logging)
         trusting = pyecho.client_context()
         trusting.check_hostname, trusting.verify_mode = False, ssl.CERT_NONE
         with tls_client(server, client_engine, trusting, mode="raw") as c:
@@ -664,7 +669,8 @@ def test_cli_serve_tls_and_client_tls(engine: str, tmp_path: Any) -> None:
             ca = re.search(rb"openssl s_client -CAfile FILE\): (\S+)", banner)
             assert port and ca, banner
             assert b"throwaway" in banner and b"warning" not in banner  # loopback: no warning
-            client = [sys.executable, "-m", "pyecho", "client", "--port", port[1].decode()]
+            client = [sys.executable, "-m", "pyecho", "client", "--engine", engine]
+            client += ["--port", port[1].decode()]
             run = subprocess.run(
                 [*client, "--mode", "line", "--tls", "--tls-ca", ca[1].decode()],
                 input=b"over tls\n",
