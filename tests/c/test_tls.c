@@ -2,7 +2,8 @@
  * test_tls.c - csrc/tls.c alone: the context's argument checks and file
  * errors, then a whole handshake, echo and close_notify between an OpenSSL
  * client and a server tls_conn over a socketpair (tls.c's socket BIO), under
- * LeakSanitizer in tools/sanitize.sh. Without OpenSSL at build
+ * LeakSanitizer in tools/sanitize.sh; and the client's side against it.
+ * Without OpenSSL at build
  * time it checks the refusals instead.
  */
 #define _GNU_SOURCE
@@ -236,6 +237,118 @@ static void test_handshake_echo_and_close(void)
     rmdir(dir);
 }
 
+/* Both handshakes on until both are done (or one fails: -1). */
+static int pair_handshake(tls_conn *cli, tls_conn *srv)
+{
+    int c = 0, s = 0;
+
+    for (int i = 0; i < 200 && !(c == 1 && s == 1); i++) {
+        if (c != 1 && (c = tls_handshake(cli)) < 0)
+            return -1;
+        if (s != 1 && (s = tls_handshake(srv)) < 0)
+            return -1;
+        usleep(1000);
+    }
+    return c == 1 && s == 1 ? 0 : -1;
+}
+
+/* The client's side: a context from echo_tls_client_config (the CA as PEM
+ * text, the name checked), a handshake with the server's side, an echo,
+ * then a name the certificate is not for, failing with the verification's
+ * reason. */
+static void test_client_side(void)
+{
+    char dir[] = "/tmp/pyecho-test-tls-XXXXXX";
+    char cert[64], key[64], err[256], pem[4096], version[32], alpn[16];
+    echo_tls_config scfg;
+    echo_tls_client_config ccfg;
+    echo_tls_error why;
+    tls_ctx *sctx = NULL, *cctx = NULL;
+    tls_conn *srv, *cli;
+    outbuf sout = {0}, cout = {0};
+    uint8_t plain[64];
+    const uint8_t protos[] = "\x04" "echo";
+    size_t pem_len;
+    FILE *f;
+    int sv[2];
+
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+    snprintf(key, sizeof key, "%s/key.pem", dir);
+    CHECK_EQ(make_cert(cert, key), 0);
+    f = fopen(cert, "r");
+    CHECK(f != NULL);
+    pem_len = f != NULL ? fread(pem, 1, sizeof pem, f) : 0;
+    if (f != NULL)
+        fclose(f);
+    memset(&scfg, 0, sizeof scfg);
+    scfg.certfile = cert;
+    scfg.keyfile = key;
+    scfg.min_version = 0x0303;
+    scfg.alpn = protos;
+    scfg.alpn_len = sizeof protos - 1;
+    CHECK_EQ(tls_ctx_new(&scfg, &sctx, err, sizeof err), 0);
+
+    memset(&ccfg, 0, sizeof ccfg);
+    ccfg.server_hostname = "localhost";
+    ccfg.verify = ccfg.check_hostname = 1;
+    ccfg.ca_pem = pem;
+    ccfg.ca_pem_len = pem_len;
+    ccfg.alpn = protos;
+    ccfg.alpn_len = sizeof protos - 1;
+    ccfg.verify = 0; /* a name checked without verifying: refused */
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
+    ccfg.verify = 1;
+    ccfg.ca_pem_len = 10; /* not a certificate */
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "CA certificates") != NULL);
+    ccfg.ca_pem_len = pem_len;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
+    if (sctx == NULL || cctx == NULL)
+        return;
+
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(sctx, sv[0], &sout);
+    cli = tls_client_conn_new(cctx, &ccfg, sv[1], &cout);
+    CHECK(srv != NULL && cli != NULL);
+    CHECK_EQ(pair_handshake(cli, srv), 0);
+    CHECK_EQ(tls_conn_info(cli, version, sizeof version, alpn, sizeof alpn), 0);
+    CHECK(strcmp(version, "TLSv1.3") == 0 && strcmp(alpn, "echo") == 0);
+    CHECK_EQ(tls_seal(cli, (const uint8_t *)"ping", 4), 0);
+    CHECK_EQ(read_some(srv, plain, sizeof plain), 4);
+    CHECK_EQ(tls_seal(srv, plain, 4), 0);
+    memset(plain, 0, sizeof plain);
+    CHECK_EQ(read_some(cli, plain, sizeof plain), 4); /* the tickets first, then it */
+    CHECK(memcmp(plain, "ping", 4) == 0);
+    tls_conn_free(cli);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+
+    /* Another name: the client refuses, saying why. */
+    ccfg.server_hostname = "example.com";
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(sctx, sv[0], &sout);
+    cli = tls_client_conn_new(cctx, &ccfg, sv[1], &cout);
+    CHECK_EQ(pair_handshake(cli, srv), -1);
+    tls_conn_why(cli, &why);
+    CHECK_EQ(why.verify_code, 62); /* X509_V_ERR_HOSTNAME_MISMATCH */
+    CHECK(strcmp(why.library, "SSL") == 0);
+    CHECK(strcmp(why.reason, "certificate verify failed") == 0);
+    tls_conn_free(cli);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+
+    tls_ctx_free(cctx);
+    tls_ctx_free(sctx);
+    outbuf_free(&sout);
+    outbuf_free(&cout);
+    unlink(cert);
+    unlink(key);
+    rmdir(dir);
+}
+
 #endif
 
 int main(void)
@@ -243,6 +356,7 @@ int main(void)
     RUN(test_bad_arguments);
 #ifdef PYECHO_HAVE_OPENSSL
     RUN(test_handshake_echo_and_close);
+    RUN(test_client_side);
 #endif
     return check_summary("tls");
 }
