@@ -166,8 +166,13 @@ def tls_error(
     class, attributes and words; "pyecho native client" where CPython puts
     its source line)."""
     where = "(pyecho native client)"
-    if eof:
-        return ssl.SSLEOFError(ssl.SSL_ERROR_EOF, f"EOF occurred in violation of protocol {where}")
+    if eof:  # the peer's FIN within the handshake or a record: OpenSSL 3's words
+        eof_error = ssl.SSLEOFError(
+            ssl.SSL_ERROR_EOF,
+            f"[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol {where}",
+        )
+        eof_error.library, eof_error.reason = "SSL", "UNEXPECTED_EOF_WHILE_READING"
+        return eof_error
     mnemonic = reason.upper().replace(" ", "_")
     text = f"[{library}: {mnemonic}] {reason}" if library else reason or "TLS failed"
     error: ssl.SSLError

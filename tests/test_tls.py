@@ -511,6 +511,59 @@ def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) ->
     )
 
 
+def _peer(answer: bytes) -> tuple[socket.socket, Any]:
+    """A listening socket whose one connection reads the ClientHello, sends
+    answer and closes; and its thread."""
+    import threading
+
+    listener = socket.create_server((HOST, 0))
+
+    def serve() -> None:
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(4096)
+            with contextlib.suppress(OSError):
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+# A peer that is no TLS server, and what both clients say of it.
+NOT_TLS = [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", ssl.SSLError, "WRONG_VERSION_NUMBER"),
+    (b"", ssl.SSLEOFError, "UNEXPECTED_EOF_WHILE_READING"),  # closes at once
+    (b"\x16\x03\x03\xff\xff" + b"\x00" * 70000, ssl.SSLError, "PACKET_LENGTH_TOO_LONG"),
+]
+
+
+@pytest.mark.parametrize("answer, error, reason", NOT_TLS, ids=["http", "close", "huge"])
+def test_pyecho_client_against_a_peer_that_is_no_tls_server(
+    client_engine: str, answer: bytes, error: type[Exception], reason: str
+) -> None:
+    listener, thread = _peer(answer)
+    with listener:
+        with pytest.raises(error) as caught:
+            pyecho.EchoClient(
+                listener.getsockname(),
+                engine=client_engine,
+                tls=pyecho.client_context(),
+                timeout=5,
+            )
+        assert isinstance(caught.value, ssl.SSLError)
+        assert (caught.value.library, caught.value.reason) == ("SSL", reason)
+        thread.join(10)
+    # And a TCP echo server: it echoes the ClientHello back.
+    with pyecho.EchoServer((HOST, 0), engine="python", mode="raw").start() as server:
+        with pytest.raises(ssl.SSLError, match=r"\[SSL: UNEXPECTED_MESSAGE\] unexpected message"):
+            pyecho.EchoClient(
+                server.server_address, engine=client_engine, tls=pyecho.client_context(), timeout=5
+            )
+
+
 def test_pyecho_client_handshake_resumes_after_a_signal(engine: str, client_engine: str) -> None:
     """A signal while the handshake waits runs its Python handler; the
     handshake then goes on (the native client resumes it in C)."""
