@@ -386,6 +386,9 @@ def test_the_loop_limit_can_be_turned_off(engine: str) -> None:
 
 
 @needs_raw
+# 16,384 forged sources: the quick tier has the table's bound with hundreds
+# (test_udp.py, test_the_per_source_table_is_bounded).
+@pytest.mark.slow
 def test_the_per_source_limit_holds_among_thousands_of_sources(engine: str) -> None:
     """udp_rate_per_source=100: a victim's forged datagrams interleaved with
     those of 16,384 other forged sources (four times the table's slots, so
