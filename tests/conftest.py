@@ -20,10 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import pytest
 
 import pyecho
+
+if TYPE_CHECKING:
+    from _pytest.mark.structures import ParameterSet
 
 ENGINES = list(pyecho.ENGINES)
 LOOPBACK = "127.0.0.1"
@@ -129,6 +133,19 @@ def linux_only(what: str) -> None:
 def needs_fork() -> None:
     if not hasattr(os, "fork"):
         pytest.skip(f"os.fork() is not available on {sys.platform}")
+
+
+def quick_if(quick: bool, *values: object, id: str | None = None) -> ParameterSet:
+    """One case of ``pytest.mark.parametrize`` (``values``: one per argument
+    name), marked slow unless ``quick``: the full suite runs every case, the
+    quick tier (``-m "not slow"``) the representative ones, which must still
+    cover each behaviour on both engines."""
+    return pytest.param(*values, id=id, marks=() if quick else pytest.mark.slow)
+
+
+# Every (server, client) engine pair: the pairs of one engine are quick, the
+# mixed ones (each engine already checked in the quick tier) are slow.
+ENGINE_PAIRS = [quick_if(s == c, s, c) for s in ENGINES for c in ENGINES]
 
 
 @pytest.fixture(params=ENGINES)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import socket
 import sys
+import time
+from contextlib import ExitStack
 from typing import Any
 
 import pyecho
@@ -20,16 +23,19 @@ import pyecho
 WAIT = 0.3  # seconds for an answer that must not come
 
 
-def waiting(sock: socket.socket) -> list[list[Any]]:
-    """The datagrams that came to sock within WAIT seconds: [data, source]."""
-    got = []
-    sock.settimeout(WAIT)
-    while True:
-        try:
+def waiting(socks: dict[str, socket.socket]) -> dict[str, list[list[Any]]]:
+    """The datagrams that came to each socket (each has sent one already)
+    within WAIT seconds from now: [data, source]. The sockets are waited on
+    together, not one WAIT after the other."""
+    got: dict[str, list[list[Any]]] = {name: [] for name in socks}
+    names = {sock: name for name, sock in socks.items()}
+    deadline = time.monotonic() + WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select(list(names), [], [], left)
+        for sock in ready:
             data, peer = sock.recvfrom(100)
-        except TimeoutError:
-            return got
-        got.append([data.decode(), peer[0]])
+            got[names[sock]].append([data.decode(), peer[0]])
+    return got
 
 
 def groups(engine: str) -> dict[str, Any]:
@@ -44,12 +50,13 @@ def groups(engine: str) -> dict[str, Any]:
         with pyecho.EchoServer((host, 0), engine=engine, transport="udp") as server:
             server.start()
             port = server.server_address[1]
-            answers = {}
-            for target in [*targets, "unicast"]:
-                v6 = ":" in target
-                with socket.socket(
-                    socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM
-                ) as s:
+            with ExitStack() as stack:
+                socks = {}  # one socket per target: an answer shows what it answered
+                for target in [*targets, "unicast"]:
+                    v6 = ":" in target
+                    s = stack.enter_context(
+                        socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+                    )
                     if v6:
                         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
                         address: tuple = (target, port, 0, ifindex)
@@ -61,7 +68,8 @@ def groups(engine: str) -> dict[str, Any]:
                         address = ("10.9.0.1" if target == "unicast" else target, port)
                     s.bind(("::" if v6 else "0.0.0.0", 0))
                     s.sendto(target.encode(), address)
-                    answers[target] = waiting(s)
+                    socks[target] = s
+                answers = waiting(socks)
             server.shutdown()
             stats = server.stats
             out[host] = {
@@ -77,7 +85,7 @@ def groups(engine: str) -> dict[str, Any]:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             s.bind(("10.9.0.1", 0))
             s.sendto(b"bound", server.server_address)
-            answers = {"10.9.0.255": waiting(s)}
+            answers = waiting({"10.9.0.255": s})
         server.shutdown()
         out["10.9.0.255"] = {"answers": answers, "guard": server.stats.dropped["guard"]}
     return out

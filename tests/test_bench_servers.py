@@ -140,6 +140,7 @@ def test_a_bad_native_library_option_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.native
+@pytest.mark.slow  # a benchmark run: two scenarios, each server started and measured
 def test_a_variant_is_measured_beside_native(tmp_path: Path) -> None:
     start = time.monotonic()
     status = runner.main(

@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 
 import pyecho
-from conftest import ENGINES, LOOPBACK
+from conftest import ENGINE_PAIRS, ENGINES, LOOPBACK, quick_if
 from procs import PYECHO, Proc, serve
 from pyecho import cli
 from pyecho._faults import FAULTS
-
-PAIRS = [(s, c) for s in ENGINES for c in ENGINES]
 
 
 def run_client(cwd: Path, port: int, stdin: bytes, *args: str) -> subprocess.CompletedProcess:
@@ -40,7 +38,7 @@ def cwd(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("server_engine, client_engine", PAIRS)
+@pytest.mark.parametrize("server_engine, client_engine", ENGINE_PAIRS)
 def test_piped_words_in_seed_mode(cwd: Path, server_engine: str, client_engine: str) -> None:
     server, port = serve(cwd, "--engine", server_engine)
     try:
@@ -54,7 +52,7 @@ def test_piped_words_in_seed_mode(cwd: Path, server_engine: str, client_engine: 
         server.kill()
 
 
-@pytest.mark.parametrize("server_engine, client_engine", PAIRS)
+@pytest.mark.parametrize("server_engine, client_engine", ENGINE_PAIRS)
 def test_piped_lines_in_line_mode(cwd: Path, server_engine: str, client_engine: str) -> None:
     server, port = serve(cwd, "--engine", server_engine, "--mode", "line")
     try:
@@ -166,8 +164,15 @@ def test_error_connection_refused(cwd: Path, engine: str) -> None:
     )
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("command", ["serve", "client"])
+@pytest.mark.parametrize(
+    "command, engine",
+    # The quick tier: each command and each engine once.
+    [
+        quick_if((c == "serve") == (e == "native"), c, e)
+        for c in ["serve", "client"]
+        for e in ENGINES
+    ],
+)
 def test_error_unknown_host(cwd: Path, engine: str, command: str) -> None:
     result = subprocess.run(
         [*PYECHO, command, "--host", "no-such-host.invalid", "--engine", engine],
@@ -904,8 +909,15 @@ def test_udp_drops_are_logged_once_per_reason_per_second(cwd: Path, engine: str)
         server.kill()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig, engine",
+    # The quick tier: each signal and each engine once.
+    [
+        quick_if((sig == signal.SIGTERM) == (e == "native"), sig, e, id=f"{sig.name}-{e}")
+        for sig in [signal.SIGTERM, signal.SIGINT]
+        for e in ENGINES
+    ],
+)
 def test_udp_server_stops_on_signals_like_tcp(cwd: Path, engine: str, sig: int) -> None:
     server, port = serve(cwd, "--engine", engine, "--udp")
     try:
@@ -963,8 +975,11 @@ def test_ipv6_drop_log_in_brackets(cwd: Path, engine: str) -> None:
         server.kill()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize(
+    "transport, engine",
+    # The quick tier: each transport and each engine once.
+    [quick_if((t == "tcp") == (e == "native"), t, e) for t in ["tcp", "udp"] for e in ENGINES],
+)
 def test_dual_stack_serves_both_families(cwd: Path, engine: str, transport: str) -> None:
     ipv6_loopback()
     udp = ["--udp"] if transport == "udp" else []

@@ -31,6 +31,7 @@ def test_the_package_is_marked_typed() -> None:
     assert (PACKAGE / "py.typed").is_file()
 
 
+@pytest.mark.slow  # mypy over the whole package: seconds
 def test_the_whole_package_is_mypy_strict_clean(tmp_path: Path) -> None:
     """py.typed promises types to every user: `mypy --strict` on the package
     (the one imported, installed or editable) reports nothing."""

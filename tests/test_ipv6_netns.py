@@ -1,6 +1,7 @@
 """IPv6 where the machine's own network cannot be used or changed, each in a
 private network namespace (tests/netns.py) with tests/nsprobe.py run inside
-for every {native, python} server x client pair:
+for every {native, python} server x client pair (the quick tier: the pairs
+of one engine):
 
 - a link-local address with its scope (fe80::1%d0, on an interface of the
   namespace's own);
@@ -22,12 +23,13 @@ from pathlib import Path
 import pytest
 from netns import Netns
 
-from conftest import ENGINES, LOOPBACK, LOOPBACK6
+from conftest import ENGINE_PAIRS, ENGINES, LOOPBACK, LOOPBACK6
 
 pytestmark = pytest.mark.native
 
 PROBE = str(Path(__file__).with_name("nsprobe.py"))
-COMBOS = [(s, c) for s in ENGINES for c in ENGINES]
+# Every server x client pair; the quick tier runs the two of one engine.
+COMBOS = ENGINE_PAIRS
 MAPPED = "::ffff:127.0.0.1"
 LINK_LOCAL = "fe80::1%d0"
 NAME = "both-families.test"

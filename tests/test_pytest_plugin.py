@@ -1134,6 +1134,7 @@ def test_a_tls_server_in_an_empty_folder_on_both_engines(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(["*record=True with tls: the recording relay would see only*"])
 
 
+@pytest.mark.slow  # an inner pytest run making certificates; the TLS fixtures are quick above
 def test_the_readmes_tls_example(pytester: pytest.Pytester) -> None:
     pytest.importorskip("trustme")
     readme = (Path(__file__).parent.parent / "README.md").read_text()

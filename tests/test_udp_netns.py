@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from netns import Netns
 
-from conftest import ENGINES
+from conftest import ENGINE_PAIRS, ENGINES
 
 PROBE = str(Path(__file__).with_name("nsudp.py"))
 SETUP = (
@@ -68,7 +68,7 @@ def test_datagrams_to_a_group_are_not_answered(ns: Netns, server: str) -> None:
     assert bound["answers"] == {"10.9.0.255": []} and bound["guard"] >= 1
 
 
-@pytest.mark.parametrize("server, client", [(s, c) for s in ENGINES for c in ENGINES])
+@pytest.mark.parametrize("server, client", ENGINE_PAIRS)
 def test_a_wildcard_server_answers_from_the_address_asked(
     ns: Netns, server: str, client: str
 ) -> None:
