@@ -151,8 +151,10 @@ def test_a_variant_is_measured_beside_native(tmp_path: Path) -> None:
             "c50-64B,u50-64B",
             "--runs",
             "1",
+            # A second: CPU time comes in 10 ms ticks, and a loaded machine
+            # gives a server few of them in 0.2 s (none: no ratio at all).
             "--duration",
-            "0.2",
+            "1",
             "--warmup",
             "0",
             "--native-library",
