@@ -114,8 +114,11 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
     srv->event_fn(srv->event_ctx, &ev);
 }
 
+static void flush_unlink(echo_server *srv, conn *c);
+
 void conn_close(echo_server *srv, conn *c, int reason)
 {
+    flush_unlink(srv, c);
     ev_io_stop(srv->loop, &c->io);
     close(c->io.fd);
     list_unlink(list_of(srv, c), c);
@@ -166,8 +169,8 @@ int update_interest(echo_server *srv, conn *c)
         return ev_io_set(srv->loop, &c->io, 0);
     if (c->lingering || wants_input(srv, c))
         want |= EV_READ;
-    if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
-        want |= EV_WRITE;
+    if (c->out.len > 0 && !c->flushing && (fx == NULL || !ev_timer_pending(&fx->gate)))
+        want |= EV_WRITE; /* (flushing: it is sent at the end of this turn) */
     return ev_io_set(srv->loop, &c->io, want);
 }
 
@@ -306,7 +309,7 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
         return fx_flush(srv, c);
     }
     if (c->tls != NULL)
-        return out_add(srv, c, data, len) != 0 ? -1 : flush_out(srv, c);
+        return out_add(srv, c, data, len) != 0 ? -1 : c->flushing ? 0 : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -442,12 +445,72 @@ static int handshake_faults(echo_server *srv, conn *c)
 }
 
 /*
+ * TLS echo goes out once per turn of the loop: the records of every
+ * connection served in this turn are queued (tls.c's BIO with direct off)
+ * and sent, one send() per connection, by a timer due at once, which the
+ * loop runs after the turn's I/O callbacks. A closed-loop client then gets
+ * all its records in one segment (one wake-up, not one per 16 KiB record),
+ * and the clients woken by the sends do not interrupt the serving of the
+ * others ready in the same turn: uvloop's transports write the same way
+ * (at the end of the loop's iteration). Only without faults: with them the
+ * queue is theirs (tcp_faults.c).
+ */
+static void flush_unlink(echo_server *srv, conn *c)
+{
+    if (!c->flushing)
+        return;
+    if (c->flush_prev) c->flush_prev->flush_next = c->flush_next; else srv->flush = c->flush_next;
+    if (c->flush_next) c->flush_next->flush_prev = c->flush_prev; else srv->flush_last = c->flush_prev;
+    c->flush_prev = c->flush_next = NULL;
+    c->flushing = 0;
+    if (c->fx == NULL)
+        c->tls->direct = 1;
+}
+
+static void on_flush(ev_loop *loop, ev_timer *t)
+{
+    echo_server *srv = CONTAINER_OF(t, echo_server, flush_timer);
+
+    (void)loop;
+    while (srv->flush != NULL) {
+        conn *c = srv->flush;
+
+        flush_unlink(srv, c);
+        if (flush_out(srv, c) != 0)
+            conn_close(srv, c, ECHO_CLOSE_RESET);
+        else
+            (void)conn_settle(srv, c);
+    }
+}
+
+/* Queue c's records until the end of the turn; 0, or -1 if they must go
+ * now (faults, or the timer could not start). */
+static int flush_later(echo_server *srv, conn *c)
+{
+    if (c->flushing)
+        return 0;
+    if (c->fx != NULL || (!ev_timer_pending(&srv->flush_timer) &&
+                          ev_timer_start(srv->loop, &srv->flush_timer, ev_now(srv->loop),
+                                         on_flush) != 0))
+        return -1;
+    c->flushing = 1;
+    c->tls->direct = 0;
+    c->flush_next = NULL;
+    c->flush_prev = srv->flush_last;
+    if (srv->flush_last) srv->flush_last->flush_next = c; else srv->flush = c;
+    srv->flush_last = c;
+    return 0;
+}
+
+/*
  * Move the handshake on, then decrypt and echo what came: OpenSSL reads the
- * socket itself (tls.c's BIO), so a turn takes at most READ_CHUNK bytes of
- * plaintext, and stops early when the connection may not take more input
- * (max_pending, a fault), as a plain connection's reads do; plaintext
- * OpenSSL decrypted already is taken anyway (one record at most: it reads
- * no further ahead), since no readiness event would come for it.
+ * socket itself (tls.c's BIO), reading ahead, one recv() of up to 64 KiB
+ * and a little (its records) per readiness event, as the Python engine's one
+ * 64 KiB read. Decrypting stops early when the connection may not take more
+ * input (max_pending, a fault) or a turn's READ_CHUNK bytes of plaintext
+ * are taken, as a plain connection's reads do, but what OpenSSL read already
+ * is taken anyway (no readiness event would come for it): whole records,
+ * bounded by that one read; a partial one waits for the rest to come.
  */
 int tls_progress(echo_server *srv, conn *c)
 {
@@ -473,8 +536,15 @@ int tls_progress(echo_server *srv, conn *c)
             return conn_settle(srv, c);
         touch(srv, c);
     }
-    while (tls_pending(t) > 0 || (budget > 0 && wants_input(srv, c))) {
+    (void)flush_later(srv, c); /* else each record is sent as it is made */
+    for (;;) {
         ssize_t n;
+
+        if (budget == 0 || !wants_input(srv, c)) {
+            if (tls_pending(t) == 0)
+                break;
+            t->read_done = 1; /* what OpenSSL holds is taken; the socket waits */
+        }
 
         if (c->held_len > 0)
             memcpy(srv->scratch, c->held, c->held_len);
@@ -489,8 +559,9 @@ int tls_progress(echo_server *srv, conn *c)
             return 1;
         budget -= (size_t)n < budget ? (size_t)n : budget;
     }
-    /* Tickets, key updates: whatever reading made OpenSSL write. */
-    if (tls_take(t) != 0 || flush_out(srv, c) != 0) {
+    /* Tickets, key updates: whatever reading made OpenSSL write (at the
+     * end of the turn when flushing). */
+    if (tls_take(t) != 0 || (!c->flushing && flush_out(srv, c) != 0)) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
@@ -502,6 +573,7 @@ static void on_tls_readable(echo_server *srv, conn *c)
     tls_conn *t = c->tls;
     ssize_t n;
 
+    t->read_done = 0; /* readable: OpenSSL may recv() once more */
     if (!t->started || t->stalled) {
         /* Its first bytes (a peek: OpenSSL reads them) decide the handshake
          * faults; a stalled handshake's input is read and dropped. */

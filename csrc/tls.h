@@ -32,6 +32,10 @@ typedef struct tls_conn {
     int started;   /* its first bytes came (the handshake faults were decided) */
     int stalled;   /* handshake_stall: input is dropped, nothing answered */
     int notified;  /* our close_notify is queued */
+    int per_turn;  /* 1 (server connections): OpenSSL reads ahead, with one
+                    * recv() per readiness event (`read_done`) */
+    int read_done; /* this turn's recv() was made (or the server reads no
+                    * more in it): OpenSSL's reads wait for the next turn */
 } tls_conn;
 
 /* A server context; 0, or a negative errno (the reason in err). */
@@ -49,7 +53,8 @@ int tls_handshake(tls_conn *t);
  * socket as needed: how many, 0 when more input is needed, -1 at the end of
  * input (close_notify, or the FIN), -2 on a bad record or a failed recv(). */
 ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap);
-/* Plaintext already decrypted, waiting for tls_read(). */
+/* Plaintext already decrypted, waiting for tls_read(); with `per_turn`, 1
+ * when OpenSSL holds any input it read ahead (whole records or not). */
 size_t tls_pending(const tls_conn *t);
 /* Encrypt len bytes: the records are sent or queued; 0, or -1 on failure. */
 int tls_seal(tls_conn *t, const uint8_t *data, size_t len);
