@@ -517,6 +517,7 @@ int tls_progress(echo_server *srv, conn *c)
     tls_conn *t = c->tls;
     size_t budget = READ_CHUNK;
 
+    (void)flush_later(srv, c); /* else each record is sent as it is made */
     if (!t->ready) {
         int rc = tls_handshake(t);
 
@@ -528,7 +529,7 @@ int tls_progress(echo_server *srv, conn *c)
             conn_close(srv, c, t->failed ? ECHO_CLOSE_RESET : ECHO_CLOSE_HANDSHAKE);
             return 1;
         }
-        if (flush_out(srv, c) != 0) {
+        if (!c->flushing && flush_out(srv, c) != 0) {
             conn_close(srv, c, ECHO_CLOSE_RESET);
             return 1;
         }
@@ -536,7 +537,6 @@ int tls_progress(echo_server *srv, conn *c)
             return conn_settle(srv, c);
         touch(srv, c);
     }
-    (void)flush_later(srv, c); /* else each record is sent as it is made */
     for (;;) {
         ssize_t n;
 
