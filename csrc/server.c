@@ -42,6 +42,7 @@ static void list_unlink(conn_list *l, conn *c)
 static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
 static int flush_out(echo_server *srv, conn *c);
+static int batch_end(echo_server *srv, conn *c);
 
 /*
  * Start one of the server's own timers (the idle and linger deadlines, the
@@ -114,11 +115,8 @@ static void notify(echo_server *srv, conn *c, int kind, int reason)
     srv->event_fn(srv->event_ctx, &ev);
 }
 
-static void flush_unlink(echo_server *srv, conn *c);
-
 void conn_close(echo_server *srv, conn *c, int reason)
 {
-    flush_unlink(srv, c);
     ev_io_stop(srv->loop, &c->io);
     close(c->io.fd);
     list_unlink(list_of(srv, c), c);
@@ -169,8 +167,8 @@ int update_interest(echo_server *srv, conn *c)
         return ev_io_set(srv->loop, &c->io, 0);
     if (c->lingering || wants_input(srv, c))
         want |= EV_READ;
-    if (c->out.len > 0 && !c->flushing && (fx == NULL || !ev_timer_pending(&fx->gate)))
-        want |= EV_WRITE; /* (flushing: it is sent at the end of this turn) */
+    if (c->out.len > 0 && (fx == NULL || !ev_timer_pending(&fx->gate)))
+        want |= EV_WRITE;
     return ev_io_set(srv->loop, &c->io, want);
 }
 
@@ -262,6 +260,11 @@ static void drop_held(conn *c);
 
 void conn_finish(echo_server *srv, conn *c, int reason)
 {
+    /* TLS: the echo tls_progress() made so far goes first. */
+    if (c->tls != NULL && c->tls->out != &c->out && flush_out(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
     drop_held(c);
     c->closing = 1 + reason;
     if (queued(c) == 0)
@@ -283,6 +286,8 @@ int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
+    if (batch_end(srv, c) != 0)
+        return -1;
     if (c->fx != NULL)
         return fx_flush(srv, c);
     while (c->out.len > 0) {
@@ -308,8 +313,10 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
             return -1;
         return fx_flush(srv, c);
     }
-    if (c->tls != NULL)
-        return out_add(srv, c, data, len) != 0 ? -1 : c->flushing ? 0 : flush_out(srv, c);
+    if (c->tls != NULL) /* (batching: sent at the end of tls_progress) */
+        return out_add(srv, c, data, len) != 0 ? -1
+               : c->tls->out != &c->out ? 0
+                                        : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -445,61 +452,58 @@ static int handshake_faults(echo_server *srv, conn *c)
 }
 
 /*
- * TLS echo goes out once per turn of the loop: the records of every
- * connection served in this turn are queued (tls.c's BIO with direct off)
- * and sent, one send() per connection, by a timer due at once, which the
- * loop runs after the turn's I/O callbacks. A closed-loop client then gets
- * all its records in one segment (one wake-up, not one per 16 KiB record),
- * and the clients woken by the sends do not interrupt the serving of the
- * others ready in the same turn: uvloop's transports write the same way
- * (at the end of the loop's iteration). Only without faults: with them the
- * queue is theirs (tcp_faults.c).
+ * The records one tls_progress() makes (the handshake's flight, the session
+ * tickets and the echo of what it read: up to 64 KiB in 16 KiB records) go
+ * to srv->batch, then out with one send() at its end: a closed-loop client
+ * is woken once, not once per record, as uvloop's transports write. Only
+ * without faults (their queue is the connection's own, tcp_faults.c) and
+ * with nothing queued before them. Whatever must see the connection's queue
+ * (flush_out, conn_finish) takes them into it first (batch_end).
  */
-static void flush_unlink(echo_server *srv, conn *c)
+static void batch_begin(echo_server *srv, conn *c)
 {
-    if (!c->flushing)
+    if (c->fx != NULL || c->out.len > 0)
         return;
-    if (c->flush_prev) c->flush_prev->flush_next = c->flush_next; else srv->flush = c->flush_next;
-    if (c->flush_next) c->flush_next->flush_prev = c->flush_prev; else srv->flush_last = c->flush_prev;
-    c->flush_prev = c->flush_next = NULL;
-    c->flushing = 0;
-    if (c->fx == NULL)
-        c->tls->direct = 1;
-}
-
-static void on_flush(ev_loop *loop, ev_timer *t)
-{
-    echo_server *srv = CONTAINER_OF(t, echo_server, flush_timer);
-
-    (void)loop;
-    while (srv->flush != NULL) {
-        conn *c = srv->flush;
-
-        flush_unlink(srv, c);
-        if (flush_out(srv, c) != 0)
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-        else
-            (void)conn_settle(srv, c);
-    }
-}
-
-/* Queue c's records until the end of the turn; 0, or -1 if they must go
- * now (faults, or the timer could not start). */
-static int flush_later(echo_server *srv, conn *c)
-{
-    if (c->flushing)
-        return 0;
-    if (c->fx != NULL || (!ev_timer_pending(&srv->flush_timer) &&
-                          ev_timer_start(srv->loop, &srv->flush_timer, ev_now(srv->loop),
-                                         on_flush) != 0))
-        return -1;
-    c->flushing = 1;
+    srv->batch.head = srv->batch.len = 0;
+    c->tls->out = &srv->batch;
     c->tls->direct = 0;
-    c->flush_next = NULL;
-    c->flush_prev = srv->flush_last;
-    if (srv->flush_last) srv->flush_last->flush_next = c; else srv->flush = c;
-    srv->flush_last = c;
-    return 0;
+}
+
+/* The rest of the batch into the connection's queue; 0, or -1 out of memory. */
+static int batch_end(echo_server *srv, conn *c)
+{
+    outbuf *b = &srv->batch;
+    int rc = 0;
+
+    if (c->tls == NULL || c->tls->out == &c->out)
+        return 0;
+    c->tls->out = &c->out;
+    c->tls->direct = 1;
+    if (b->len > 0)
+        rc = outbuf_append(&c->out, outbuf_begin(b), b->len);
+    b->head = b->len = 0;
+    return rc;
+}
+
+/* Send the batch (c's queue was empty); 0, or -1 if the connection failed. */
+static int batch_send(echo_server *srv, conn *c)
+{
+    outbuf *b = &srv->batch;
+
+    if (c->tls->out != &c->out && b->len > 0) {
+        ssize_t n = send(c->io.fd, outbuf_begin(b), b->len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0) {
+            if (is_reset(errno)) {
+                (void)batch_end(srv, c);
+                return -1;
+            }
+            n = 0;
+        }
+        b->head += (size_t)n;
+        b->len -= (size_t)n;
+    }
+    return batch_end(srv, c);
 }
 
 /*
@@ -517,7 +521,7 @@ int tls_progress(echo_server *srv, conn *c)
     tls_conn *t = c->tls;
     size_t budget = READ_CHUNK;
 
-    (void)flush_later(srv, c); /* else each record is sent as it is made */
+    batch_begin(srv, c);
     if (!t->ready) {
         int rc = tls_handshake(t);
 
@@ -529,13 +533,14 @@ int tls_progress(echo_server *srv, conn *c)
             conn_close(srv, c, t->failed ? ECHO_CLOSE_RESET : ECHO_CLOSE_HANDSHAKE);
             return 1;
         }
-        if (!c->flushing && flush_out(srv, c) != 0) {
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-            return 1;
-        }
-        if (rc == 0)
+        if (rc == 0) {
+            if (batch_send(srv, c) != 0 || flush_out(srv, c) != 0) {
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+                return 1;
+            }
             return conn_settle(srv, c);
-        touch(srv, c);
+        }
+        touch(srv, c); /* its last flight goes with the first echo */
     }
     for (;;) {
         ssize_t n;
@@ -559,9 +564,8 @@ int tls_progress(echo_server *srv, conn *c)
             return 1;
         budget -= (size_t)n < budget ? (size_t)n : budget;
     }
-    /* Tickets, key updates: whatever reading made OpenSSL write (at the
-     * end of the turn when flushing). */
-    if (tls_take(t) != 0 || (!c->flushing && flush_out(srv, c) != 0)) {
+    /* Tickets, key updates: whatever reading made OpenSSL write. */
+    if (tls_take(t) != 0 || batch_send(srv, c) != 0 || flush_out(srv, c) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
@@ -1084,6 +1088,7 @@ void echo_server_free(echo_server *srv)
     }
     udp_echo_free(srv->udp);
     tls_ctx_free(srv->tls);
+    outbuf_free(&srv->batch);
     free(srv->faults);
     free(atomic_load(&srv->pending_faults));
     free(srv->scratch);

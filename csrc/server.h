@@ -41,9 +41,6 @@ typedef struct conn {
     uint64_t opened_ms;
     conn_fx *fx;       /* fault state; NULL until faults apply to it */
     tls_conn *tls;     /* TLS state (tls.c); NULL on a plain server */
-    struct conn *flush_prev, *flush_next; /* in srv->flush (TLS): its echo goes
-                                           * out at the end of the loop's turn */
-    int flushing;      /* 1 while in srv->flush */
     struct echo_server *srv;
 } conn;
 
@@ -97,9 +94,8 @@ struct echo_server {
                              * start: echo_server_run() returns it */
     counters stats;
     tls_ctx *tls;           /* TLS for new connections (tls.c); NULL: plain */
-    conn *flush, *flush_last; /* TLS connections whose echo is sent at the end
-                               * of this turn of the loop (tls_progress) */
-    ev_timer flush_timer;   /* due at once: runs after the turn's I/O */
+    outbuf batch;           /* TLS: the records one tls_progress() makes, sent
+                             * at its end with one send() (its memory kept) */
     char tls_error[256];    /* why echo_server_set_tls() failed */
 };
 
