@@ -2,10 +2,12 @@
  * tls.h - TLS for the echo server's connections (tls.c, over OpenSSL): a
  * context built from echo_tls_config, and per connection an SSL object over
  * a BIO of our own: OpenSSL reads the non-blocking socket itself (recv(), no
- * copy in between), and its records go out with send(MSG_NOSIGNAL) at once
- * when nothing is queued and no fault applies, else into the connection's
- * output queue, where the faults (slice, rate) act on the records on the
- * wire. Without OpenSSL at build time every function here fails (and
+ * copy in between; on the server reading ahead, one recv() per readiness
+ * event: per_turn), and its records go out with send(MSG_NOSIGNAL) at once
+ * when nothing is queued and no fault applies (direct), else into `out`:
+ * the connection's output queue, where the faults (slice, rate) act on the
+ * records on the wire, or the server's batch (server.c), sent at the end of
+ * the turn. Without OpenSSL at build time every function here fails (and
  * echo_tls_available() is 0). pyecho/_pytls.py is the Python twin (memory
  * BIOs: the same behaviour, one more copy).
  */
@@ -24,7 +26,8 @@ typedef struct tls_ctx tls_ctx;
 typedef struct tls_conn {
     void *ssl;     /* SSL *, over tls.c's socket BIO */
     int fd;        /* the connection's socket */
-    outbuf *out;   /* records that cannot go at once wait here */
+    outbuf *out;   /* records that cannot go at once wait here (the server
+                    * may point it at its batch for a turn) */
     int direct;    /* 1: a record may be sent at once when out is empty */
     int eof;       /* the peer's end of input (FIN) was read */
     int failed;    /* a recv() or send() failed, or out of memory: reset */
