@@ -42,6 +42,7 @@ static void list_unlink(conn_list *l, conn *c)
 static void on_idle(ev_loop *loop, ev_timer *t);
 static void on_linger(ev_loop *loop, ev_timer *t);
 static int flush_out(echo_server *srv, conn *c);
+static int batch_end(echo_server *srv, conn *c);
 
 /*
  * Start one of the server's own timers (the idle and linger deadlines, the
@@ -259,6 +260,11 @@ static void drop_held(conn *c);
 
 void conn_finish(echo_server *srv, conn *c, int reason)
 {
+    /* TLS: the echo tls_progress() made so far goes first. */
+    if (c->tls != NULL && c->tls->out != &c->out && flush_out(srv, c) != 0) {
+        conn_close(srv, c, ECHO_CLOSE_RESET);
+        return;
+    }
     drop_held(c);
     c->closing = 1 + reason;
     if (queued(c) == 0)
@@ -280,6 +286,8 @@ int out_add(echo_server *srv, conn *c, const uint8_t *data, size_t len)
 /* Write what can go now; 0, or -1 if the connection failed. */
 static int flush_out(echo_server *srv, conn *c)
 {
+    if (batch_end(srv, c) != 0)
+        return -1;
     if (c->fx != NULL)
         return fx_flush(srv, c);
     while (c->out.len > 0) {
@@ -305,8 +313,10 @@ static int echo_out(echo_server *srv, conn *c, const uint8_t *data, size_t len)
             return -1;
         return fx_flush(srv, c);
     }
-    if (c->tls != NULL)
-        return out_add(srv, c, data, len) != 0 ? -1 : flush_out(srv, c);
+    if (c->tls != NULL) /* (batching: sent at the end of tls_progress) */
+        return out_add(srv, c, data, len) != 0 ? -1
+               : c->tls->out != &c->out ? 0
+                                        : flush_out(srv, c);
     if (c->out.len == 0 && len > 0) {
         ssize_t n = send(c->io.fd, data, len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -442,18 +452,76 @@ static int handshake_faults(echo_server *srv, conn *c)
 }
 
 /*
+ * The records one tls_progress() makes (the handshake's flight, the session
+ * tickets and the echo of what it read: up to 64 KiB in 16 KiB records) go
+ * to srv->batch, then out with one send() at its end: a closed-loop client
+ * is woken once, not once per record, as uvloop's transports write. Only
+ * without faults (their queue is the connection's own, tcp_faults.c) and
+ * with nothing queued before them. Whatever must see the connection's queue
+ * (flush_out, conn_finish) takes them into it first (batch_end).
+ */
+static void batch_begin(echo_server *srv, conn *c)
+{
+    if (c->fx != NULL || c->out.len > 0)
+        return;
+    srv->batch.head = srv->batch.len = 0;
+    c->tls->out = &srv->batch;
+    c->tls->direct = 0;
+}
+
+/* The rest of the batch into the connection's queue; 0, or -1 out of memory. */
+static int batch_end(echo_server *srv, conn *c)
+{
+    outbuf *b = &srv->batch;
+    int rc = 0;
+
+    if (c->tls == NULL || c->tls->out == &c->out)
+        return 0;
+    c->tls->out = &c->out;
+    c->tls->direct = 1;
+    if (b->len > 0)
+        rc = outbuf_append(&c->out, outbuf_begin(b), b->len);
+    b->head = b->len = 0;
+    return rc;
+}
+
+/* Send the batch (c's queue was empty); 0, or -1 if the connection failed. */
+static int batch_send(echo_server *srv, conn *c)
+{
+    outbuf *b = &srv->batch;
+
+    if (c->tls->out != &c->out && b->len > 0) {
+        ssize_t n = send(c->io.fd, outbuf_begin(b), b->len, COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
+
+        if (n < 0) {
+            if (is_reset(errno)) {
+                (void)batch_end(srv, c);
+                return -1;
+            }
+            n = 0;
+        }
+        b->head += (size_t)n;
+        b->len -= (size_t)n;
+    }
+    return batch_end(srv, c);
+}
+
+/*
  * Move the handshake on, then decrypt and echo what came: OpenSSL reads the
- * socket itself (tls.c's BIO), so a turn takes at most READ_CHUNK bytes of
- * plaintext, and stops early when the connection may not take more input
- * (max_pending, a fault), as a plain connection's reads do; plaintext
- * OpenSSL decrypted already is taken anyway (one record at most: it reads
- * no further ahead), since no readiness event would come for it.
+ * socket itself (tls.c's BIO), reading ahead, one recv() of up to 64 KiB
+ * and a little (its records) per readiness event, as the Python engine's one
+ * 64 KiB read. Decrypting stops early when the connection may not take more
+ * input (max_pending, a fault) or a turn's READ_CHUNK bytes of plaintext
+ * are taken, as a plain connection's reads do, but what OpenSSL read already
+ * is taken anyway (no readiness event would come for it): whole records,
+ * bounded by that one read; a partial one waits for the rest to come.
  */
 int tls_progress(echo_server *srv, conn *c)
 {
     tls_conn *t = c->tls;
     size_t budget = READ_CHUNK;
 
+    batch_begin(srv, c);
     if (!t->ready) {
         int rc = tls_handshake(t);
 
@@ -465,16 +533,23 @@ int tls_progress(echo_server *srv, conn *c)
             conn_close(srv, c, t->failed ? ECHO_CLOSE_RESET : ECHO_CLOSE_HANDSHAKE);
             return 1;
         }
-        if (flush_out(srv, c) != 0) {
-            conn_close(srv, c, ECHO_CLOSE_RESET);
-            return 1;
-        }
-        if (rc == 0)
+        if (rc == 0) {
+            if (batch_send(srv, c) != 0 || flush_out(srv, c) != 0) {
+                conn_close(srv, c, ECHO_CLOSE_RESET);
+                return 1;
+            }
             return conn_settle(srv, c);
-        touch(srv, c);
+        }
+        touch(srv, c); /* its last flight goes with the first echo */
     }
-    while (tls_pending(t) > 0 || (budget > 0 && wants_input(srv, c))) {
+    for (;;) {
         ssize_t n;
+
+        if (budget == 0 || !wants_input(srv, c)) {
+            if (tls_pending(t) == 0)
+                break;
+            t->read_done = 1; /* what OpenSSL holds is taken; the socket waits */
+        }
 
         if (c->held_len > 0)
             memcpy(srv->scratch, c->held, c->held_len);
@@ -490,7 +565,7 @@ int tls_progress(echo_server *srv, conn *c)
         budget -= (size_t)n < budget ? (size_t)n : budget;
     }
     /* Tickets, key updates: whatever reading made OpenSSL write. */
-    if (tls_take(t) != 0 || flush_out(srv, c) != 0) {
+    if (tls_take(t) != 0 || batch_send(srv, c) != 0 || flush_out(srv, c) != 0) {
         conn_close(srv, c, ECHO_CLOSE_RESET);
         return 1;
     }
@@ -502,6 +577,7 @@ static void on_tls_readable(echo_server *srv, conn *c)
     tls_conn *t = c->tls;
     ssize_t n;
 
+    t->read_done = 0; /* readable: OpenSSL may recv() once more */
     if (!t->started || t->stalled) {
         /* Its first bytes (a peek: OpenSSL reads them) decide the handshake
          * faults; a stalled handshake's input is read and dropped. */
@@ -1012,6 +1088,7 @@ void echo_server_free(echo_server *srv)
     }
     udp_echo_free(srv->udp);
     tls_ctx_free(srv->tls);
+    outbuf_free(&srv->batch);
     free(srv->faults);
     free(atomic_load(&srv->pending_faults));
     free(srv->scratch);

@@ -94,6 +94,8 @@ struct echo_server {
                              * start: echo_server_run() returns it */
     counters stats;
     tls_ctx *tls;           /* TLS for new connections (tls.c); NULL: plain */
+    outbuf batch;           /* TLS: the records one tls_progress() makes, sent
+                             * at its end with one send() (its memory kept) */
     char tls_error[256];    /* why echo_server_set_tls() failed */
 };
 

@@ -31,6 +31,10 @@
 /* CPython's PY_SSL_DEFAULT_CIPHER_STRING (Modules/_ssl.c, 3.10 on). */
 #define CIPHERS "@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
 
+/* OpenSSL's read buffer when reading ahead: 64 KiB of plaintext in full
+ * records (16 KiB each, plus at most 5 + 256 bytes). */
+#define READ_AHEAD (64 * 1024 + 4 * (5 + 256))
+
 struct tls_ctx {
     SSL_CTX *ctx;
     BIO_METHOD *bio; /* the socket BIO (below) */
@@ -144,6 +148,10 @@ int tls_ctx_new(const echo_tls_config *cfg, tls_ctx **out, char *err, size_t err
                                  SSL_OP_CIPHER_SERVER_PREFERENCE |
                                  SSL_OP_ENABLE_MIDDLEBOX_COMPAT);
     SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_AUTO_RETRY);
+    /* Read ahead: one recv() takes what the socket holds, up to READ_AHEAD
+     * bytes, not each record's header and then its body (tls_conn.per_turn). */
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, READ_AHEAD);
     if (SSL_CTX_set_cipher_list(ctx, CIPHERS) != 1 ||
         SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"Python", 6) != 1 ||
         SSL_CTX_set_min_proto_version(ctx, cfg->min_version) != 1 ||
@@ -228,7 +236,12 @@ static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
     *readbytes = 0;
     if (t->eof || t->failed)
         return 0;
+    if (t->per_turn && t->read_done) {
+        BIO_set_retry_read(b);
+        return 0;
+    }
     n = recv(t->fd, buf, len, 0);
+    t->read_done = 1; /* (what is left, the next readiness event says) */
     if (n > 0) {
         *readbytes = (size_t)n;
         return 1;
@@ -282,6 +295,7 @@ tls_conn *tls_conn_new(tls_ctx *ctx, int fd, outbuf *out)
     t->fd = fd;
     t->out = out;
     t->direct = 1;
+    t->per_turn = 1;
     return t;
 }
 
@@ -336,6 +350,8 @@ size_t tls_pending(const tls_conn *t)
 {
     int n = SSL_pending(t->ssl);
 
+    if (n <= 0 && t->per_turn)
+        n = SSL_has_pending(t->ssl);
     return n > 0 ? (size_t)n : 0;
 }
 
@@ -468,6 +484,7 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
 
     if (t == NULL)
         return NULL;
+    t->per_turn = 0; /* a blocking client: OpenSSL reads when it needs to */
     ssl = t->ssl;
     SSL_set_connect_state(ssl);
     if (name != NULL && name[0] != '\0') {

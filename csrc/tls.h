@@ -2,10 +2,12 @@
  * tls.h - TLS for the echo server's connections (tls.c, over OpenSSL): a
  * context built from echo_tls_config, and per connection an SSL object over
  * a BIO of our own: OpenSSL reads the non-blocking socket itself (recv(), no
- * copy in between), and its records go out with send(MSG_NOSIGNAL) at once
- * when nothing is queued and no fault applies, else into the connection's
- * output queue, where the faults (slice, rate) act on the records on the
- * wire. Without OpenSSL at build time every function here fails (and
+ * copy in between; on the server reading ahead, one recv() per readiness
+ * event: per_turn), and its records go out with send(MSG_NOSIGNAL) at once
+ * when nothing is queued and no fault applies (direct), else into `out`:
+ * the connection's output queue, where the faults (slice, rate) act on the
+ * records on the wire, or the server's batch (server.c), sent at the end of
+ * the turn. Without OpenSSL at build time every function here fails (and
  * echo_tls_available() is 0). pyecho/_pytls.py is the Python twin (memory
  * BIOs: the same behaviour, one more copy).
  */
@@ -24,7 +26,8 @@ typedef struct tls_ctx tls_ctx;
 typedef struct tls_conn {
     void *ssl;     /* SSL *, over tls.c's socket BIO */
     int fd;        /* the connection's socket */
-    outbuf *out;   /* records that cannot go at once wait here */
+    outbuf *out;   /* records that cannot go at once wait here (the server
+                    * may point it at its batch for a turn) */
     int direct;    /* 1: a record may be sent at once when out is empty */
     int eof;       /* the peer's end of input (FIN) was read */
     int failed;    /* a recv() or send() failed, or out of memory: reset */
@@ -34,6 +37,10 @@ typedef struct tls_conn {
     int notified;  /* our close_notify is queued */
     int error;     /* the errno of the recv() or send() that failed */
     unsigned long why; /* OpenSSL's error at a failed handshake or read */
+    int per_turn;  /* 1 (server connections): OpenSSL reads ahead, with one
+                    * recv() per readiness event (`read_done`) */
+    int read_done; /* this turn's recv() was made (or the server reads no
+                    * more in it): OpenSSL's reads wait for the next turn */
 } tls_conn;
 
 /* A server context; 0, or a negative errno (the reason in err). */
@@ -51,7 +58,8 @@ int tls_handshake(tls_conn *t);
  * socket as needed: how many, 0 when more input is needed, -1 at the end of
  * input (close_notify, or the FIN), -2 on a bad record or a failed recv(). */
 ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap);
-/* Plaintext already decrypted, waiting for tls_read(). */
+/* Plaintext already decrypted, waiting for tls_read(); with `per_turn`, 1
+ * when OpenSSL holds any input it read ahead (whole records or not). */
 size_t tls_pending(const tls_conn *t);
 /* Encrypt len bytes: the records are sent or queued; 0, or -1 on failure. */
 int tls_seal(tls_conn *t, const uint8_t *data, size_t len);

@@ -192,6 +192,64 @@ def test_one_mebibyte_raw_is_echoed_byte_identical(engine: str, client_engine: s
         assert (stats.bytes_in, stats.bytes_out) == (len(data), len(data))  # the plaintext
 
 
+class RecordClient:
+    """A TLS client over memory BIOs: its records go out in one send(), as
+    many as asked for, so the server finds them all at once."""
+
+    def __init__(self, server: pyecho.EchoServer, timeout: float = 10) -> None:
+        assert server.tls is not None
+        self.sock = socket.create_connection(server.server_address, timeout=timeout)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = server.tls.client_context().wrap_bio(
+            self.incoming, self.outgoing, server_hostname=HOST
+        )
+        for _ in range(100):
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                self.incoming.write(self.sock.recv(65536))
+        self.sock.sendall(self.outgoing.read())
+
+    def send_records(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.tls.write(piece)  # one record each
+        self.sock.sendall(self.outgoing.read())
+
+    def recv_exactly(self, n: int) -> bytes:
+        got = bytearray()
+        for _ in range(100_000):
+            if len(got) >= n:
+                break
+            try:
+                got += self.tls.read(n - len(got))
+            except ssl.SSLWantReadError:
+                raw = self.sock.recv(65536)
+                if not raw:
+                    break
+                self.incoming.write(raw)
+        return bytes(got)
+
+
+@pytest.mark.parametrize("max_pending", [1, 100_000])
+def test_records_arriving_together_are_all_echoed(engine: str, max_pending: int) -> None:
+    """Many records in one segment, more than one turn of reading takes (64
+    KiB), with the echo's queue full after the first record (max_pending 1):
+    the server still echoes every one, in order, and nothing more."""
+    pieces = [bytes([i % 251]) * (1000 + i) for i in range(150)]  # 225 KiB
+    data = b"".join(pieces)
+    with tls_server(engine, max_pending=max_pending).start() as server:
+        c = RecordClient(server)
+        with c.sock:
+            c.send_records(pieces)
+            assert c.recv_exactly(len(data)) == data
+            c.send_records([b"and after"])
+            assert c.recv_exactly(9) == b"and after"
+        wait_for(lambda: server.stats.bytes_in == len(data) + 9, 10, "the input counted")
+        assert server.stats.bytes_out == len(data) + 9
+
+
 def test_the_differential_scenarios_over_tls() -> None:
     """Seed mode with its quit word, and line mode with a half-close (TLS
     close_notify), over both engines: the same transcript, events and stats."""
