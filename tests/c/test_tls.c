@@ -268,6 +268,7 @@ static int pair_handshake(tls_conn *cli, tls_conn *srv)
     for (int i = 0; i < 200 && !(c == 1 && s == 1); i++) {
         if (c != 1 && (c = tls_handshake(cli)) < 0)
             return -1;
+        srv->read_done = 0; /* a readiness event: one recv() */
         if (s != 1 && (s = tls_handshake(srv)) < 0)
             return -1;
         usleep(1000);
