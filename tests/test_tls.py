@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import pyecho
-from conftest import ENGINES, LOOPBACK, Recorder, wait_for
+from conftest import ENGINE_PAIRS, ENGINES, LOOPBACK, Recorder, wait_for
 from differential import run_matrix
 
 pytest.importorskip("trustme", reason="the TLS tests need trustme: pip install 'pyecho[tls]'")
@@ -181,6 +181,7 @@ def test_unusable_files_are_refused_at_once(engine: str, tmp_path: Any) -> None:
 # ---- the echo ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_one_mebibyte_raw_is_echoed_byte_identical(engine: str, client_engine: str) -> None:
     data = os.urandom(1 << 20)
     with tls_server(engine).start() as server:
@@ -465,6 +466,7 @@ def test_alpn_and_versions(engine: str) -> None:
 # ---- pyecho's own client over TLS: both engines -------------------------------------
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 @pytest.mark.parametrize("cert, message", BAD_CERTS, ids=[c for c, _ in BAD_CERTS])
 def test_pyecho_client_refuses_bad_certificates(
     engine: str, client_engine: str, cert: str, message: str
@@ -486,6 +488,7 @@ def test_pyecho_client_refuses_bad_certificates(
         wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the failed handshake")
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_pyecho_client_alpn_versions_and_ciphers(engine: str, client_engine: str) -> None:
     settings = pyecho.TLS(alpn=["h2", "echo"])
     with tls_server(engine, settings, mode="line").start() as server:
@@ -509,6 +512,7 @@ def test_pyecho_client_alpn_versions_and_ciphers(engine: str, client_engine: str
             tls_client(server, client_engine, wrong)
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_pyecho_client_mutual_tls(engine: str, client_engine: str) -> None:
     with tls_server(engine, pyecho.TLS(client_cert="required")).start() as server:
         assert server.tls is not None
@@ -555,6 +559,7 @@ def test_pyecho_client_which_contexts_run_natively(client_engine: str) -> None:
             tls_client(server, client_engine, True)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) -> None:
     """A raw server answers a line client with more than its framing allows:
     both clients say so, naming the bytes beyond the echo (decrypted)."""
@@ -622,6 +627,7 @@ def test_pyecho_client_against_a_peer_that_is_no_tls_server(
             )
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_pyecho_client_handshake_resumes_after_a_signal(engine: str, client_engine: str) -> None:
     """A signal while the handshake waits runs its Python handler; the
     handshake then goes on (the native client resumes it in C)."""
@@ -660,6 +666,7 @@ def test_handshake_delay(engine: str) -> None:
             assert time.monotonic() - start < 0.25
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_handshake_stall_times_out_the_client(engine: str, client_engine: str) -> None:
     with tls_server(engine, faults=pyecho.Faults(handshake_stall=True)).start() as server:
         with pytest.raises((TimeoutError, socket.timeout)):
@@ -671,6 +678,7 @@ def test_handshake_stall_times_out_the_client(engine: str, client_engine: str) -
         wait_for(lambda: server.stats.closed["handshake"] == 2, 10, "the clients to leave")
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 def test_handshake_reset(engine: str, client_engine: str) -> None:
     with tls_server(engine, faults=pyecho.Faults(handshake_reset=1.0)).start() as server:
         with pytest.raises((ConnectionResetError, ssl.SSLEOFError)):
