@@ -579,7 +579,12 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
         /* Errors and hang-ups show up through send() and recv(). */
         if (ready & (POLLERR | POLLHUP))
             ready |= events;
-        if (sending && (ready & POLLOUT)) {
+        /* What came first: a server that closed is seen closing (its FIN,
+         * its close_notify) before a send into the closed connection fails
+         * (EPIPE, once its FIN is in), as in the Python client. */
+        if (receiving && (ready & POLLIN)) {
+            rc = recv_some(cli, reply);
+        } else if (sending && (ready & POLLOUT)) {
             rc = send_some(cli);
             /* The server may close on the quit word before taking the rest. */
             if ((rc == -EPIPE || rc == -ECONNRESET) && cli->quit_sent) {
@@ -589,8 +594,6 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
                 rc = 0;
             }
         }
-        if (rc == 0 && receiving && (ready & POLLIN))
-            rc = recv_some(cli, reply);
         if (rc != 0) {
             *got = cli->got;
             return op_end(cli, rc);
