@@ -217,11 +217,11 @@ def tls_available() -> bool:
 
 def check_tls() -> None:
     """NativeUnavailableError, saying why and what to do, if the C core
-    cannot serve TLS."""
+    cannot speak TLS."""
     ffi, lib = load()
     if not lib.echo_tls_available():
         raise NativeUnavailableError(
-            "the native engine cannot serve TLS: its library was "
+            "the native engine cannot speak TLS: its library was "
             f"{ffi.string(lib.echo_tls_version()).decode()}. Install OpenSSL's headers "
             "(libssl-dev, openssl-devel) and reinstall pyecho, or use engine='python'."
         )

@@ -843,7 +843,11 @@ with pyecho.EchoServer(("127.0.0.1", 0), engine="native", mode="raw").start() as
         print("plain", c.echo(b"ok"))
 with pyecho.EchoServer(("127.0.0.1", 0), engine="python", mode="raw", tls=True).start() as s:
     with pyecho.EchoClient(s.server_address, mode="raw", tls=s.tls.client_context()) as c:
-        print("python tls", c.echo(b"ok"))
+        print("python tls", c.echo(b"ok"), c.engine)  # "auto": the Python client
+    try:
+        pyecho.EchoClient(s.server_address, engine="native", tls=s.tls.client_context())
+    except pyecho.NativeUnavailableError as e:
+        print("client refused", e)
 with pyecho.EchoServer(("127.0.0.1", 0), engine="auto", tls=True) as s:
     print("auto tls", s.engine)
 with pyecho.EchoServer(("127.0.0.1", 0), engine="auto") as s:
@@ -861,11 +865,12 @@ with pyecho.EchoServer(("127.0.0.1", 0), engine="auto") as s:
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "available False"
-    assert lines[1].startswith("refused the native engine cannot serve TLS: its library was built")
+    assert lines[1].startswith("refused the native engine cannot speak TLS: its library was built")
     assert "without OpenSSL" in lines[1] and "engine='python'" in lines[1]
-    assert lines[2:] == [
+    assert lines[4].startswith("client refused the native engine cannot speak TLS")
+    assert lines[2:4] + lines[5:] == [
         "plain b'ok'",
-        "python tls b'ok'",
+        "python tls b'ok' python",
         "auto tls python",  # "auto": the Python engine serves TLS
         "auto plain native",
     ]
