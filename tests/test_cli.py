@@ -112,7 +112,9 @@ def test_serve_ctrl_c_with_clients_connected(cwd: Path, engine: str) -> None:
         status = server.wait(10)
         took = time.monotonic() - started
         assert status == 0
-        assert took < 0.2, f"exit took {took:.3f}s after SIGINT"
+        # At once, not when the clients leave (they never would): 0.2 s was
+        # too tight for a loaded machine (0.214 s seen with one core busy).
+        assert took < 1, f"exit took {took:.3f}s after SIGINT"
         rest = server.rest()
         assert rest[:3] == ["", "You typed Ctrl + C", "Bye"]
         assert "INFO :: closed 3 client connections" in rest
