@@ -30,7 +30,7 @@ from ._config import (
     Stats,
     to_ms,
 )
-from ._errors import UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
+from ._errors import SHOWN, UDP_MAX, peek_surplus, tcp_surplus, udp_mismatch
 from ._faults import FaultsInts
 from ._signals import SignalsDeferred
 from ._tls import TlsFiles, alpn_wire
@@ -487,15 +487,22 @@ class NativeClient:
         t.alpn, t.alpn_len = (keep[2], len(alpn)) if alpn else (ffi.NULL, 0)
         rc = lib.echo_client_start_tls(self._cli, t)
         if rc < 0:
-            reason = self._tls_failure().reason or os.strerror(-rc)
+            reason = self._ffi.string(self._tls_why().reason).decode(errors="replace")
+            reason = reason or os.strerror(-rc)
             if rc == -errno.EINVAL:
                 raise ValueError(f"the native client refused the TLS settings: {reason}")
             raise OSError(-rc, f"{os.strerror(-rc)}: {reason}")
         self._call(lib.echo_client_handshake)
 
-    def _tls_failure(self) -> ssl.SSLError:
+    def _tls_why(self) -> Any:
+        """The C client's last TLS failure (echo_tls_error; zeros if none)."""
         e = self._ffi.new("echo_tls_error *")
         self._lib.echo_client_tls_error(self._cli, e)
+        return e
+
+    def _tls_failure(self) -> ssl.SSLError:
+        """That failure as the exception Python's ssl raises for it."""
+        e = self._tls_why()
         assert self._tls is not None
         return tls_error(
             self._ffi.string(e.library).decode(errors="replace"),
@@ -521,7 +528,10 @@ class NativeClient:
 
     def _call(self, fn: Callable[..., int], *args: Any) -> int:
         """Call fn, resuming it after each signal once Python ran its handler."""
-        rc = self._call_rc(fn, *args)
+        return self._checked(self._call_rc(fn, *args))
+
+    def _checked(self, rc: int) -> int:
+        """rc, or its exception: a TLS failure as Python's ssl raises it."""
         if rc == -EBADMSG and self._tls is not None:
             raise self._tls_failure()
         return _check(rc)
@@ -570,17 +580,15 @@ class NativeClient:
             if self._udp:
                 raise udp_mismatch(data, got)
             raise tcp_surplus(len(got), got, self._surplus())
-        if rc == -EBADMSG and self._tls is not None:
-            raise self._tls_failure()
-        return got, _check(rc)
+        return got, self._checked(rc)
 
     def _surplus(self) -> bytes:
         """The bytes beyond the echo: over TLS the client took them (they
         cannot be left in the socket), over TCP they wait there."""
         if self._tls is None:
             return peek_surplus(self.fileno())
-        buf = self._ffi.new("uint8_t[]", 64)
-        n = self._lib.echo_client_surplus(self._cli, buf, 64)
+        buf = self._ffi.new("uint8_t[]", SHOWN)
+        n = self._lib.echo_client_surplus(self._cli, buf, SHOWN)
         return bytes(self._ffi.buffer(buf, n))
 
     @property

@@ -574,6 +574,26 @@ def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) ->
     )
 
 
+@pytest.mark.native
+def test_native_client_loads_the_client_certificate_at_connect(tmp_path: Any) -> None:
+    """The C client reads a ClientContext's certificate file at each
+    connection (Python's ssl read it once, at load_cert_chain()): a file
+    gone since is a ValueError saying which, in OpenSSL's words."""
+    with tls_server("python", pyecho.TLS(client_cert="required")).start() as server:
+        assert server.tls is not None and server.tls.client_certfile is not None
+        certfile = tmp_path / "client.pem"
+        shutil.copy(server.tls.client_certfile, certfile)
+        ctx = pyecho.client_context(cafile=server.tls.ca_file)
+        ctx.load_cert_chain(certfile)
+        with tls_client(server, "native", ctx, mode="raw") as c:
+            assert c.echo(b"present") == b"present"
+        certfile.unlink()
+        with pytest.raises(
+            ValueError, match=r"^the native client refused the TLS settings: cannot load certfile: "
+        ):
+            pyecho.EchoClient(server.server_address, engine="native", tls=ctx)
+
+
 def _peer(answer: bytes) -> tuple[socket.socket, Any]:
     """A listening socket whose one connection reads the ClientHello, sends
     answer and closes; and its thread."""
