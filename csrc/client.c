@@ -251,6 +251,13 @@ static int tls_failure(echo_client *cli)
     return -EBADMSG;
 }
 
+/* A failed socket call's errno as a result: -EAGAIN for "not now"
+ * (EWOULDBLOCK, EINTR), else -errno. */
+static int io_error(void)
+{
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EAGAIN : -errno;
+}
+
 /* Records waiting to go: the operation is still sending. */
 static int queued(const echo_client *cli)
 {
@@ -265,7 +272,7 @@ static int tls_flush(echo_client *cli)
                          COMPAT_MSG_NOSIGNAL | MSG_DONTWAIT);
 
         if (n < 0)
-            return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -errno;
+            return io_error() == -EAGAIN ? 0 : -errno;
         outbuf_consume(&cli->tls_out, (size_t)n);
     }
     return 0;
@@ -294,9 +301,7 @@ static ssize_t stream_recv(echo_client *cli, uint8_t *buf, size_t cap)
         return n == -1 ? 0 : tls_failure(cli);
     }
     n = recv(cli->fd, buf, cap, 0);
-    if (n >= 0)
-        return n;
-    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EAGAIN : -errno;
+    return n >= 0 ? n : io_error();
 }
 
 /* One non-blocking send of more of the operation's buffer (over TLS: the
@@ -492,7 +497,7 @@ static int recv_some(echo_client *cli, uint8_t *reply)
 
         n = recv(cli->fd, &extra, 1, MSG_PEEK);
         if (n < 0)
-            n = errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? -EAGAIN : -errno;
+            n = io_error();
     }
     if (n > 0) {
         if (!more)
