@@ -140,47 +140,76 @@ static ssize_t read_some(tls_conn *srv, uint8_t *buf, size_t cap)
     return 0;
 }
 
+/* ALPN "echo", wire format. */
+static const uint8_t ECHO_ALPN[] = "\x04" "echo";
+
+/* A server: a self-signed certificate for "localhost" in a folder of its
+ * own, and a context serving it (TLS 1.2 on, ALPN "echo"). */
+typedef struct server_fixture {
+    char dir[32];
+    char cert[64];
+    char key[64];
+    tls_ctx *ctx;
+} server_fixture;
+
+/* 0, or -1 (each failure CHECKed). */
+static int server_open(server_fixture *f)
+{
+    echo_tls_config cfg;
+    char err[256];
+
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/pyecho-test-tls-XXXXXX");
+    CHECK(mkdtemp(f->dir) != NULL);
+    snprintf(f->cert, sizeof f->cert, "%s/cert.pem", f->dir);
+    snprintf(f->key, sizeof f->key, "%s/key.pem", f->dir);
+    CHECK_EQ(make_cert(f->cert, f->key), 0);
+    memset(&cfg, 0, sizeof cfg);
+    cfg.certfile = f->cert;
+    cfg.keyfile = f->key;
+    cfg.min_version = 0x0303;
+    cfg.alpn = ECHO_ALPN;
+    cfg.alpn_len = sizeof ECHO_ALPN - 1;
+    CHECK_EQ(tls_ctx_new(&cfg, &f->ctx, err, sizeof err), 0);
+    return f->ctx != NULL ? 0 : -1;
+}
+
+static void server_close(server_fixture *f)
+{
+    tls_ctx_free(f->ctx);
+    unlink(f->cert);
+    unlink(f->key);
+    rmdir(f->dir);
+}
+
 static void test_handshake_echo_and_close(void)
 {
-    char dir[] = "/tmp/pyecho-test-tls-XXXXXX";
-    char cert[64], key[64], err[256];
-    echo_tls_config cfg;
-    tls_ctx *ctx = NULL;
+    server_fixture f;
+    tls_ctx *ctx;
     tls_conn *srv;
     SSL_CTX *cctx;
     SSL *cli;
     outbuf out = {0};
     uint8_t plain[64];
-    const uint8_t alpn[] = "\x04" "echo";
     const unsigned char *chosen = NULL;
     unsigned int chosen_len = 0;
     int sv[2];
 
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
-    snprintf(key, sizeof key, "%s/key.pem", dir);
-    CHECK_EQ(make_cert(cert, key), 0);
-    memset(&cfg, 0, sizeof cfg);
-    cfg.certfile = cert;
-    cfg.keyfile = key;
-    cfg.min_version = 0x0303;
-    cfg.alpn = alpn;
-    cfg.alpn_len = sizeof alpn - 1;
-    CHECK_EQ(tls_ctx_new(&cfg, &ctx, err, sizeof err), 0);
-    if (ctx == NULL)
+    if (server_open(&f) != 0)
         return;
+    ctx = f.ctx;
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     srv = tls_conn_new(ctx, sv[0], &out);
     CHECK(srv != NULL);
 
     cctx = SSL_CTX_new(TLS_client_method());
-    SSL_CTX_load_verify_locations(cctx, cert, NULL);
+    SSL_CTX_load_verify_locations(cctx, f.cert, NULL);
     SSL_CTX_set_verify(cctx, SSL_VERIFY_PEER, NULL);
     cli = SSL_new(cctx);
     SSL_set_fd(cli, sv[1]);
     SSL_set_connect_state(cli);
     SSL_set1_host(cli, "localhost");
-    SSL_set_alpn_protos(cli, alpn, sizeof alpn - 1);
+    SSL_set_alpn_protos(cli, ECHO_ALPN, sizeof ECHO_ALPN - 1);
 
     CHECK(handshake(cli, srv));
     CHECK(srv->ready);
@@ -253,11 +282,8 @@ static void test_handshake_echo_and_close(void)
     tls_conn_free(srv);
     close(sv[0]);
 
-    tls_ctx_free(ctx);
     outbuf_free(&out);
-    unlink(cert);
-    unlink(key);
-    rmdir(dir);
+    server_close(&f);
 }
 
 /* Both handshakes on until both are done (or one fails: -1). */
@@ -282,44 +308,34 @@ static int pair_handshake(tls_conn *cli, tls_conn *srv)
  * reason. */
 static void test_client_side(void)
 {
-    char dir[] = "/tmp/pyecho-test-tls-XXXXXX";
-    char cert[64], key[64], err[256], pem[4096], version[32], alpn[16];
-    echo_tls_config scfg;
+    server_fixture fx;
+    char err[256], pem[4096], version[32], alpn[16];
     echo_tls_client_config ccfg;
     echo_tls_error why;
-    tls_ctx *sctx = NULL, *cctx = NULL;
+    tls_ctx *sctx, *cctx = NULL;
     tls_conn *srv, *cli;
     outbuf sout = {0}, cout = {0};
     uint8_t plain[64];
-    const uint8_t protos[] = "\x04" "echo";
     size_t pem_len;
     FILE *f;
     int sv[2];
 
-    CHECK(mkdtemp(dir) != NULL);
-    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
-    snprintf(key, sizeof key, "%s/key.pem", dir);
-    CHECK_EQ(make_cert(cert, key), 0);
-    f = fopen(cert, "r");
+    if (server_open(&fx) != 0)
+        return;
+    sctx = fx.ctx;
+    f = fopen(fx.cert, "r");
     CHECK(f != NULL);
     pem_len = f != NULL ? fread(pem, 1, sizeof pem, f) : 0;
     if (f != NULL)
         fclose(f);
-    memset(&scfg, 0, sizeof scfg);
-    scfg.certfile = cert;
-    scfg.keyfile = key;
-    scfg.min_version = 0x0303;
-    scfg.alpn = protos;
-    scfg.alpn_len = sizeof protos - 1;
-    CHECK_EQ(tls_ctx_new(&scfg, &sctx, err, sizeof err), 0);
 
     memset(&ccfg, 0, sizeof ccfg);
     ccfg.server_hostname = "localhost";
     ccfg.verify = ccfg.check_hostname = 1;
     ccfg.ca_pem = pem;
     ccfg.ca_pem_len = pem_len;
-    ccfg.alpn = protos;
-    ccfg.alpn_len = sizeof protos - 1;
+    ccfg.alpn = ECHO_ALPN;
+    ccfg.alpn_len = sizeof ECHO_ALPN - 1;
     ccfg.verify = 0; /* a name checked without verifying: refused */
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
     ccfg.verify = 1;
@@ -328,8 +344,10 @@ static void test_client_side(void)
     CHECK(strstr(err, "CA certificates") != NULL);
     ccfg.ca_pem_len = pem_len;
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
-    if (sctx == NULL || cctx == NULL)
+    if (cctx == NULL) {
+        server_close(&fx);
         return;
+    }
 
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     srv = tls_conn_new(sctx, sv[0], &sout);
@@ -365,12 +383,9 @@ static void test_client_side(void)
     close(sv[1]);
 
     tls_ctx_free(cctx);
-    tls_ctx_free(sctx);
     outbuf_free(&sout);
     outbuf_free(&cout);
-    unlink(cert);
-    unlink(key);
-    rmdir(dir);
+    server_close(&fx);
 }
 
 #endif
