@@ -52,6 +52,17 @@ const char *echo_tls_version(void)
     return OpenSSL_version(OPENSSL_VERSION);
 }
 
+/* src into dst, cut to fit cap bytes with its NUL (cap > 0). */
+static void copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = src == NULL ? 0 : strlen(src);
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src == NULL ? "" : src, n);
+    dst[n] = '\0';
+}
+
 /* The OpenSSL error queue's first reason, then cleared. */
 static int fail(char *err, size_t errlen, const char *what, int rc)
 {
@@ -61,20 +72,13 @@ static int fail(char *err, size_t errlen, const char *what, int rc)
     if (e != 0)
         ERR_error_string_n(e, reason, sizeof reason);
     if (err != NULL && errlen > 0) {
-        size_t n = strlen(what);
+        size_t n;
 
-        if (n >= errlen)
-            n = errlen - 1;
-        memcpy(err, what, n);
-        err[n] = '\0';
+        copy(err, errlen, what);
+        n = strlen(err);
         if (reason[0] != '\0' && n + 2 < errlen) {
-            size_t m = strlen(reason);
-
-            if (m > errlen - n - 3)
-                m = errlen - n - 3;
             memcpy(err + n, ": ", 2);
-            memcpy(err + n + 2, reason, m);
-            err[n + 2 + m] = '\0';
+            copy(err + n + 2, errlen - n - 2, reason);
         }
     }
     if (ERR_GET_LIB(e) == ERR_LIB_SYS && ERR_GET_REASON(e) > 0)
@@ -504,16 +508,6 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
         ASN1_OCTET_STRING_free(ip);
     }
     return t;
-}
-
-static void copy(char *dst, size_t cap, const char *src)
-{
-    size_t n = src == NULL ? 0 : strlen(src);
-
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, src == NULL ? "" : src, n);
-    dst[n] = '\0';
 }
 
 void tls_conn_why(const tls_conn *t, echo_tls_error *out)
