@@ -487,8 +487,8 @@ class NativeClient:
         t.alpn, t.alpn_len = (keep[2], len(alpn)) if alpn else (ffi.NULL, 0)
         rc = lib.echo_client_start_tls(self._cli, t)
         if rc < 0:
-            reason = self._ffi.string(self._tls_why().reason).decode(errors="replace")
-            reason = reason or os.strerror(-rc)
+            why = self._tls_why()  # held: .reason points into it
+            reason = self._ffi.string(why.reason).decode(errors="replace") or os.strerror(-rc)
             if rc == -errno.EINVAL:
                 raise ValueError(f"the native client refused the TLS settings: {reason}")
             raise OSError(-rc, f"{os.strerror(-rc)}: {reason}")
