@@ -672,8 +672,11 @@ def test_a_restarted_idle_server_sleeps_after_stops_that_raced_it(engine: str) -
     with pyecho.EchoServer((LOOPBACK, 0), engine=engine, mode="raw") as server:
         for cycle in range(40):
             server.start()
-            share = idle_cpu_share(0.03)
-            assert share < 0.5, f"session {cycle} spun at {share:.0%} CPU while idle"
+            # A stale wake-up spins for the whole session, so every window
+            # shows it; one burst of other work in this process (a garbage
+            # collection, ASan recycling its quarantine) spans at most two.
+            shares = [idle_cpu_share(0.03) for _ in range(3)]
+            assert min(shares) < 0.5, f"session {cycle} spun while idle: {shares}"
             pumps = Pumps(server.server_address, 20)
             # All connected and served (one connecting after the shutdown
             # would wait in the backlog for the next session, not end).
