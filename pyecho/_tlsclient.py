@@ -14,8 +14,10 @@ Python's ssl raises for it.
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
+import sys
 from typing import Any, NamedTuple
 
 # X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: CPython
@@ -80,20 +82,26 @@ def client_context(
     """``ssl.create_default_context(cafile=..., capath=..., cadata=...)``, as a
     ``ClientContext``: the same defaults (this Python's), and the native
     client can speak TLS with it."""
-    defaults = ssl.create_default_context(cafile=cafile, capath=capath, cadata=cadata)
     ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.options = defaults.options
-    ctx.verify_flags = defaults.verify_flags
-    ctx.minimum_version = defaults.minimum_version
-    ctx.maximum_version = defaults.maximum_version
+    ctx.options, ctx.verify_flags, ctx.minimum_version, ctx.maximum_version = _defaults()
     ctx.verify_mode, ctx.check_hostname = ssl.CERT_REQUIRED, True
     if cafile or capath or cadata:
         ctx.load_verify_locations(cafile, capath, cadata)
     else:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-    if defaults.keylog_filename:
-        ctx.keylog_filename = defaults.keylog_filename
+    # As create_default_context() does, at each call.
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
     return ctx
+
+
+@functools.cache
+def _defaults() -> tuple[ssl.Options, ssl.VerifyFlags, ssl.TLSVersion, ssl.TLSVersion]:
+    """What ssl.create_default_context() sets on this Python, read once: making
+    one loads the system's CA certificates (tens of milliseconds)."""
+    d = ssl.create_default_context()
+    return d.options, d.verify_flags, d.minimum_version, d.maximum_version
 
 
 class NativeTlsSpec(NamedTuple):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -526,6 +527,34 @@ def test_pyecho_client_mutual_tls(engine: str, client_engine: str) -> None:
                 c.echo(b"anyone?")
             assert e.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
         wait_for(lambda: server.stats.closed["handshake"] == 1, 10, "the refusal")
+
+
+def test_client_context_is_create_default_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyecho.client_context() sets what ssl.create_default_context() sets on
+    this Python (read once and remembered), with the same CAs, and reads
+    SSLKEYLOGFILE at each call as it does."""
+
+    def settings(ctx: ssl.SSLContext) -> tuple[object, ...]:
+        return (
+            ctx.protocol, ctx.options, ctx.verify_flags, ctx.verify_mode, ctx.check_hostname,
+            ctx.minimum_version, ctx.maximum_version, ctx.keylog_filename,
+            sorted(map(str, ctx.get_ca_certs())),
+        )  # fmt: skip
+
+    monkeypatch.delenv("SSLKEYLOGFILE", raising=False)
+    for _ in range(2):  # the first call reads the defaults, the second remembers them
+        assert settings(pyecho.client_context()) == settings(ssl.create_default_context())
+    with tls_server("python", mode="raw") as server:
+        assert server.tls is not None
+        ca = server.tls.ca_file
+        assert settings(pyecho.client_context(cafile=ca)) == settings(
+            ssl.create_default_context(cafile=ca)
+        )
+        assert len(pyecho.client_context(cadata=server.tls.ca_pem).get_ca_certs()) == 1
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys"))
+    assert pyecho.client_context().keylog_filename == str(tmp_path / "keys")
 
 
 def test_pyecho_client_which_contexts_run_natively(client_engine: str) -> None:
