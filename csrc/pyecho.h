@@ -32,7 +32,7 @@
  * or signature here changes), and echo_abi_sizeof() of each struct must
  * equal the size the loader computes from this header.
  */
-enum { ECHO_ABI_VERSION = 8 };
+enum { ECHO_ABI_VERSION = 9 };
 int echo_abi_version(void);
 /* sizeof the struct named (e.g. "echo_config"); 0 for an unknown name. */
 size_t echo_abi_sizeof(const char *name);
@@ -328,8 +328,10 @@ typedef struct echo_tls_client_config {
     size_t ca_pem_len;
     const char *capath;          /* a hashed folder of CA certificates; NULL: none */
     int default_paths;           /* 1: also OpenSSL's default CA file and folder */
-    const char *certfile;        /* the client's certificate chain (PEM); NULL: none */
-    const char *keyfile;         /* its private key; NULL: in certfile */
+    const char *cert_pem;        /* the client's certificate chain, PEM; NULL: none */
+    size_t cert_pem_len;
+    const char *key_pem;         /* its private key, PEM (unencrypted); NULL: in cert_pem */
+    size_t key_pem_len;
     const char *ciphers;         /* OpenSSL cipher list; NULL: CPython's default */
     int min_version;             /* 0x0303 (TLS 1.2), 0x0304 (TLS 1.3); 0: any */
     int max_version;             /* 0: no maximum */

@@ -412,6 +412,57 @@ static int load_ca_pem(SSL_CTX *ctx, const char *pem, size_t len)
     return 0;
 }
 
+/* No password for a key: OpenSSL would ask on the terminal. */
+static int no_password(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    (void)arg;
+    return -1;
+}
+
+/* Present the certificate chain of a PEM text (the leaf first, as
+ * SSL_CTX_use_certificate_chain_file() reads a file) and the key of
+ * another, or of the same text; 0, or -1 naming the part that failed. */
+static int use_cert_pem(SSL_CTX *ctx, const char *cert, size_t cert_len, const char *key,
+                        size_t key_len, const char **what)
+{
+    BIO *in;
+    X509 *x;
+    EVP_PKEY *pkey = NULL;
+    int ok;
+
+    *what = "cannot load certfile";
+    if (cert_len > INT_MAX || key_len > INT_MAX ||
+        (in = BIO_new_mem_buf(cert, (int)cert_len)) == NULL)
+        return -1;
+    x = PEM_read_bio_X509_AUX(in, NULL, no_password, NULL);
+    ok = x != NULL && SSL_CTX_use_certificate(ctx, x) == 1 && SSL_CTX_clear_chain_certs(ctx) == 1;
+    X509_free(x);
+    while (ok && (x = PEM_read_bio_X509(in, NULL, no_password, NULL)) != NULL) {
+        ok = SSL_CTX_add0_chain_cert(ctx, x) == 1;
+        if (!ok)
+            X509_free(x);
+    }
+    /* The end of the text reads as "no start line": the chain is whole. */
+    if (ok && ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE)
+        ok = 0;
+    if (ok) {
+        ERR_clear_error();
+        *what = "cannot load keyfile";
+        BIO_free(in);
+        in = key != NULL ? BIO_new_mem_buf(key, (int)key_len)
+                         : BIO_new_mem_buf(cert, (int)cert_len);
+        pkey = in != NULL ? PEM_read_bio_PrivateKey(in, NULL, no_password, NULL) : NULL;
+        ok = pkey != NULL && SSL_CTX_use_PrivateKey(ctx, pkey) == 1 &&
+             SSL_CTX_check_private_key(ctx) == 1;
+        EVP_PKEY_free(pkey);
+    }
+    BIO_free(in);
+    return ok ? 0 : -1;
+}
+
 int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *err,
                        size_t errlen)
 {
@@ -421,7 +472,8 @@ int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *e
     if (err != NULL && errlen > 0)
         err[0] = '\0';
     if (cfg == NULL || out == NULL || (cfg->ca_pem == NULL && cfg->ca_pem_len > 0) ||
-        (cfg->keyfile != NULL && cfg->certfile == NULL) || cfg->min_version < 0 ||
+        (cfg->cert_pem == NULL && (cfg->cert_pem_len > 0 || cfg->key_pem != NULL)) ||
+        (cfg->key_pem == NULL && cfg->key_pem_len > 0) || cfg->min_version < 0 ||
         cfg->max_version < 0 || (cfg->check_hostname && !cfg->verify) ||
         cfg->alpn_len > 65535 || (cfg->alpn_len > 0 && cfg->alpn == NULL))
         return -EINVAL;
@@ -455,17 +507,13 @@ int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *e
         tls_ctx_free(t);
         return fail(err, errlen, "cannot load the CA folder", -EINVAL);
     }
-    if (cfg->certfile != NULL) {
-        const char *key = cfg->keyfile != NULL ? cfg->keyfile : cfg->certfile;
+    if (cfg->cert_pem != NULL) {
+        const char *what;
 
-        if (SSL_CTX_use_certificate_chain_file(ctx, cfg->certfile) != 1) {
+        if (use_cert_pem(ctx, cfg->cert_pem, cfg->cert_pem_len, cfg->key_pem, cfg->key_pem_len,
+                         &what) != 0) {
             tls_ctx_free(t);
-            return fail(err, errlen, "cannot load certfile", -EINVAL);
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
-            SSL_CTX_check_private_key(ctx) != 1) {
-            tls_ctx_free(t);
-            return fail(err, errlen, "cannot load keyfile", -EINVAL);
+            return fail(err, errlen, what, -EINVAL);
         }
     }
     /* 0 on success, unlike the rest of OpenSSL. */

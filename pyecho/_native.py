@@ -474,13 +474,20 @@ class NativeClient:
             keep.append(ffi.new("char[]", os.fsencode(value)))
             return keep[-1]
 
+        def pem(value: bytes | None) -> tuple[Any, int]:
+            if value is None:
+                return ffi.NULL, 0
+            keep.append(ffi.from_buffer(value))
+            return keep[-1], len(value)
+
         t = ffi.new("echo_tls_client_config *")
         t.server_hostname = keep[0]
         t.verify, t.check_hostname = spec.verify, spec.check_hostname
         t.check_common_name = spec.check_common_name
         t.ca_pem, t.ca_pem_len = (keep[1], len(spec.ca_pem)) if spec.ca_pem else (ffi.NULL, 0)
         t.capath, t.default_paths = text(spec.capath), spec.default_paths
-        t.certfile, t.keyfile = text(spec.certfile), text(spec.keyfile)
+        t.cert_pem, t.cert_pem_len = pem(spec.cert_pem)
+        t.key_pem, t.key_pem_len = pem(spec.key_pem)
         t.ciphers = text(spec.ciphers)
         t.min_version, t.max_version = spec.min_version, spec.max_version
         t.options, t.verify_flags = spec.options, spec.verify_flags

@@ -29,7 +29,7 @@ class ClientContext(ssl.SSLContext):
     """An ``ssl.SSLContext`` that remembers what cannot be read back from one,
     so that the native client can build the same context in C."""
 
-    _pyecho_cert: tuple[str, str | None] | None = None
+    _pyecho_cert: tuple[bytes, bytes | None] | None = None  # PEM texts, as loaded
     _pyecho_alpn: tuple[str, ...] = ()
     _pyecho_ciphers: str | None = None
     _pyecho_capath: str | None = None
@@ -40,8 +40,14 @@ class ClientContext(ssl.SSLContext):
         super().load_cert_chain(certfile, keyfile, password)
         if password is not None:
             self._pyecho_unmirrored = "a password-protected client key"
-        key = None if keyfile is None else os.path.abspath(os.fspath(keyfile))
-        self._pyecho_cert = (os.path.abspath(os.fspath(certfile)), key)
+        # Read now, as ssl did: a file changed or gone later changes nothing.
+        with open(certfile, "rb") as f:
+            cert = f.read()
+        key = None
+        if keyfile is not None:
+            with open(keyfile, "rb") as f:
+                key = f.read()
+        self._pyecho_cert = (cert, key)
 
     def set_alpn_protocols(self, alpn_protocols: Any) -> None:
         super().set_alpn_protocols(alpn_protocols)
@@ -114,8 +120,8 @@ class NativeTlsSpec(NamedTuple):
     ca_pem: bytes
     capath: str | None
     default_paths: bool
-    certfile: str | None
-    keyfile: str | None
+    cert_pem: bytes | None
+    key_pem: bytes | None
     ciphers: str | None
     min_version: int
     max_version: int
@@ -156,8 +162,8 @@ def native_spec(ctx: ssl.SSLContext, server_hostname: str) -> NativeTlsSpec | st
         ca_pem=pem.encode("ascii"),
         capath=ctx._pyecho_capath,
         default_paths=ctx._pyecho_default_paths,
-        certfile=cert,
-        keyfile=key,
+        cert_pem=cert,
+        key_pem=key,
         ciphers=ctx._pyecho_ciphers,
         min_version=_version(ctx.minimum_version),
         max_version=_version(ctx.maximum_version),

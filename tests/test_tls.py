@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -604,23 +605,34 @@ def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) ->
 
 
 @pytest.mark.native
-def test_native_client_loads_the_client_certificate_at_connect(tmp_path: Any) -> None:
-    """The C client reads a ClientContext's certificate file at each
-    connection (Python's ssl read it once, at load_cert_chain()): a file
-    gone since is a ValueError saying which, in OpenSSL's words."""
+def test_pyecho_client_certificate_is_read_at_load_cert_chain(
+    tmp_path: Path, client_engine: str
+) -> None:
+    """Both clients present the certificate and key that were in the files
+    at load_cert_chain() (Python's ssl reads them then): files removed
+    since change nothing. The key in the certificate's file or apart."""
     with tls_server("python", pyecho.TLS(client_cert="required")).start() as server:
         assert server.tls is not None and server.tls.client_certfile is not None
-        certfile = tmp_path / "client.pem"
-        shutil.copy(server.tls.client_certfile, certfile)
-        ctx = pyecho.client_context(cafile=server.tls.ca_file)
-        ctx.load_cert_chain(certfile)
-        with tls_client(server, "native", ctx, mode="raw") as c:
-            assert c.echo(b"present") == b"present"
-        certfile.unlink()
-        with pytest.raises(
-            ValueError, match=r"^the native client refused the TLS settings: cannot load certfile: "
-        ):
-            pyecho.EchoClient(server.server_address, engine="native", tls=ctx)
+        pem = Path(server.tls.client_certfile).read_text()
+        key = re.search(
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----\n", pem, re.S
+        )
+        assert key is not None
+        (tmp_path / "both.pem").write_text(pem)
+        # The leaf, then its chain (here the CA's own certificate).
+        chain = pem.replace(key[0], "") + server.tls.ca_pem
+        (tmp_path / "cert.pem").write_text(chain)
+        (tmp_path / "key.pem").write_text(key[0])
+        together = pyecho.client_context(cafile=server.tls.ca_file)
+        together.load_cert_chain(tmp_path / "both.pem")
+        apart = pyecho.client_context(cafile=server.tls.ca_file)
+        apart.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+        for name in ("both.pem", "cert.pem", "key.pem"):
+            (tmp_path / name).unlink()
+        for ctx in (together, apart):
+            with tls_client(server, client_engine, ctx, mode="raw") as c:
+                assert c.echo(b"present") == b"present"
+        assert server.stats.closed["handshake"] == 0
 
 
 def _peer(answer: bytes) -> tuple[socket.socket, Any]:

@@ -388,6 +388,67 @@ static void test_client_side(void)
     server_close(&fx);
 }
 
+/* A file's first cap bytes; how many (0 if unreadable, CHECKed). */
+static size_t slurp(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    CHECK(f != NULL);
+    if (f == NULL)
+        return 0;
+    n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* The client's certificate and key as PEM texts (read by Python when
+ * load_cert_chain() is called): apart, together, or failing by part. */
+static void test_client_certificate(void)
+{
+    server_fixture fx;
+    char err[256], cert[4096], both[8192];
+    echo_tls_client_config ccfg;
+    tls_ctx *cctx = NULL;
+    size_t cert_len, key_len;
+
+    if (server_open(&fx) != 0)
+        return;
+    cert_len = slurp(fx.cert, cert, sizeof cert);
+    memcpy(both, cert, cert_len);
+    key_len = slurp(fx.key, both + cert_len, sizeof both - cert_len);
+
+    memset(&ccfg, 0, sizeof ccfg);
+    ccfg.cert_pem = cert;
+    ccfg.cert_pem_len = cert_len;
+    ccfg.key_pem = both + cert_len;
+    ccfg.key_pem_len = key_len;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0); /* apart */
+    tls_ctx_free(cctx);
+    cctx = NULL;
+    ccfg.cert_pem = both;
+    ccfg.cert_pem_len = cert_len + key_len;
+    ccfg.key_pem = NULL;
+    ccfg.key_pem_len = 0;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0); /* together */
+    tls_ctx_free(cctx);
+    cctx = NULL;
+    ccfg.cert_pem_len = cert_len; /* no key */
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "cannot load keyfile") == err);
+    ccfg.cert_pem = "not a certificate";
+    ccfg.cert_pem_len = strlen(ccfg.cert_pem);
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "cannot load certfile") == err);
+    ccfg.cert_pem = NULL; /* a key without a certificate */
+    ccfg.cert_pem_len = 0;
+    ccfg.key_pem = both + cert_len;
+    ccfg.key_pem_len = key_len;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
+    CHECK(cctx == NULL);
+    server_close(&fx);
+}
+
 #endif
 
 int main(void)
@@ -396,6 +457,7 @@ int main(void)
 #ifdef PYECHO_HAVE_OPENSSL
     RUN(test_handshake_echo_and_close);
     RUN(test_client_side);
+    RUN(test_client_certificate);
 #endif
     return check_summary("tls");
 }
