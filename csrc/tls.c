@@ -525,7 +525,10 @@ void tls_conn_why(const tls_conn *t, echo_tls_error *out)
                                    : ERR_lib_error_string(t->why));
         copy(out->reason, sizeof out->reason, ERR_reason_error_string(t->why));
     }
-    if (code != X509_V_OK) {
+    /* As CPython: the verification's result only when it is why the
+     * handshake failed (it is set, and kept, with verification off too). */
+    if (code != X509_V_OK && lib == ERR_LIB_SSL &&
+        ERR_GET_REASON(t->why) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
         out->verify_code = code;
         copy(out->verify, sizeof out->verify, X509_verify_cert_error_string(code));
     }
