@@ -59,6 +59,7 @@ struct echo_client {
     outbuf tls_out;          /* records the socket did not take yet */
     echo_tls_error tls_err;  /* the last TLS failure */
     int tls_failed;
+    int tls_want_read;       /* a write waits for OpenSSL to read (renegotiation) */
     uint8_t surplus[SURPLUS_SHOWN]; /* bytes beyond the echo, taken to be seen */
     size_t surplus_len;
 };
@@ -286,6 +287,13 @@ static int stream_wait(echo_client *cli, short events, int timeout_ms)
     return net_wait(cli->fd, events, timeout_ms);
 }
 
+/* What sending waits for: room in the socket, or over TLS while the
+ * server renegotiates, its answer (a write cannot go before it is read). */
+static short send_events(const echo_client *cli)
+{
+    return cli->tls != NULL && cli->tls_want_read && !queued(cli) ? POLLIN : POLLOUT;
+}
+
 /* Up to cap bytes of the stream: how many, 0 at its end, -EAGAIN when none
  * came yet, or a negative errno. */
 static ssize_t stream_recv(echo_client *cli, uint8_t *buf, size_t cap)
@@ -293,6 +301,7 @@ static ssize_t stream_recv(echo_client *cli, uint8_t *buf, size_t cap)
     ssize_t n;
 
     if (cli->tls != NULL) {
+        cli->tls_want_read = 0; /* a write waiting for this read may go now */
         n = tls_read(cli->tls, buf, cap);
         if (n > 0)
             return n;
@@ -318,9 +327,12 @@ static int send_some(echo_client *cli)
             return rc;
         if (len > TLS_CHUNK)
             len = TLS_CHUNK;
-        if (tls_seal(cli->tls, cli->op_buf + cli->sent, len) != 0)
+        rc = tls_write(cli->tls, cli->op_buf + cli->sent, len);
+        if (rc < 0)
             return tls_failure(cli);
-        cli->sent += len;
+        cli->tls_want_read = rc == 0; /* the server renegotiates: its answer first */
+        if (rc == 1)
+            cli->sent += len;
         return 0;
     }
     n = send(cli->fd, cli->op_buf + cli->sent, len, COMPAT_MSG_NOSIGNAL);
@@ -439,7 +451,7 @@ int echo_client_send(echo_client *cli, const uint8_t *buf, size_t len)
             return rc;
     }
     while (cli->sent < len || queued(cli)) {
-        int rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
+        int rc = net_wait(cli->fd, send_events(cli), cli->timeout_ms);
 
         if (rc > 0)
             rc = send_some(cli);
@@ -561,7 +573,7 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
     for (;;) {
         int sending = cli->sent < cli->tracked || queued(cli);
         int receiving = !cli->eof && (cli->got < cli->expect || cli->quit_sent);
-        short events = (short)((sending ? POLLOUT : 0) | (receiving ? POLLIN : 0));
+        short events = (short)((sending ? send_events(cli) : 0) | (receiving ? POLLIN : 0));
         int ready, rc = 0;
 
         *got = cli->got;
@@ -578,7 +590,10 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
             track_more(cli); /* seed mode: the next piece */
             continue;
         }
-        ready = stream_wait(cli, events, cli->timeout_ms);
+        /* (plaintext already decrypted counts only for receiving: a write
+         * waiting for the server's renegotiation waits for the socket) */
+        ready = receiving ? stream_wait(cli, events, cli->timeout_ms)
+                          : net_wait(cli->fd, events, cli->timeout_ms);
         if (ready < 0)
             return op_end(cli, ready);
         /* Errors and hang-ups show up through send() and recv(). */
@@ -589,7 +604,7 @@ int echo_client_echo(echo_client *cli, const uint8_t *buf, size_t len,
          * (EPIPE, once its FIN is in), as in the Python client. */
         if (receiving && (ready & POLLIN)) {
             rc = recv_some(cli, reply);
-        } else if (sending && (ready & POLLOUT)) {
+        } else if (sending && (ready & send_events(cli))) {
             rc = send_some(cli);
             /* The server may close on the quit word before taking the rest. */
             if ((rc == -EPIPE || rc == -ECONNRESET) && cli->quit_sent) {

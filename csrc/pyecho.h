@@ -345,7 +345,7 @@ typedef struct echo_tls_client_config {
 typedef struct echo_tls_error {
     char library[32];   /* "SSL", "X509"...: OpenSSL's library ("" if none) */
     char reason[160];   /* OpenSSL's reason, e.g. "certificate verify failed" */
-    char verify[160];   /* the certificate check's message, if it failed */
+    char verify[160];   /* the certificate check's message, if that failed */
     long verify_code;   /* X509_V_OK (0), or the X509_V_ERR_* that failed */
     int eof;            /* 1: the server closed in the middle of the handshake */
 } echo_tls_error;

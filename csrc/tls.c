@@ -558,6 +558,20 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
     return t;
 }
 
+int tls_write(tls_conn *t, const uint8_t *data, size_t len)
+{
+    size_t written = 0;
+
+    if (len > 0 && SSL_write_ex(t->ssl, data, len, &written) != 1) {
+        if (SSL_get_error(t->ssl, 0) == SSL_ERROR_WANT_READ && !t->eof && !t->failed)
+            return 0;
+        t->why = ERR_peek_last_error();
+        ERR_clear_error();
+        return -1;
+    }
+    return t->failed ? -1 : 1;
+}
+
 void tls_conn_why(const tls_conn *t, echo_tls_error *out)
 {
     long code = SSL_get_verify_result(t->ssl);
@@ -573,7 +587,10 @@ void tls_conn_why(const tls_conn *t, echo_tls_error *out)
                                    : ERR_lib_error_string(t->why));
         copy(out->reason, sizeof out->reason, ERR_reason_error_string(t->why));
     }
-    if (code != X509_V_OK) {
+    /* As CPython: the verification's result only when it is why the
+     * handshake failed (it is set, and kept, with verification off too). */
+    if (code != X509_V_OK && lib == ERR_LIB_SSL &&
+        ERR_GET_REASON(t->why) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
         out->verify_code = code;
         copy(out->verify, sizeof out->verify, X509_verify_cert_error_string(code));
     }
@@ -690,6 +707,14 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
 {
     (void)cfg;
     return tls_conn_new(ctx, fd, out);
+}
+
+int tls_write(tls_conn *t, const uint8_t *data, size_t len)
+{
+    (void)t;
+    (void)data;
+    (void)len;
+    return -1;
 }
 
 void tls_conn_why(const tls_conn *t, echo_tls_error *out)

@@ -78,7 +78,12 @@ int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *e
  * NULL when out of memory. */
 tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, int fd,
                               outbuf *out);
-/* Why the handshake or a read failed, in OpenSSL's words. */
+/* Encrypt len bytes (client): 1 once the records are sent or queued, 0
+ * when OpenSSL must read first (a renegotiation the server asked for:
+ * nothing was sealed; call again once the socket is readable), -1 on
+ * failure (its reason kept for tls_conn_why()). */
+int tls_write(tls_conn *t, const uint8_t *data, size_t len);
+/* Why the handshake, a read or a write failed, in OpenSSL's words. */
 void tls_conn_why(const tls_conn *t, echo_tls_error *out);
 /* The protocol version and ALPN protocol negotiated; 0 or -1. */
 int tls_conn_info(const tls_conn *t, char *version, size_t vlen, char *alpn, size_t alen);

@@ -558,6 +558,26 @@ def test_client_context_is_create_default_context(
     assert pyecho.client_context().keylog_filename == str(tmp_path / "keys")
 
 
+@pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
+def test_pyecho_client_unverified_certificate_is_not_the_failure(
+    engine: str, client_engine: str
+) -> None:
+    """With verification off, a certificate that would not verify (its
+    result is kept all the same) is not why a later failure happened: the
+    server's refusal is an ssl.SSLError, not an SSLCertVerificationError."""
+    settings = pyecho.TLS(cert="self_signed", client_cert="required")
+    with tls_server(engine, settings).start() as server:
+        anonymous = pyecho.client_context()
+        anonymous.check_hostname = False
+        anonymous.verify_mode = ssl.CERT_NONE
+        with tls_client(server, client_engine, anonymous, mode="raw") as c:
+            with pytest.raises(ssl.SSLError, match="tlsv13 alert certificate required") as e:
+                c.echo(b"anyone?")
+        assert type(e.value) is ssl.SSLError
+        assert e.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+        assert "self-signed" not in str(e.value)
+
+
 def test_pyecho_client_which_contexts_run_natively(client_engine: str) -> None:
     """A plain ssl.SSLContext cannot be read back whole: "auto" runs the
     Python client with it, "native" says why not. tls=True trusts the

@@ -446,6 +446,67 @@ static void test_client_certificate(void)
     ccfg.key_pem_len = key_len;
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
     CHECK(cctx == NULL);
+/* TLS 1.2, the server asks for a renegotiation (HelloRequest): the
+ * client's write waits for its answer (tls_write() 0, nothing sealed) and
+ * goes once the new handshake is through, as Python's SSLSocket.send(). */
+static void test_client_write_during_renegotiation(void)
+{
+    server_fixture fx;
+    char err[256], pem[4096];
+    echo_tls_client_config ccfg;
+    tls_ctx *cctx = NULL;
+    tls_conn *srv, *cli;
+    outbuf sout = {0}, cout = {0};
+    uint8_t plain[64];
+    size_t pem_len;
+    FILE *f;
+    int sv[2], w = 0, waited = 0;
+
+    if (server_open(&fx) != 0)
+        return;
+    f = fopen(fx.cert, "r");
+    CHECK(f != NULL);
+    pem_len = f != NULL ? fread(pem, 1, sizeof pem, f) : 0;
+    if (f != NULL)
+        fclose(f);
+    memset(&ccfg, 0, sizeof ccfg);
+    ccfg.server_hostname = "localhost";
+    ccfg.verify = ccfg.check_hostname = 1;
+    ccfg.ca_pem = pem;
+    ccfg.ca_pem_len = pem_len;
+    ccfg.max_version = 0x0303;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
+    if (cctx == NULL) {
+        server_close(&fx);
+        return;
+    }
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    srv = tls_conn_new(fx.ctx, sv[0], &sout);
+    cli = tls_client_conn_new(cctx, &ccfg, sv[1], &cout);
+    CHECK(srv != NULL && cli != NULL);
+    CHECK_EQ(pair_handshake(cli, srv), 0);
+
+    CHECK_EQ(SSL_renegotiate((SSL *)srv->ssl), 1);
+    CHECK(SSL_do_handshake((SSL *)srv->ssl) == 1); /* its HelloRequest, sent */
+    usleep(1000);
+    CHECK_EQ(tls_read(cli, plain, sizeof plain), 0); /* taken: it answers */
+    for (int i = 0; i < 200 && (w = tls_write(cli, (const uint8_t *)"ping", 4)) == 0; i++) {
+        waited = 1;
+        srv->read_done = 0; /* a readiness event: one recv() */
+        CHECK(tls_read(srv, plain, sizeof plain) >= 0); /* the handshake moves on */
+        usleep(1000);
+    }
+    CHECK(waited);
+    CHECK_EQ(w, 1);
+    CHECK_EQ(read_some(srv, plain, sizeof plain), 4);
+    CHECK(memcmp(plain, "ping", 4) == 0);
+    tls_conn_free(cli);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+    tls_ctx_free(cctx);
+    outbuf_free(&sout);
+    outbuf_free(&cout);
     server_close(&fx);
 }
 
@@ -458,6 +519,7 @@ int main(void)
     RUN(test_handshake_echo_and_close);
     RUN(test_client_side);
     RUN(test_client_certificate);
+    RUN(test_client_write_during_renegotiation);
 #endif
     return check_summary("tls");
 }
