@@ -446,6 +446,9 @@ static void test_client_certificate(void)
     ccfg.key_pem_len = key_len;
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), -EINVAL);
     CHECK(cctx == NULL);
+    server_close(&fx);
+}
+
 /* TLS 1.2, the server asks for a renegotiation (HelloRequest): the
  * client's write waits for its answer (tls_write() 0, nothing sealed) and
  * goes once the new handshake is through, as Python's SSLSocket.send(). */
