@@ -25,6 +25,9 @@
 #define UDP_MAX (64 * 1024) /* more than any datagram's payload */
 #define UDP_RECENT 16       /* datagrams sent whose late echo is recognised */
 #define TLS_CHUNK (64 * 1024) /* plaintext sealed at a time: bounds the queue */
+/* The queue's bound: our sealed chunk, and what OpenSSL answers while
+ * reading (KeyUpdate, renegotiation) to a server that does not read. */
+#define TLS_OUT_MAX (2 * TLS_CHUNK)
 #define SURPLUS_SHOWN 40      /* TLS: surplus bytes kept for the error */
 
 enum op { OP_NONE, OP_SEND, OP_ECHO };
@@ -302,12 +305,31 @@ static ssize_t stream_recv(echo_client *cli, uint8_t *buf, size_t cap)
 
     if (cli->tls != NULL) {
         cli->tls_want_read = 0; /* a write waiting for this read may go now */
-        n = tls_read(cli->tls, buf, cap);
-        if (n > 0)
-            return n;
-        if (n == 0)
-            return -EAGAIN; /* a record without data (a session ticket), or none */
-        return n == -1 ? 0 : tls_failure(cli);
+        for (;;) {
+            /* What OpenSSL answered while reading goes out before the server
+             * waits for it (a renegotiation's ClientHello), as Python's ssl
+             * sends it from its read; a send that fails here is seen failing
+             * again, after the read shows why (the server's close). */
+            (void)tls_flush(cli);
+            /* The queue is full of OpenSSL's answers: wait until the server
+             * takes some (each wait bounded), as Python's ssl does. */
+            while (cli->tls_out.len >= TLS_OUT_MAX) {
+                int rc = net_wait(cli->fd, POLLOUT, cli->timeout_ms);
+
+                if (rc >= 0)
+                    rc = tls_flush(cli);
+                if (rc < 0)
+                    return rc;
+            }
+            n = tls_read(cli->tls, buf, cap);
+            if (n > 0)
+                return n;
+            if (n == 0 && cli->tls_out.len >= TLS_OUT_MAX)
+                continue; /* OpenSSL must send before it reads on */
+            if (n == 0)
+                return -EAGAIN; /* a record without data (a session ticket), or none */
+            return n == -1 ? 0 : tls_failure(cli);
+        }
     }
     n = recv(cli->fd, buf, cap, 0);
     return n >= 0 ? n : io_error();
@@ -678,7 +700,15 @@ int echo_client_start_tls(echo_client *cli, const echo_tls_client_config *tls)
         cli->tls_ctx = NULL;
         return -ENOMEM;
     }
-    return 0;
+    cli->tls->out_max = TLS_OUT_MAX;
+    if (cli->tls->failed) { /* the server's name, refused */
+        rc = tls_failure(cli);
+        tls_conn_free(cli->tls);
+        cli->tls = NULL;
+        tls_ctx_free(cli->tls_ctx);
+        cli->tls_ctx = NULL;
+    }
+    return rc;
 }
 
 int echo_client_handshake(echo_client *cli)

@@ -353,8 +353,9 @@ typedef struct echo_tls_error {
 /*
  * Speak TLS on a connected TCP client, before any send or receive: builds
  * the context (-EINVAL, -ENOENT...: echo_client_tls_error() says why) and
- * starts the handshake, which echo_client_handshake() completes. A library
- * without OpenSSL fails with -EPROTONOSUPPORT.
+ * starts the handshake, which echo_client_handshake() completes. A server
+ * name OpenSSL refuses (too long for SNI) is -EBADMSG, as a TLS failure. A
+ * library without OpenSSL fails with -EPROTONOSUPPORT.
  */
 int echo_client_start_tls(echo_client *cli, const echo_tls_client_config *tls);
 /*

@@ -207,7 +207,15 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
 {
     tls_conn *t = BIO_get_data(b);
 
-    *written = len; /* always all: what the socket does not take is queued */
+    BIO_clear_retry_flags(b);
+    if (t->out_max > 0 && t->ready && t->out->len >= t->out_max) {
+        /* A server making us answer (KeyUpdate) without reading: OpenSSL
+         * keeps the record and the caller waits for room, as Python's ssl. */
+        *written = 0;
+        BIO_set_retry_write(b);
+        return 0;
+    }
+    *written = len; /* all: what the socket does not take is queued */
     if (t->failed)
         return 1;
     if (t->direct && t->out->len == 0 && len > 0) {
@@ -335,6 +343,7 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
         return (ssize_t)got;
     switch (SSL_get_error(t->ssl, 0)) {
     case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: /* out is full: past out_max */
         if (!t->eof && !t->failed)
             return 0;
         break;
@@ -549,9 +558,9 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
                          : X509_VERIFY_PARAM_set1_ip(SSL_get0_param(ssl),
                                                      ASN1_STRING_get0_data(ip),
                                                      (size_t)ASN1_STRING_length(ip))) != 1)) {
-            ASN1_OCTET_STRING_free(ip);
-            tls_conn_free(t);
-            return NULL;
+            t->why = ERR_peek_last_error();
+            t->failed = 1;
+            ERR_clear_error();
         }
         ASN1_OCTET_STRING_free(ip);
     }

@@ -41,6 +41,9 @@ typedef struct tls_conn {
                     * recv() per readiness event (`read_done`) */
     int read_done; /* this turn's recv() was made (or the server reads no
                     * more in it): OpenSSL's reads wait for the next turn */
+    size_t out_max; /* clients: after the handshake, past this many bytes in
+                     * out OpenSSL's writes wait (0: no bound; the server
+                     * bounds its queues itself) */
 } tls_conn;
 
 /* A server context; 0, or a negative errno (the reason in err). */
@@ -55,7 +58,8 @@ void tls_conn_free(tls_conn *t);
  * needs input, -1 if it failed (its alert, if any, sent or queued). */
 int tls_handshake(tls_conn *t);
 /* Up to cap bytes of plaintext (one record's at most), read from the
- * socket as needed: how many, 0 when more input is needed, -1 at the end of
+ * socket as needed: how many, 0 when more input is needed (or, out full
+ * past out_max, OpenSSL's answer must be sent first), -1 at the end of
  * input (close_notify, or the FIN), -2 on a bad record or a failed recv(). */
 ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap);
 /* Plaintext already decrypted, waiting for tls_read(); with `per_turn`, 1
@@ -75,7 +79,8 @@ int tls_close_notify(tls_conn *t);
 int tls_client_ctx_new(const echo_tls_client_config *cfg, tls_ctx **out, char *err,
                        size_t errlen);
 /* A client connection over fd: SNI and the name checked come from cfg;
- * NULL when out of memory. */
+ * NULL when out of memory. A name OpenSSL refuses (too long for SNI) gives
+ * a connection already `failed`, `why` saying why. */
 tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, int fd,
                               outbuf *out);
 /* Encrypt len bytes (client): 1 once the records are sent or queued, 0

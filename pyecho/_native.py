@@ -493,6 +493,8 @@ class NativeClient:
         t.options, t.verify_flags = spec.options, spec.verify_flags
         t.alpn, t.alpn_len = (keep[2], len(alpn)) if alpn else (ffi.NULL, 0)
         rc = lib.echo_client_start_tls(self._cli, t)
+        if rc == -EBADMSG:  # a server name OpenSSL refuses, as ssl's wrap_socket()
+            raise self._tls_failure()
         if rc < 0:
             why = self._tls_why()  # held: .reason points into it
             reason = self._ffi.string(why.reason).decode(errors="replace") or os.strerror(-rc)

@@ -468,6 +468,19 @@ def test_alpn_and_versions(engine: str) -> None:
 # ---- pyecho's own client over TLS: both engines -------------------------------------
 
 
+def test_pyecho_client_server_name_too_long_for_sni(client_engine: str) -> None:
+    """A name of valid labels too long for SNI (over 255 bytes): OpenSSL
+    refuses it before the handshake, and both clients raise what
+    ssl.wrap_socket() raises (the C client said "out of memory")."""
+    with tls_server("python").start() as server:
+        name = "x." * 130 + "localhost"
+        with pytest.raises(ssl.SSLError, match=r"^\[SSL: SSL3_EXT_INVALID_SERVERNAME\]") as e:
+            tls_client(server, client_engine, server_hostname=name)
+        assert (e.value.library, e.value.reason) == ("SSL", "SSL3_EXT_INVALID_SERVERNAME")
+        with tls_client(server, client_engine, mode="raw") as c:  # the next one is served
+            assert c.echo(b"after") == b"after"
+
+
 @pytest.mark.parametrize("engine, client_engine", ENGINE_PAIRS)
 @pytest.mark.parametrize("cert, message", BAD_CERTS, ids=[c for c, _ in BAD_CERTS])
 def test_pyecho_client_refuses_bad_certificates(

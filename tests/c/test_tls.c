@@ -513,6 +513,95 @@ static void test_client_write_during_renegotiation(void)
     server_close(&fx);
 }
 
+/* A TLS 1.3 server that asks for KeyUpdates and never reads: the client's
+ * answers queue up to out_max, then tls_read() waits (0) with OpenSSL
+ * holding its record; once the server reads and the queue goes out, every
+ * KeyUpdate is answered and the connection still echoes. */
+static void test_client_answers_are_bounded(void)
+{
+    enum { UPDATES = 3000, OUT_MAX = 2048, SMALL = 4096 };
+    server_fixture fx;
+    char err[256], pem[4096];
+    echo_tls_client_config ccfg;
+    tls_ctx *cctx = NULL;
+    tls_conn *srv, *cli;
+    outbuf sout = {0}, cout = {0};
+    uint8_t plain[64];
+    size_t pem_len, most = 0;
+    int sv[2], small = SMALL, held = 0, rounds = 0;
+
+    if (server_open(&fx) != 0)
+        return;
+    pem_len = slurp(fx.cert, pem, sizeof pem);
+    memset(&ccfg, 0, sizeof ccfg);
+    ccfg.server_hostname = "localhost";
+    ccfg.verify = ccfg.check_hostname = 1;
+    ccfg.ca_pem = pem;
+    ccfg.ca_pem_len = pem_len;
+    CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
+    if (cctx == NULL) {
+        server_close(&fx);
+        return;
+    }
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    CHECK_EQ(setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+    srv = tls_conn_new(fx.ctx, sv[0], &sout);
+    cli = tls_client_conn_new(cctx, &ccfg, sv[1], &cout);
+    CHECK(srv != NULL && cli != NULL);
+    CHECK_EQ(pair_handshake(cli, srv), 0);
+    cli->out_max = OUT_MAX;
+
+    for (int i = 0; i < UPDATES; i++) {
+        CHECK_EQ(SSL_key_update((SSL *)srv->ssl, SSL_KEY_UPDATE_REQUESTED), 1);
+        CHECK_EQ(SSL_do_handshake((SSL *)srv->ssl), 1); /* sent, or queued in sout */
+    }
+    /* The server does not read: the client reads until its queue is full. */
+    for (int i = 0; i < 10000 && !held; i++) {
+        CHECK_EQ(tls_read(cli, plain, sizeof plain), 0);
+        most = cout.len > most ? cout.len : most;
+        held = cout.len >= OUT_MAX;
+    }
+    CHECK(held);
+    CHECK_EQ(tls_read(cli, plain, sizeof plain), 0); /* still waiting: no growth */
+    CHECK(cout.len <= OUT_MAX + 64);                 /* one record past, at most */
+    /* The server reads; the client's queue goes out; all are answered:
+     * rounds until three in a row move nothing. */
+    for (int idle = 0; idle < 3 && rounds < 20000; rounds++) {
+        ssize_t n;
+        int moved = tls_read(cli, plain, sizeof plain) != 0;
+
+        most = cout.len > most ? cout.len : most;
+        n = cout.len > 0 ? send(sv[1], outbuf_begin(&cout), cout.len, MSG_DONTWAIT) : 0;
+        if (n > 0) {
+            outbuf_consume(&cout, (size_t)n);
+            moved = 1;
+        }
+        srv->read_done = 0;
+        CHECK(tls_read(srv, plain, sizeof plain) >= 0);
+        n = sout.len > 0 ? send(sv[0], outbuf_begin(&sout), sout.len, MSG_DONTWAIT) : 0;
+        if (n > 0) {
+            outbuf_consume(&sout, (size_t)n);
+            moved = 1;
+        }
+        idle = moved ? 0 : idle + 1;
+    }
+    CHECK(rounds < 20000);
+    CHECK_EQ(sout.len + cout.len + tls_pending(cli), 0);
+    CHECK(most <= OUT_MAX + 64);
+    CHECK_EQ(tls_write(cli, (const uint8_t *)"ping", 4), 1);
+    CHECK_EQ(cout.len, 0); /* sent at once: nothing is queued */
+    CHECK_EQ(read_some(srv, plain, sizeof plain), 4);
+    CHECK(memcmp(plain, "ping", 4) == 0);
+    tls_conn_free(cli);
+    tls_conn_free(srv);
+    close(sv[0]);
+    close(sv[1]);
+    tls_ctx_free(cctx);
+    outbuf_free(&sout);
+    outbuf_free(&cout);
+    server_close(&fx);
+}
+
 #endif
 
 int main(void)
@@ -523,6 +612,7 @@ int main(void)
     RUN(test_client_side);
     RUN(test_client_certificate);
     RUN(test_client_write_during_renegotiation);
+    RUN(test_client_answers_are_bounded);
 #endif
     return check_summary("tls");
 }
