@@ -239,6 +239,13 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *written)
     return 1;
 }
 
+/* No more input will come: the end of it, a failed recv(), or (but for a
+ * client) a failed send(). */
+static int input_over(const tls_conn *t)
+{
+    return t->eof || t->read_failed || (t->failed && !t->keep_reading);
+}
+
 static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
 {
     tls_conn *t = BIO_get_data(b);
@@ -246,7 +253,7 @@ static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
 
     BIO_clear_retry_flags(b);
     *readbytes = 0;
-    if (t->eof || t->failed)
+    if (input_over(t))
         return 0;
     if (t->per_turn && t->read_done) {
         BIO_set_retry_read(b);
@@ -263,7 +270,7 @@ static int bio_read(BIO *b, char *buf, size_t len, size_t *readbytes)
     else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
         BIO_set_retry_read(b);
     else {
-        t->failed = 1;
+        t->failed = t->read_failed = 1;
         t->error = errno;
     }
     return 0;
@@ -344,7 +351,7 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
     switch (SSL_get_error(t->ssl, 0)) {
     case SSL_ERROR_WANT_READ:
     case SSL_ERROR_WANT_WRITE: /* out is full: past out_max */
-        if (!t->eof && !t->failed)
+        if (!input_over(t))
             return 0;
         break;
     case SSL_ERROR_ZERO_RETURN:
@@ -354,9 +361,9 @@ ssize_t tls_read(tls_conn *t, uint8_t *buf, size_t cap)
     }
     t->why = ERR_peek_last_error();
     ERR_clear_error();
-    if (t->failed)
-        return -2;
-    return t->eof ? -1 : -2; /* a FIN ends input, as over plain TCP */
+    /* A FIN ends input, as over plain TCP (after a failed send too, for a
+     * client, which reads the server's last records and then its close). */
+    return t->eof && !t->read_failed && (!t->failed || t->keep_reading) ? -1 : -2;
 }
 
 size_t tls_pending(const tls_conn *t)
@@ -546,6 +553,7 @@ tls_conn *tls_client_conn_new(tls_ctx *ctx, const echo_tls_client_config *cfg, i
     if (t == NULL)
         return NULL;
     t->per_turn = 0; /* a blocking client: OpenSSL reads when it needs to */
+    t->keep_reading = 1;
     ssl = t->ssl;
     SSL_set_connect_state(ssl);
     if (name != NULL && name[0] != '\0') {

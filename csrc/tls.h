@@ -31,6 +31,9 @@ typedef struct tls_conn {
     int direct;    /* 1: a record may be sent at once when out is empty */
     int eof;       /* the peer's end of input (FIN) was read */
     int failed;    /* a recv() or send() failed, or out of memory: reset */
+    int read_failed; /* ... a recv() */
+    int keep_reading; /* clients: after a failed send(), input is still read
+                       * (the server's last records, before its close) */
     int ready;     /* the handshake is complete */
     int started;   /* its first bytes came (the handshake faults were decided) */
     int stalled;   /* handshake_stall: input is dropped, nothing answered */

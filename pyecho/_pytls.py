@@ -10,6 +10,8 @@ it, echo is encrypted as it enters the output queue.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import ssl
 
@@ -127,6 +129,10 @@ class PyTlsClient(PyClient):
             return self._sock.send(view)
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
             return 0
+        except ssl.SSLEOFError as e:
+            # CPython's word for a write into a connection the server closed
+            # (EPIPE): the error plain TCP and the C client give.
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from e
 
     def _recv_tls(self, n: int) -> bytes | None:
         """Up to n bytes; b"" at the end; None: nothing yet."""

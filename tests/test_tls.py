@@ -637,7 +637,6 @@ def test_pyecho_client_sees_surplus_over_tls(engine: str, client_engine: str) ->
     )
 
 
-@pytest.mark.native
 def test_pyecho_client_certificate_is_read_at_load_cert_chain(
     tmp_path: Path, client_engine: str
 ) -> None:
@@ -666,6 +665,51 @@ def test_pyecho_client_certificate_is_read_at_load_cert_chain(
             with tls_client(server, client_engine, ctx, mode="raw") as c:
                 assert c.echo(b"present") == b"present"
         assert server.stats.closed["handshake"] == 0
+
+
+def test_pyecho_client_reads_the_echo_of_a_server_that_resets_at_the_quit_word(
+    client_engine: str,
+) -> None:
+    """A TLS server (not pyecho's, which lingers) that echoes the line before
+    the quit word and closes with the client's later bytes unread: a reset,
+    while the client is still sending. The send's failure is the server
+    closing on the quit word; the echo already in the socket is read, by
+    both clients. (The C client stopped reading at its failed send: a
+    BrokenPipeError 13 times in 20; the Python client got ssl.SSLEOFError,
+    CPython's word for that EPIPE, which it did not take for the close.)"""
+    import threading
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(HOST).configure_cert(server_ctx)
+    client_ctx = pyecho.client_context()
+    ca.configure_trust(client_ctx)
+
+    def serve(listener: socket.socket) -> None:
+        listener.settimeout(10)
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as s:
+            s.settimeout(10)
+            got = b""
+            while b"exit\n" not in got:
+                got += s.recv(65536)
+            s.sendall(got[: got.index(b"exit\n")])
+        # closed with input unread: the kernel sends a reset
+
+    for _ in range(3):
+        with socket.create_server((HOST, 0)) as listener:
+            thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+            thread.start()
+            with pyecho.EchoClient(
+                listener.getsockname(), engine=client_engine, tls=client_ctx, mode="line",
+                timeout=10,
+            ) as c:  # fmt: skip
+                assert c.engine == client_engine
+                assert c.echo(b"hello\nexit\n" + b"x" * 2_000_000) == b"hello\n"
+                assert c.server_closed
+            thread.join(timeout=10)
+            assert not thread.is_alive()
 
 
 def _peer(answer: bytes) -> tuple[socket.socket, Any]:
