@@ -557,6 +557,9 @@ int tls_progress(echo_server *srv, conn *c)
         if (n == 0)
             break;
         if (n == -2) {
+            /* A bad record: the echo of the records before it, and the
+             * alert, go if they can at once (the batch would lose them). */
+            (void)flush_out(srv, c);
             conn_close(srv, c, ECHO_CLOSE_RESET);
             return 1;
         }

@@ -692,6 +692,10 @@ class PyServer:
             try:
                 chunk = t.read(self._want)
             except ssl.SSLError:
+                # A bad record: the alert goes after the echo of the records
+                # before it, if it can at once.
+                c.out += t.take()
+                self._flush_out(c)
                 self._conn_close(c, RESET)
                 return True
             if chunk is None:

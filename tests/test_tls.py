@@ -253,6 +253,27 @@ def test_records_arriving_together_are_all_echoed(engine: str, max_pending: int)
         assert server.stats.bytes_out == len(data) + 9
 
 
+def test_a_bad_record_resets_after_the_echo_of_those_before_it(engine: str) -> None:
+    """Good records and then a forged one, all in one segment: the echo of
+    the good ones still goes out, then the alert, then the reset (the C core
+    sent its turn's batch of records with none of them)."""
+    with tls_server(engine, mode="raw").start() as server:
+        c = RecordClient(server)
+        with c.sock:
+            c.tls.write(b"hello one")
+            c.tls.write(b"hello two")
+            good = c.outgoing.read()
+            c.tls.write(b"forged")
+            bad = bytearray(c.outgoing.read())
+            bad[-1] ^= 0xFF  # its tag no longer matches
+            c.sock.sendall(good + bytes(bad))
+            assert c.recv_exactly(18) == b"hello onehello two"
+            with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+                c.recv_exactly(1)
+        wait_for(lambda: server.stats.closed["reset"] == 1, 10, "the reset")
+        assert (server.stats.bytes_in, server.stats.bytes_out) == (18, 18)
+
+
 def test_the_differential_scenarios_over_tls() -> None:
     """Seed mode with its quit word, and line mode with a half-close (TLS
     close_notify), over both engines: the same transcript, events and stats."""
