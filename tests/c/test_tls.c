@@ -302,6 +302,32 @@ static int pair_handshake(tls_conn *cli, tls_conn *srv)
     return c == 1 && s == 1 ? 0 : -1;
 }
 
+/* A file's first cap bytes; how many (0 if unreadable, CHECKed). */
+static size_t slurp(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    CHECK(f != NULL);
+    if (f == NULL)
+        return 0;
+    n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* A client's settings trusting the fixture's certificate (read into pem,
+ * which must outlive cfg) for "localhost". */
+static void client_trusting(const server_fixture *fx, char *pem, size_t cap,
+                            echo_tls_client_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->server_hostname = "localhost";
+    cfg->verify = cfg->check_hostname = 1;
+    cfg->ca_pem = pem;
+    cfg->ca_pem_len = slurp(fx->cert, pem, cap);
+}
+
 /* The client's side: a context from echo_tls_client_config (the CA as PEM
  * text, the name checked), a handshake with the server's side, an echo,
  * then a name the certificate is not for, failing with the verification's
@@ -317,23 +343,13 @@ static void test_client_side(void)
     outbuf sout = {0}, cout = {0};
     uint8_t plain[64];
     size_t pem_len;
-    FILE *f;
     int sv[2];
 
     if (server_open(&fx) != 0)
         return;
     sctx = fx.ctx;
-    f = fopen(fx.cert, "r");
-    CHECK(f != NULL);
-    pem_len = f != NULL ? fread(pem, 1, sizeof pem, f) : 0;
-    if (f != NULL)
-        fclose(f);
-
-    memset(&ccfg, 0, sizeof ccfg);
-    ccfg.server_hostname = "localhost";
-    ccfg.verify = ccfg.check_hostname = 1;
-    ccfg.ca_pem = pem;
-    ccfg.ca_pem_len = pem_len;
+    client_trusting(&fx, pem, sizeof pem, &ccfg);
+    pem_len = ccfg.ca_pem_len;
     ccfg.alpn = ECHO_ALPN;
     ccfg.alpn_len = sizeof ECHO_ALPN - 1;
     ccfg.verify = 0; /* a name checked without verifying: refused */
@@ -386,20 +402,6 @@ static void test_client_side(void)
     outbuf_free(&sout);
     outbuf_free(&cout);
     server_close(&fx);
-}
-
-/* A file's first cap bytes; how many (0 if unreadable, CHECKed). */
-static size_t slurp(const char *path, char *buf, size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    size_t n;
-
-    CHECK(f != NULL);
-    if (f == NULL)
-        return 0;
-    n = fread(buf, 1, cap, f);
-    fclose(f);
-    return n;
 }
 
 /* The client's certificate and key as PEM texts (read by Python when
@@ -461,22 +463,11 @@ static void test_client_write_during_renegotiation(void)
     tls_conn *srv, *cli;
     outbuf sout = {0}, cout = {0};
     uint8_t plain[64];
-    size_t pem_len;
-    FILE *f;
     int sv[2], w = 0, waited = 0;
 
     if (server_open(&fx) != 0)
         return;
-    f = fopen(fx.cert, "r");
-    CHECK(f != NULL);
-    pem_len = f != NULL ? fread(pem, 1, sizeof pem, f) : 0;
-    if (f != NULL)
-        fclose(f);
-    memset(&ccfg, 0, sizeof ccfg);
-    ccfg.server_hostname = "localhost";
-    ccfg.verify = ccfg.check_hostname = 1;
-    ccfg.ca_pem = pem;
-    ccfg.ca_pem_len = pem_len;
+    client_trusting(&fx, pem, sizeof pem, &ccfg);
     ccfg.max_version = 0x0303;
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
     if (cctx == NULL) {
@@ -527,17 +518,12 @@ static void test_client_answers_are_bounded(void)
     tls_conn *srv, *cli;
     outbuf sout = {0}, cout = {0};
     uint8_t plain[64];
-    size_t pem_len, most = 0;
+    size_t most = 0;
     int sv[2], small = SMALL, held = 0, rounds = 0;
 
     if (server_open(&fx) != 0)
         return;
-    pem_len = slurp(fx.cert, pem, sizeof pem);
-    memset(&ccfg, 0, sizeof ccfg);
-    ccfg.server_hostname = "localhost";
-    ccfg.verify = ccfg.check_hostname = 1;
-    ccfg.ca_pem = pem;
-    ccfg.ca_pem_len = pem_len;
+    client_trusting(&fx, pem, sizeof pem, &ccfg);
     CHECK_EQ(tls_client_ctx_new(&ccfg, &cctx, err, sizeof err), 0);
     if (cctx == NULL) {
         server_close(&fx);
